@@ -1,0 +1,26 @@
+"""Tiny timing helpers: best-of-N wall time, so one slow run does not skew a ratio."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from services.common.config import get_settings
+
+
+def best_of(fn: Callable[[], Any], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def sample_series() -> Path:
+    path = get_settings().data_dir / "covid-ct-md" / "P002"
+    if not path.is_dir():
+        raise SystemExit(f"benchmarks need the shared series at {path}")
+    return path

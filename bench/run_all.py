@@ -1,0 +1,19 @@
+"""Run every benchmark; each prints ratios against a baseline measured in the same process."""
+
+from __future__ import annotations
+
+from bench import bench_cnn, bench_diagnose, bench_preprocess
+
+
+def main() -> None:
+    for name, module in (
+        ("preprocess", bench_preprocess),
+        ("cnn", bench_cnn),
+        ("diagnose", bench_diagnose),
+    ):
+        print(f"== {name}")
+        module.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,430 @@
+"""DICOM series: pick the axial CT series of an upload, order its slices, window them.
+
+Headers are read first for every file (``stop_before_pixels``), so the series choice and the
+slice limit cost no pixel decoding; only the chosen series is decoded. Any transfer syntax
+with an installed pydicom decoder works (JPEG-Lossless and JPEG 2000 via pylibjpeg).
+Multi-frame (enhanced) files are split into one slice per frame, with geometry and rescale
+taken from the per-frame or shared functional groups when not at the top level.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import statistics
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from numpy.typing import NDArray
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from services.common.config import Settings
+from services.common.errors import ErrorCode, StudyError
+from services.preprocess.types import Gray8, Study
+from services.preprocess.windowing import window_to_uint8
+
+_PREAMBLE = 128
+# |normal . z| above this counts as axial; gantry tilt stays well inside (cos 37°).
+_AXIAL_MIN_COS = 0.8
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # prefix of all SC image SOP classes
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """DICOM by content: ``DICM`` after the preamble, or a bare dataset (group 0008 first)."""
+    if head[_PREAMBLE : _PREAMBLE + 4] == b"DICM":
+        return True
+    # Files written without the Part-10 preamble start with a (0008,xxxx) tag followed by
+    # an explicit VR or a small implicit length.
+    if len(head) < 8 or head[:2] != b"\x08\x00":
+        return False
+    explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
+    return explicit_vr or int.from_bytes(head[4:8], "little") < 256
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One frame of one file, as described by its header."""
+
+    path: Path
+    label: str
+    frame: int | None  # None for single-frame files
+    uid: str
+    description: str
+    modality: str
+    image_type: tuple[str, ...]
+    sop_class: str
+    samples: int
+    iop: tuple[float, ...] | None
+    ipp: tuple[float, ...] | None
+    slice_location: float | None
+    instance_number: int | None
+    pixel_spacing: tuple[float, ...] | None
+    thickness: float | None
+    slope: float
+    intercept: float
+
+
+@dataclass
+class DicomScan:
+    """Headers of the DICOM files of an upload."""
+
+    slices: list[_Slice] = field(default_factory=list)
+    corrupt: list[tuple[str, str | None]] = field(default_factory=list)  # (file, series UID)
+    non_image: int = 0  # readable DICOM without pixels (DICOMDIR, reports)
+
+    @property
+    def has_dicom(self) -> bool:
+        return bool(self.slices or self.corrupt)
+
+
+def read_dicom_series(files: Sequence[Path], settings: Settings, root: Path | None = None) -> Study:
+    """Read the axial CT series of ``files`` (the rest of the upload is ignored).
+
+    ``root`` makes the file names in ``slice_info`` relative to the upload folder.
+    """
+    return study_from_scan(scan_dicom_headers(files, root), settings)
+
+
+def scan_dicom_headers(files: Iterable[Path], root: Path | None = None) -> DicomScan:
+    """Headers of every readable DICOM among ``files``; non-DICOM files are skipped."""
+    scan = DicomScan()
+    with _quiet():
+        for path in files:
+            _scan_file(path, root, scan)
+    return scan
+
+
+def _scan_file(path: Path, root: Path | None, scan: DicomScan) -> None:
+    label = str(path.relative_to(root)) if root is not None else path.name
+    try:
+        ds = _read(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        return
+    except Exception:  # pydicom raises many types on malformed headers
+        scan.corrupt.append((label, None))
+        return
+    if "Rows" not in ds or "Columns" not in ds:
+        # A header that claims an image but stops before its size was cut short.
+        if "Image Storage" in _sop_class(ds).name:
+            scan.corrupt.append((label, str(ds.get("SeriesInstanceUID", "")) or None))
+        else:
+            scan.non_image += 1
+        return
+    scan.slices.extend(_slices_of(ds, path, label))
+
+
+def study_from_scan(scan: DicomScan, settings: Settings) -> Study:
+    """Choose the series, check limits, then decode and window only that series."""
+    groups: dict[str, list[_Slice]] = {}
+    for s in scan.slices:
+        groups.setdefault(s.uid, []).append(s)
+    candidates = [_candidate(uid, slices) for uid, slices in groups.items()]
+    eligible = [c for c in candidates if c["excluded"] is None]
+    if not eligible:
+        if scan.corrupt:
+            raise StudyError(ErrorCode.CORRUPT_FILE, f"unreadable DICOM file {scan.corrupt[0][0]}")
+        found = ", ".join(f"{c['modality'] or '?'} ({c['excluded']})" for c in candidates)
+        raise StudyError(
+            ErrorCode.NO_CT_SERIES,
+            f"no axial CT image series in the upload; found: {found or 'none'}",
+        )
+    # Known-axial before unknown orientation, then the most slices; UID breaks ties stably.
+    eligible.sort(key=lambda c: (c["axial"] is True, c["slices"], c["uid"]), reverse=True)
+    chosen = eligible[0]
+    bad = [f for f, uid in scan.corrupt if uid in (None, chosen["uid"])]
+    if bad:
+        raise StudyError(ErrorCode.CORRUPT_FILE, f"unreadable DICOM file {bad[0]}")
+    if chosen["slices"] > settings.max_slices:
+        raise StudyError(
+            ErrorCode.TOO_MANY_SLICES,
+            f"series has {chosen['slices']} slices, the limit is {settings.max_slices}",
+        )
+    ordered, keys, sort_by = _order(groups[chosen["uid"]])
+    images = _decode(ordered)
+    return Study(
+        images=images,
+        source_format="dicom",
+        is_volume=len(images) > 1 and len({im.shape for im in images}) == 1,
+        slice_info=[_slice_info(s, k, sort_by) for s, k in zip(ordered, keys, strict=True)],
+        series={
+            "series_instance_uid": chosen["uid"],
+            "series_description": chosen["description"],
+            "modality": chosen["modality"],
+            "slices": chosen["slices"],
+            "candidates": candidates,
+            "reason": _reason(chosen, eligible, candidates),
+        },
+        spacing_mm=_spacing(ordered, keys, sort_by),
+    )
+
+
+# --- headers -------------------------------------------------------------------------------
+
+
+def _read(path: Path, stop_before_pixels: bool) -> Dataset:
+    with path.open("rb") as fh:
+        head = fh.read(_PREAMBLE + 4)
+    # Bare datasets (no preamble) need force=True; Part-10 files are read strictly.
+    force = head[_PREAMBLE:] != b"DICM"
+    return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=force)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence pydicom's value warnings: scanners write slightly invalid values (UUIDs as
+    UIDs...), which pydicom reports lazily on every access. Not the uploader's problem."""
+    logger = logging.getLogger("pydicom")  # pydicom also logs each of those warnings
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _sop_class(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    value = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    return UID(str(value or ""))
+
+
+def _slices_of(ds: Dataset, path: Path, label: str) -> list[_Slice]:
+    frames = _as_int(ds.get("NumberOfFrames")) or 1
+    return [
+        _Slice(
+            path=path,
+            label=label,
+            frame=f if frames > 1 else None,
+            uid=str(ds.get("SeriesInstanceUID", "")),
+            description=str(ds.get("SeriesDescription", "")),
+            modality=str(ds.get("Modality", "")).upper(),
+            image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType"))),
+            sop_class=str(_sop_class(ds)),
+            samples=_as_int(ds.get("SamplesPerPixel")) or 1,
+            iop=_floats(_frame_attr(ds, f, "PlaneOrientationSequence", "ImageOrientationPatient")),
+            ipp=_floats(_frame_attr(ds, f, "PlanePositionSequence", "ImagePositionPatient")),
+            slice_location=_as_float(ds.get("SliceLocation")),
+            instance_number=_as_int(ds.get("InstanceNumber")),
+            pixel_spacing=_floats(_frame_attr(ds, f, "PixelMeasuresSequence", "PixelSpacing")),
+            thickness=_as_float(_frame_attr(ds, f, "PixelMeasuresSequence", "SliceThickness")),
+            slope=_rescale(ds, f, "RescaleSlope", 1.0),
+            intercept=_rescale(ds, f, "RescaleIntercept", 0.0),
+        )
+        for f in range(frames)
+    ]
+
+
+def _frame_attr(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
+    """A top-level attribute, else the per-frame, else the shared functional group one."""
+    if keyword in ds:
+        return ds.get(keyword)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    groups = [per_frame[frame]] if per_frame is not None and frame < len(per_frame) else []
+    groups += list(ds.get("SharedFunctionalGroupsSequence") or [])[:1]
+    for group in groups:
+        items = group.get(sequence)
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    return None
+
+
+def _rescale(ds: Dataset, frame: int, keyword: str, default: float) -> float:
+    value = _as_float(_frame_attr(ds, frame, "PixelValueTransformationSequence", keyword))
+    return default if value is None else value
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, str | bytes):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if np.isfinite(out) else None
+
+
+def _as_int(value: Any) -> int | None:
+    f = _as_float(value)
+    return None if f is None else int(f)
+
+
+def _floats(value: Any) -> tuple[float, ...] | None:
+    items = [_as_float(v) for v in _as_list(value)]
+    if not items or any(v is None for v in items):
+        return None
+    return tuple(v for v in items if v is not None)
+
+
+# --- series choice -------------------------------------------------------------------------
+
+
+def _normal(iop: tuple[float, ...] | None) -> NDArray[np.float64] | None:
+    """Unit slice normal (row × column cosines), or None without a usable orientation."""
+    if iop is None or len(iop) != 6:
+        return None
+    n = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+    norm = float(np.linalg.norm(n))
+    return n / norm if norm > 1e-6 else None
+
+
+def _is_axial(iop: tuple[float, ...] | None) -> bool | None:
+    n = _normal(iop)
+    return None if n is None else bool(abs(n[2]) >= _AXIAL_MIN_COS)
+
+
+def _candidate(uid: str, slices: list[_Slice]) -> dict[str, Any]:
+    first = slices[0]
+    axial = _is_axial(first.iop)
+    excluded: str | None = None
+    if first.modality != "CT":
+        excluded = f"modality {first.modality or 'missing'}"
+    elif any("LOCALIZER" in s.image_type for s in slices):
+        excluded = "localizer"
+    elif axial is False:
+        excluded = "not axial"
+    elif first.samples != 1:
+        excluded = "colour image"
+    elif axial is None and first.sop_class.startswith(_SECONDARY_CAPTURE):
+        excluded = "secondary capture"
+    return {
+        "uid": uid,
+        "description": first.description,
+        "modality": first.modality,
+        "slices": len(slices),
+        "axial": axial,
+        "excluded": excluded,
+    }
+
+
+def _reason(chosen: dict[str, Any], eligible: list[Any], candidates: list[Any]) -> str:
+    if len(candidates) == 1:
+        return "only series in the upload"
+    if len(eligible) == 1:
+        return f"only axial CT image series of {len(candidates)} series"
+    return (
+        f"axial CT series with the most slices ({chosen['slices']}) "
+        f"of {len(eligible)} eligible, {len(candidates)} series in all"
+    )
+
+
+# --- ordering and pixels -------------------------------------------------------------------
+
+
+def _order(slices: list[_Slice]) -> tuple[list[_Slice], list[float | None], str]:
+    """Slices inferior→superior along the normal, else by SliceLocation, else InstanceNumber."""
+    keys: list[float | None]
+    normal = _normal(slices[0].iop)
+    if normal is not None and all(s.ipp is not None and len(s.ipp) == 3 for s in slices):
+        # Flip the normal to point to the head, so order is the same whatever row/column
+        # directions the scanner wrote (feet-first, prone...).
+        if normal[2] < 0:
+            normal = -normal
+        keys = [float(np.dot(s.ipp or (0.0, 0.0, 0.0), normal)) for s in slices]
+        sort_by = "image_position"
+    elif all(s.slice_location is not None for s in slices):
+        keys, sort_by = [s.slice_location for s in slices], "slice_location"
+    elif all(s.instance_number is not None for s in slices):
+        keys = [float(s.instance_number or 0) for s in slices]
+        sort_by = "instance_number"
+    else:
+        keys, sort_by = [None] * len(slices), "file_name"
+
+    def tie_break(i: int) -> tuple[float, int, str, int]:
+        s = slices[i]
+        return (keys[i] or 0.0, s.instance_number or 0, s.label, s.frame or 0)
+
+    order = sorted(range(len(slices)), key=tie_break)
+    return [slices[i] for i in order], [keys[i] for i in order], sort_by
+
+
+def _decode(ordered: list[_Slice]) -> list[Gray8]:
+    images: list[Gray8] = []
+    cache: dict[Path, NDArray[Any]] = {}  # multi-frame files are decoded once
+    for s in ordered:
+        pixels = cache.get(s.path)
+        if pixels is None:
+            pixels = _pixels(s.path, s.label)
+            if s.frame is not None:
+                cache[s.path] = pixels
+        frame = pixels[s.frame] if s.frame is not None and pixels.ndim == 3 else pixels
+        if frame.ndim != 2:
+            raise StudyError(
+                ErrorCode.CORRUPT_FILE, f"{s.label}: unexpected pixel shape {frame.shape}"
+            )
+        hu = frame.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
+        images.append(window_to_uint8(hu))
+    return images
+
+
+def _pixels(path: Path, label: str) -> NDArray[Any]:
+    try:
+        with _quiet():
+            ds = _read(path, stop_before_pixels=False)
+            syntax = ds.file_meta.TransferSyntaxUID
+            if _decoder_missing(syntax):
+                raise StudyError(
+                    ErrorCode.UNSUPPORTED_FORMAT,
+                    f"{label}: no decoder for transfer syntax {syntax}",
+                )
+            return np.asarray(ds.pixel_array)
+    except StudyError:
+        raise
+    except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
+        raise StudyError(ErrorCode.CORRUPT_FILE, f"cannot decode pixels of {label}: {exc}") from exc
+
+
+def _decoder_missing(syntax: UID) -> bool:
+    try:
+        return not get_decoder(syntax).is_available
+    except (NotImplementedError, ValueError):
+        return False  # unknown or damaged syntax UID: decoding fails as a corrupt file
+
+
+def _slice_info(s: _Slice, key: float | None, sort_by: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "file": s.label,
+        "instance_number": s.instance_number,
+        "position": key,
+        "sort_by": sort_by,
+        "slice_location": s.slice_location,
+    }
+    if s.frame is not None:
+        info["frame"] = s.frame
+    return info
+
+
+def _spacing(
+    ordered: list[_Slice], keys: list[float | None], sort_by: str
+) -> tuple[float, float, float] | None:
+    first = ordered[0]
+    if first.pixel_spacing is None or len(first.pixel_spacing) != 2:
+        return None
+    gap: float | None = None
+    if sort_by in ("image_position", "slice_location") and len(keys) > 1:
+        steps = [abs(b - a) for a, b in itertools.pairwise(keys) if a is not None and b is not None]
+        gap = statistics.median(steps) if steps else None
+    if not gap:
+        gap = first.thickness
+    if not gap:
+        return None
+    return (float(gap), first.pixel_spacing[0], first.pixel_spacing[1])

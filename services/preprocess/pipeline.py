@@ -1,0 +1,127 @@
+"""From a read study to CNN-ready slices, recording every slice left out and why.
+
+``prepare_slice`` is the one transformation applied to every slice the CNN ever sees,
+training images included, so training and serving cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.common.errors import ErrorCode, StudyError
+from services.preprocess.dedup import find_near_duplicates
+from services.preprocess.enhance import enhance
+from services.preprocess.gate import is_high_contrast
+from services.preprocess.segmentation import (
+    crop_to_lungs,
+    lung_bbox,
+    segment_lungs,
+    segment_volume,
+)
+from services.preprocess.types import DropReason, Gray8, PreparedStudy, SliceDrop, Study
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    size: int = 224
+    enhancement: str = "clahe"  # chosen on UCSD val, see models/slice-cnn/<v>/MODEL_CARD.md
+    # A slice counts as lung-bearing above this lung-area fraction (of the image).
+    min_lung_fraction: float = 0.01
+    drop_no_lung: bool = True
+    drop_duplicates: bool = True
+    duplicate_max_distance: int | None = None  # None: dedup module default
+    # Original project's contrast gate: recorded always, routing (dropping) only on request.
+    drop_high_contrast: bool = False
+    high_contrast_min_pixels: int = 1000
+
+
+def prepare_slice(
+    image: Gray8,
+    size: int,
+    enhancement: str,
+    mask: np.ndarray | None = None,
+    min_lung_fraction: float = 0.02,
+) -> Gray8:
+    """Segment (unless a mask is given), crop to the lungs, resize, enhance."""
+    if mask is None:
+        mask = segment_lungs(image)
+    if not _plausible_crop(mask):
+        # One lung found in a tight figure crop would zoom onto a fragment: keep the whole image.
+        mask = np.zeros_like(mask)
+    crop = crop_to_lungs(image, mask, size, min_lung_fraction=min_lung_fraction)
+    return enhance(crop, enhancement)  # type: ignore[arg-type]
+
+
+def _plausible_crop(mask: np.ndarray, min_side: float = 0.35) -> bool:
+    box = lung_bbox(mask, margin=0.0)
+    if box is None:
+        return False
+    y0, y1, x0, x1 = box
+    return max(y1 - y0, x1 - x0) >= min_side * min(mask.shape)
+
+
+def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> PreparedStudy:
+    """Segment, gate, de-duplicate and crop every slice; raise ``no_lung`` if none is left."""
+    options = options or PreprocessOptions()
+    if len(study) == 0:
+        raise StudyError(ErrorCode.EMPTY_STUDY, "the study holds no slices")
+
+    if study.is_volume and len(study) > 2:
+        masks = list(segment_volume(np.stack(study.images)))
+    else:
+        masks = [segment_lungs(image) for image in study.images]
+    lung_fraction = [float(m.mean()) for m in masks]
+    high_contrast = [
+        is_high_contrast(image, min_pixels=options.high_contrast_min_pixels)
+        for image in study.images
+    ]
+
+    dropped: dict[int, SliceDrop] = {}
+    # Single images and image sets are often tight crops where segmentation is unreliable:
+    # keep them (crop_to_lungs falls back to the whole image) rather than drop the study.
+    drop_no_lung = options.drop_no_lung and study.source_format in ("dicom", "nifti")
+    if drop_no_lung:
+        for i, fraction in enumerate(lung_fraction):
+            if fraction < options.min_lung_fraction:
+                dropped[i] = SliceDrop(i, DropReason.NO_LUNG, f"lung fraction {fraction:.4f}")
+    if options.drop_high_contrast:
+        for i, flag in enumerate(high_contrast):
+            if flag and i not in dropped:
+                dropped[i] = SliceDrop(i, DropReason.HIGH_CONTRAST, "saturated pixels")
+    if options.drop_duplicates:
+        candidates = [i for i in range(len(study)) if i not in dropped]
+        kwargs = {}
+        if options.duplicate_max_distance is not None:
+            kwargs["max_distance"] = options.duplicate_max_distance
+        pairs = find_near_duplicates([study.images[i] for i in candidates], **kwargs)
+        for drop_pos, keep_pos, distance in pairs:
+            index, kept_index = candidates[drop_pos], candidates[keep_pos]
+            dropped[index] = SliceDrop(
+                index, DropReason.NEAR_DUPLICATE, f"hash distance {distance} to slice {kept_index}"
+            )
+
+    kept = [i for i in range(len(study)) if i not in dropped]
+    if not kept:
+        raise StudyError(ErrorCode.NO_LUNG, "no slice of the study shows lung tissue")
+    inputs = np.stack(
+        [
+            prepare_slice(
+                study.images[i],
+                options.size,
+                options.enhancement,
+                mask=masks[i],
+                min_lung_fraction=options.min_lung_fraction,
+            )
+            for i in kept
+        ]
+    )
+    return PreparedStudy(
+        inputs=inputs,
+        kept=kept,
+        dropped=sorted(dropped.values(), key=lambda d: d.index),
+        high_contrast=high_contrast,
+        lung_fraction=lung_fraction,
+        slices_total=len(study),
+    )

@@ -1,0 +1,58 @@
+"""Data passed between the preprocessing steps, the CNN and the ensemble."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+Gray8 = NDArray[np.uint8]
+SourceFormat = Literal["dicom", "nifti", "image_set", "image"]
+
+
+@dataclass
+class Study:
+    """A study as read from disk: 8-bit lung-windowed slices in anatomical order.
+
+    ``images`` all share one shape for volumes (DICOM, NIfTI); image sets may mix sizes.
+    ``slice_info[i]`` describes ``images[i]`` (source file, instance number, position...).
+    ``series`` records which series was chosen when the upload held several.
+    """
+
+    images: list[Gray8]
+    source_format: SourceFormat
+    is_volume: bool
+    slice_info: list[dict[str, Any]] = field(default_factory=list)
+    series: dict[str, Any] | None = None
+    spacing_mm: tuple[float, float, float] | None = None  # (slice, row, column)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+class DropReason(StrEnum):
+    NO_LUNG = "no_lung"
+    NEAR_DUPLICATE = "near_duplicate"
+    HIGH_CONTRAST = "high_contrast"  # only when routing on the contrast gate is enabled
+
+
+@dataclass(frozen=True)
+class SliceDrop:
+    index: int
+    reason: DropReason
+    detail: str = ""
+
+
+@dataclass
+class PreparedStudy:
+    """CNN-ready slices of one study plus an account of every slice that was left out."""
+
+    inputs: NDArray[np.uint8]  # (K, S, S) CNN inputs for the kept slices, in slice order
+    kept: list[int]  # indices into Study.images
+    dropped: list[SliceDrop]
+    high_contrast: list[bool]  # per original slice
+    lung_fraction: list[float]  # per original slice: lung pixels / image pixels
+    slices_total: int
