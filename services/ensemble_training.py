@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,11 +29,7 @@ from services.inference.experiment import labels_of, ucsd_items
 from services.inference.predict import predict_proba
 from services.inference.train import TrainConfig, fit_slice_cnn
 from services.preprocess.pipeline import PreprocessOptions, preprocess_study
-from services.preprocess.readers import read_study
-
-
-def _natural_key(text: str) -> list[Any]:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+from services.preprocess.readers import natural_key, read_study
 
 
 def cross_fit_slice_probs(
@@ -128,7 +123,7 @@ def train_ensemble_model(
     sequences: list[NDArray[np.float64]] = []
     labels, groups, sources = [], [], []
     for patient, patient_items in sorted(by_patient.items()):
-        patient_items.sort(key=lambda i: _natural_key(i.path.name))
+        patient_items.sort(key=lambda i: natural_key(i.path.name))
         sequences.append(np.array([slice_p[i.path] for i in patient_items]))
         labels.append(patient_items[0].label)
         groups.append(patient)
@@ -140,7 +135,9 @@ def train_ensemble_model(
         groups.append(f"covid-ct-md:{study}")
         sources.append("covid-ct-md")
 
-    params = ensemble_params or {}
+    # UCSD NonCOVID patients have more figures per patient than COVID ones (2.2 vs 1.5
+    # slices on train): a slice-count feature would learn that artefact, not the disease.
+    params = {"include_slice_count": False} | (ensemble_params or {})
     cv = cross_validate_patients(sequences, labels, groups, n_splits=5, random_state=0, **params)
     model: SoftVoteEnsemble = fit_final(sequences, labels, random_state=0, **params)
     out_dir = settings.models_dir / "ensemble" / version
@@ -166,6 +163,7 @@ def train_ensemble_model(
             "epochs": fold_epochs,
             "ucsd_train_slices": len(train),
         },
+        "ensemble_params": params,
         "patients": len(sequences),
         "covid_patients": int(y.sum()),
         "cv": cv["metrics"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_evaluate_studies_on_the_shared_series(ctmd_dir: Path) -> None:
 
 
 def test_demo_falls_back_to_pydicom_sample_without_shared_data(tmp_path: Path) -> None:
-    env = {"COVIDCT_DATA_DIR": str(tmp_path / "absent"), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "COVIDCT_DATA_DIR": str(tmp_path / "absent")}
     out = subprocess.run(
         [sys.executable, "-m", "services.demo"],
         cwd=REPO_ROOT,

@@ -336,3 +336,21 @@ def test_ensemble_estimator_conventions() -> None:
     assert not hasattr(model, "members_")
     with pytest.raises(NotFittedError):
         model.predict_proba([np.zeros(3)])
+
+
+def test_slice_count_feature_can_be_left_out() -> None:
+    from services.ensemble.features import SequenceFeaturizer
+
+    seqs = [np.full(3, 0.2), np.full(40, 0.2)]
+    with_count = SequenceFeaturizer().fit(seqs)
+    without = SequenceFeaturizer(include_slice_count=False).fit(seqs)
+    assert "covid_log1p_n_slices" in with_count.get_feature_names_out()
+    assert "covid_log1p_n_slices" not in without.get_feature_names_out()
+    x = without.transform(seqs)
+    assert (
+        x.shape[1]
+        == len(without.get_feature_names_out())
+        == with_count.transform(seqs).shape[1] - 1
+    )
+    # Without the count, a constant sequence looks the same whatever its length.
+    np.testing.assert_allclose(x[0], x[1], atol=1e-12)

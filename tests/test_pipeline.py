@@ -65,6 +65,12 @@ def test_single_images_are_kept_even_without_detected_lung() -> None:
     assert prepared.kept == [0] and prepared.inputs.shape == (1, 224, 224)
 
 
+def test_single_dicom_slice_is_scored_even_without_detected_lung() -> None:
+    flat = np.full((128, 128), 200, np.uint8)
+    prepared = preprocess_study(Study(images=[flat], source_format="dicom", is_volume=False))
+    assert prepared.kept == [0] and prepared.lung_fraction == [0.0]
+
+
 def test_volume_without_lung_is_a_no_lung_error() -> None:
     flat = [np.full((128, 128), 200, np.uint8) for _ in range(4)]
     with pytest.raises(StudyError) as info:

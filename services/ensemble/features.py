@@ -137,11 +137,17 @@ class SequenceFeaturizer(TransformerMixin, BaseEstimator):
     kind : {"linear", "nearest", "quadratic", "cubic"}
         ``interp1d`` kind. Studies too short for it use the highest order they allow
         (cubic → quadratic → linear); a single slice is repeated.
+    include_slice_count : bool
+        Whether ``log1p(n_slices)`` is a feature. Turn it off when slice counts differ by
+        label in the training data for reasons unrelated to disease (UCSD: figures per paper).
     """
 
-    def __init__(self, length: int = 32, kind: Kind = "linear") -> None:
+    def __init__(
+        self, length: int = 32, kind: Kind = "linear", include_slice_count: bool = True
+    ) -> None:
         self.length = length
         self.kind = kind
+        self.include_slice_count = include_slice_count
 
     def _check_params(self) -> None:
         if self.kind not in _MIN_POINTS:
@@ -172,7 +178,10 @@ class SequenceFeaturizer(TransformerMixin, BaseEstimator):
         curves = [
             resample_channel(probs[:, c], self.length, self.kind) for c in range(self.n_classes_)
         ]
-        return np.concatenate([*curves, sequence_stats(probs[:, COVID_INDEX])])
+        stats = sequence_stats(probs[:, COVID_INDEX])
+        if not self.include_slice_count:
+            stats = stats[:-1]  # log1p_n_slices is last in STAT_NAMES
+        return np.concatenate([*curves, stats])
 
     def _class_names(self) -> list[str]:
         names = ["noncovid", "covid"]
@@ -181,4 +190,5 @@ class SequenceFeaturizer(TransformerMixin, BaseEstimator):
     def get_feature_names_out(self, input_features: Any = None) -> NDArray[np.object_]:
         check_is_fitted(self, "n_classes_")
         curves = [f"{c}_r{i:02d}" for c in self._class_names() for i in range(self.length)]
-        return np.asarray(curves + [f"covid_{s}" for s in STAT_NAMES], dtype=object)
+        stats = STAT_NAMES if self.include_slice_count else STAT_NAMES[:-1]
+        return np.asarray(curves + [f"covid_{s}" for s in stats], dtype=object)

@@ -166,6 +166,7 @@ class SoftVoteEnsemble(ClassifierMixin, BaseEstimator):
         self,
         length: int = 32,
         kind: Kind = "linear",
+        include_slice_count: bool = True,
         xgb_n_estimators: int = 200,
         xgb_max_depth: int = 3,
         xgb_learning_rate: float = 0.1,
@@ -181,6 +182,7 @@ class SoftVoteEnsemble(ClassifierMixin, BaseEstimator):
     ) -> None:
         self.length = length
         self.kind = kind
+        self.include_slice_count = include_slice_count
         self.xgb_n_estimators = xgb_n_estimators
         self.xgb_max_depth = xgb_max_depth
         self.xgb_learning_rate = xgb_learning_rate
@@ -216,7 +218,14 @@ class SoftVoteEnsemble(ClassifierMixin, BaseEstimator):
             )
         return Pipeline(
             [
-                ("features", SequenceFeaturizer(length=self.length, kind=self.kind)),
+                (
+                    "features",
+                    SequenceFeaturizer(
+                        length=self.length,
+                        kind=self.kind,
+                        include_slice_count=self.include_slice_count,
+                    ),
+                ),
                 ("scale", StandardScaler()),
                 (
                     "sample",

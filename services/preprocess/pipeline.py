@@ -79,9 +79,12 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
     ]
 
     dropped: dict[int, SliceDrop] = {}
-    # Single images and image sets are often tight crops where segmentation is unreliable:
-    # keep them (crop_to_lungs falls back to the whole image) rather than drop the study.
-    drop_no_lung = options.drop_no_lung and study.source_format in ("dicom", "nifti")
+    # Images, image sets and single slices are often tight crops with the lungs against the
+    # border, where segmentation is unreliable: keep them (crop_to_lungs falls back to the
+    # whole image) rather than refuse a slice the user sent on purpose. Volumes are trusted.
+    drop_no_lung = (
+        options.drop_no_lung and study.source_format in ("dicom", "nifti") and len(study) > 1
+    )
     if drop_no_lung:
         for i, fraction in enumerate(lung_fraction):
             if fraction < options.min_lung_fraction:
