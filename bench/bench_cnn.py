@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.common import best_of
+from bench.common import best_of, report
 from services.diagnosis import load_models
 from services.inference.predict import predict_proba
 
@@ -20,9 +20,7 @@ def main(n: int = 64) -> dict[str, float]:
         "shipped_scorer_slices_per_s": n / t_shipped,
         "ratio_shipped_vs_single_forward": t_plain / t_shipped,
     }
-    for key, value in result.items():
-        print(f"{key:40s} {value:10.3f}")
-    return result
+    return report(result)
 
 
 if __name__ == "__main__":

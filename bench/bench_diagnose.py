@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.common import best_of, sample_series
+from bench.common import best_of, report, sample_series
 from services.diagnosis import diagnose_path, load_models, preprocess_options
 from services.preprocess.pipeline import preprocess_study
 from services.preprocess.readers import read_study
@@ -29,9 +29,7 @@ def main() -> dict[str, float]:
         "diagnose_wall_s": wall,
         "ratio_diagnose_vs_stages_sum": wall / sum(stages.values()),
     }
-    for key, value in result.items():
-        print(f"{key:40s} {value:10.3f}")
-    return result
+    return report(result)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pydicom
 
-from bench.common import best_of, sample_series
+from bench.common import best_of, report, sample_series
 from services.preprocess.pipeline import PreprocessOptions, preprocess_study
 from services.preprocess.readers import read_study
 
@@ -31,9 +31,7 @@ def main() -> dict[str, float]:
         "read_plus_preprocess_slices_per_s": n / t_total,
         "ratio_read_plus_preprocess_vs_decode": t_decode / t_total,
     }
-    for key, value in result.items():
-        print(f"{key:40s} {value:10.3f}")
-    return result
+    return report(result)
 
 
 if __name__ == "__main__":

@@ -24,3 +24,9 @@ def sample_series() -> Path:
     if not path.is_dir():
         raise SystemExit(f"benchmarks need the shared series at {path}")
     return path
+
+
+def report(result: dict[str, float]) -> dict[str, float]:
+    for key, value in result.items():
+        print(f"{key:40s} {value:10.3f}")
+    return result
