@@ -10,6 +10,7 @@ import json
 import logging
 import platform
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,9 @@ def train_slice_model(
 
     members, runs = [], []
     for seed in seeds:
-        config.seed = seed
-        result = fit_slice_cnn(x_train, y_train, config, domain=domain, val=(x_val, y_val))
+        result = fit_slice_cnn(
+            x_train, y_train, replace(config, seed=seed), domain=domain, val=(x_val, y_val)
+        )
         assert result.val_probs is not None
         members.append(result.model)
         runs.append(
@@ -149,7 +151,8 @@ def train_slice_model(
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "threads": torch.get_num_threads(),
         },
-        "train_config": {k: v for k, v in vars(config).items() if k != "augment"}
+        "train_config": {k: v for k, v in vars(config).items() if k not in ("augment", "seed")}
+        | {"seeds": list(seeds)}
         | {"augment": vars(config.augment)},
         "data": {
             "train": {

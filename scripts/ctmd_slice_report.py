@@ -1,0 +1,59 @@
+"""Slice scores of the shipped CNN on the COVID-CT-MD series against their infected-slice labels.
+
+Usage: .venv/bin/python -m scripts.ctmd_slice_report   (prints one JSON object)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from services.common.config import get_settings
+from services.diagnosis import load_models, preprocess_options
+from services.preprocess.pipeline import preprocess_study
+from services.preprocess.readers import read_study
+
+
+def main() -> None:
+    root = get_settings().data_dir / "covid-ct-md"
+    models = load_models()
+    with (root / "infected_slices.csv").open(newline="") as handle:
+        infected = {
+            row["study"]: {
+                int(i) for i in row["infected_slice_indices_sorted_by_slice_location"].split()
+            }
+            for row in csv.DictReader(handle)
+        }
+    report, scores, lesion, covid_series = {}, [], [], []
+    with (root / "studies.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            study = read_study(root / row["study"])
+            prepared = preprocess_study(study, preprocess_options(models))
+            p = models.slice_model.predict_proba(prepared.inputs)[:, 1]
+            is_infected = np.array([i in infected.get(row["study"], set()) for i in prepared.kept])
+            is_covid_lesion = is_infected & (row["diagnosis"] == "COVID")
+            report[row["study"]] = {
+                "diagnosis": row["diagnosis"],
+                "slices_used": len(p),
+                "slices_total": prepared.slices_total,
+                "mean": float(p.mean()),
+                "max": float(p.max()),
+                "share_above_0_5": float((p > 0.5).mean()),
+                "infected_mean": float(p[is_infected].mean()) if is_infected.any() else None,
+                "other_mean": float(p[~is_infected].mean()),
+                "patient_p_covid": float(models.ensemble.predict_proba([p])[0, 1]),
+            }
+            scores.append(p)
+            lesion.append(is_covid_lesion)
+            covid_series.append(np.full(len(p), row["diagnosis"] == "COVID"))
+    s, y_lesion, y_series = (np.concatenate(a) for a in (scores, lesion, covid_series))
+    report["slice_auc_covid_lesion_vs_rest"] = float(roc_auc_score(y_lesion, s))
+    report["slice_auc_covid_series_vs_rest"] = float(roc_auc_score(y_series, s))
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
