@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     backbone: Backbone = "efficientnet-lite0"
     image_size: int = 224
-    enhancement: str = "clahe"
+    enhancement: str = "he+clahe"
     epochs: int = 15
     batch_size: int = 24
     lr: float = 5e-4

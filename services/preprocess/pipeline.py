@@ -26,7 +26,9 @@ from services.preprocess.types import DropReason, Gray8, PreparedStudy, SliceDro
 @dataclass(frozen=True)
 class PreprocessOptions:
     size: int = 224
-    enhancement: str = "clahe"  # chosen on UCSD val, see models/slice-cnn/<v>/MODEL_CARD.md
+    # The shipped model's config.json is authoritative; this default matches slice-cnn v1,
+    # where HE then CLAHE won the validation probe (models/slice-cnn/v1/MODEL_CARD.md).
+    enhancement: str = "he+clahe"
     # A slice counts as lung-bearing above this lung-area fraction (of the image).
     min_lung_fraction: float = 0.01
     drop_no_lung: bool = True
