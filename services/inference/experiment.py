@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from services.common.metrics import binary_metrics, bootstrap_cis
-from services.inference.artifacts import save_slice_model
+from services.inference.artifacts import load_slice_model, save_slice_model
 from services.inference.data import LabelledImage, prepare_images, read_labels_csv
 from services.inference.model import SliceCNNConfig, build_model
 from services.inference.train import TrainConfig, fit_slice_cnn
@@ -136,9 +136,8 @@ def train_slice_model(
                 "val": binary_metrics(y_val, result.val_probs[:, 1]),
             }
         )
-    from services.inference.artifacts import load_slice_model
-
     save_slice_model(out_dir, version, members, enhancement, tta=config.tta)
+    # Score val through the saved files: the metrics describe exactly what ships.
     bundle = load_slice_model(out_dir)
     val_probs = bundle.predict_proba(x_val)[:, 1]
     report = {
