@@ -12,9 +12,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from services.common.config import get_settings
-from services.diagnosis import load_models, preprocess_options
-from services.preprocess.pipeline import preprocess_study
-from services.preprocess.readers import read_study
+from services.diagnosis import load_models
+from services.ensemble_training import ctmd_sequences
 
 
 def main() -> None:
@@ -27,28 +26,25 @@ def main() -> None:
             }
             for row in csv.DictReader(handle)
         }
-    report, scores, lesion, covid_series = {}, [], [], []
-    with (root / "studies.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            study = read_study(root / row["study"])
-            prepared = preprocess_study(study, preprocess_options(models))
-            p = models.slice_model.predict_proba(prepared.inputs)[:, 1]
-            is_infected = np.array([i in infected.get(row["study"], set()) for i in prepared.kept])
-            is_covid_lesion = is_infected & (row["diagnosis"] == "COVID")
-            report[row["study"]] = {
-                "diagnosis": row["diagnosis"],
-                "slices_used": len(p),
-                "slices_total": prepared.slices_total,
-                "mean": float(p.mean()),
-                "max": float(p.max()),
-                "share_above_0_5": float((p > 0.5).mean()),
-                "infected_mean": float(p[is_infected].mean()) if is_infected.any() else None,
-                "other_mean": float(p[~is_infected].mean()),
-                "patient_p_covid": float(models.ensemble.predict_proba([p])[0, 1]),
-            }
-            scores.append(p)
-            lesion.append(is_covid_lesion)
-            covid_series.append(np.full(len(p), row["diagnosis"] == "COVID"))
+    report: dict[str, object] = {}
+    scores, lesion, covid_series = [], [], []
+    for series in ctmd_sequences(root.parent, models.slice_model):
+        p = series.p_covid
+        is_infected = np.array([i in infected.get(series.study, set()) for i in series.kept])
+        is_covid = series.diagnosis == "COVID"
+        report[series.study] = {
+            "diagnosis": series.diagnosis,
+            "slices_used": len(p),
+            "mean": float(p.mean()),
+            "max": float(p.max()),
+            "share_above_0_5": float((p > 0.5).mean()),
+            "infected_mean": float(p[is_infected].mean()) if is_infected.any() else None,
+            "other_mean": float(p[~is_infected].mean()),
+            "patient_p_covid": float(models.ensemble.predict_proba([p])[0, 1]),
+        }
+        scores.append(p)
+        lesion.append(is_infected & is_covid)
+        covid_series.append(np.full(len(p), is_covid))
     s, y_lesion, y_series = (np.concatenate(a) for a in (scores, lesion, covid_series))
     report["slice_auc_covid_lesion_vs_rest"] = float(roc_auc_score(y_lesion, s))
     report["slice_auc_covid_series_vs_rest"] = float(roc_auc_score(y_series, s))

@@ -12,7 +12,7 @@ import csv
 import hashlib
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +76,16 @@ def cross_fit_slice_probs(
     return oof
 
 
-def ctmd_sequences(
-    data_dir: Path, slice_model: SliceModel
-) -> list[tuple[str, str, NDArray[np.float64]]]:
-    """(study, diagnosis, per-slice P(COVID)) for the shared COVID-CT-MD series."""
+@dataclass(frozen=True)
+class SeriesScores:
+    study: str
+    diagnosis: str
+    p_covid: NDArray[np.float64]  # per kept slice, in slice order
+    kept: list[int]  # indices of those slices in the series
+
+
+def ctmd_sequences(data_dir: Path, slice_model: SliceModel) -> list[SeriesScores]:
+    """Per-slice P(COVID) of the shared COVID-CT-MD series through the full pipeline."""
     root = data_dir / "covid-ct-md"
     out = []
     with (root / "studies.csv").open(newline="") as handle:
@@ -90,7 +96,7 @@ def ctmd_sequences(
                 PreprocessOptions(size=slice_model.image_size, enhancement=slice_model.enhancement),
             )
             probs = slice_model.predict_proba(prepared.inputs)[:, 1]
-            out.append((row["study"], row["diagnosis"], probs))
+            out.append(SeriesScores(row["study"], row["diagnosis"], probs, prepared.kept))
     return out
 
 
@@ -129,10 +135,10 @@ def train_ensemble_model(
         groups.append(patient)
         sources.append(f"ucsd-{patient_items[0].split}")
     ctmd = ctmd_sequences(settings.data_dir, slice_model)
-    for study, diagnosis, probs in ctmd:
-        sequences.append(probs)
-        labels.append(int(diagnosis == "COVID"))
-        groups.append(f"covid-ct-md:{study}")
+    for series in ctmd:
+        sequences.append(series.p_covid)
+        labels.append(int(series.diagnosis == "COVID"))
+        groups.append(f"covid-ct-md:{series.study}")
         sources.append("covid-ct-md")
 
     # UCSD NonCOVID patients have more figures per patient than COVID ones (2.2 vs 1.5
