@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from services.cli_service import register as register_service_commands
 from services.common.config import get_settings
 from services.common.errors import StudyError
 from services.common.logging import configure_logging
@@ -19,6 +20,7 @@ evaluate_app = typer.Typer(no_args_is_help=True, help="Metrics on labelled data.
 train_app = typer.Typer(no_args_is_help=True, help="Train the slice CNN or the ensemble.")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(train_app, name="train")
+register_service_commands(app)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
 

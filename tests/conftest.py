@@ -36,3 +36,7 @@ def ctmd_dir(data_dir: Path) -> Path:
 def covid_series(ctmd_dir: Path) -> Path:
     """The 133-slice JPEG-Lossless COVID series P002."""
     return _require(ctmd_dir / "P002", "COVID-CT-MD P002")
+
+
+# One TorchServe per test session, shared by the scorer and end-to-end tests.
+from tests.torchserve_support import torchserve_url  # noqa: E402, F401

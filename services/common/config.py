@@ -26,6 +26,27 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 200.0
     max_archive_members: int = 20_000
 
+    # Service stack (issue 3). Switching embedded <-> production is configuration only.
+    # Embedded default: SQLite file + local blobs under var_dir, an embedded Redis.
+    var_dir: Path = REPO_ROOT / "var"
+    database_url: str | None = None  # None -> sqlite:///<var_dir>/covidct.db
+    broker_url: str | None = None  # None -> the embedded Redis started by `covidct up`
+    storage_url: str | None = None  # None -> <var_dir>/blobs (a directory or file:// URL)
+    scorer_url: str | None = None  # None -> in-process scorer; else TorchServe inference URL
+    scorer_model_name: str = "slice-cnn"
+    scorer_batch_size: int = 16  # slices per /predictions request
+    scorer_concurrency: int = 4  # parallel requests, so TorchServe can batch them
+    scorer_timeout_s: float = 120.0
+    public_url: str | None = None  # absolute base for upload_url; None -> a path
+    max_upload_bytes: int = 2 * 1024**3
+    upload_expiry_days: int = 2  # unfinished tus uploads are removed after this
+    heatmap_top_k: int = 3
+    webhook_max_attempts: int = 6
+    webhook_backoff_s: float = 5.0  # first retry delay; doubles each attempt
+    webhook_timeout_s: float = 10.0
+    task_time_limit_s: int = 900  # hard Celery limit per task
+    broker_visibility_timeout_s: int = 1800  # above the longest task (ARCHITECTURE.md)
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -17,6 +17,10 @@ class ErrorCode(StrEnum):
     TOO_MANY_SLICES = "too_many_slices"
     UNSAFE_ARCHIVE = "unsafe_archive"
     NO_LUNG = "no_lung"
+    # Service-level codes (stored on failed jobs).
+    CHECKSUM_MISMATCH = "checksum_mismatch"
+    SCORER_UNAVAILABLE = "scorer_unavailable"
+    INTERNAL_ERROR = "internal_error"
 
 
 class StudyError(Exception):

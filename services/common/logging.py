@@ -33,3 +33,6 @@ def configure_logging(level: str = "INFO", as_json: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # One line per HTTP request from clients is noise at INFO (polling would flood the log).
+    for chatty in ("httpx", "httpcore", "urllib3"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,244 @@
+"""Service wall time (upload finished -> verdict) against ``covidct diagnose`` of the same study.
+
+The shared 133-slice series is zipped and uploaded with tus (:func:`services.client.submit`)
+to two stacks started in this run:
+
+- ``embedded``: :func:`services.runtime.start_stack` on a temp ``var_dir`` (SQLite, the
+  embedded Redis, the in-process scorer inside the Celery worker);
+- ``production``: PostgreSQL (a fresh database, dropped afterwards), the shared Redis on
+  db 14 (flushed first) and a TorchServe serving the shipped slice CNN (built into a .mar).
+
+The service's wall time is ``succeeded.created_at - queued.created_at`` from the job's
+``job_events`` rows; the floor is :func:`services.diagnosis.diagnose_path` in this process
+(warmed once, best of 2), measured right before each stack's jobs so both see the same load.
+Each stack runs one warm-up job (model loads happen on a worker's first task), then
+``JOBS`` timed jobs; the best is reported with its per-stage durations from the events:
+queue wait (queued -> preprocessing), preprocess (-> scoring), score (-> ensembling: scorer
+call + Grad-CAM + score rows; ``score_call`` is the scorer alone, from the event's detail)
+and ensemble (-> succeeded).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, select, text
+from sqlalchemy.orm import Session
+
+from bench.common import best_of, report, sample_series
+from services.client import ApiClient, UploadState, submit
+from services.common.config import Settings, get_settings
+from services.common.db import make_engine
+from services.common.orm import JobEvent
+from services.diagnosis import diagnose_path
+from services.runtime import Stack, free_port, start_stack, wait_ready
+
+JOBS = 2
+PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+PG_DB = "covidct_bench"
+PROD_BROKER = "redis://127.0.0.1:6379/14"
+QUIET_ENV = {"COVIDCT_LOG_LEVEL": "WARNING"}
+STAGES = ("queued", "preprocessing", "scoring", "ensembling", "succeeded")
+STAGE_NAMES = ("queue_wait", "preprocess", "score", "ensemble")
+
+
+@contextmanager
+def _children_output(log: Path) -> Iterator[None]:
+    """Processes started inside write their stdout/stderr to ``log``, not to the report."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for handle in (fd, *saved):
+            os.close(handle)
+
+
+def _diagnose_floor(series: Path) -> tuple[float, dict[str, float]]:
+    diagnose_path(series)  # warm: model load, imports
+    timings: dict[str, float] = {}
+
+    def run() -> None:
+        diagnosis, _ = diagnose_path(series)
+        if not timings or sum(diagnosis.timings.values()) < sum(timings.values()):
+            timings.clear()
+            timings.update(diagnosis.timings)
+
+    return best_of(run, JOBS), timings
+
+
+def _redis_flush(url: str) -> None:
+    rest = url.removeprefix("redis://")
+    hostport, _, db = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(f"SELECT {db or 0}\r\nFLUSHDB\r\n".encode())
+        sock.recv(64)
+
+
+@contextmanager
+def _postgres_database(name: str) -> Iterator[str]:
+    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield f"{PG_SERVER}/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def _torchserve(tmp: Path) -> Iterator[str]:
+    from services.inference.mar import build_mar
+    from tests.torchserve_support import running_torchserve
+
+    settings = get_settings()
+    mar = build_mar(
+        settings.models_dir / "slice-cnn" / settings.slice_model_version,
+        tmp / "model-store",
+        model_name=settings.scorer_model_name,
+    )
+    with running_torchserve(mar, tmp / "server") as url:
+        yield url
+
+
+@contextmanager
+def _stack(settings: Settings, log: Path, extra_env: dict[str, str]) -> Iterator[Stack]:
+    with _children_output(log):
+        stack = start_stack(free_port(), settings, extra_env={**QUIET_ENV, **extra_env})
+    try:
+        wait_ready(stack.url, timeout_s=180)
+        yield stack
+    finally:
+        with _children_output(log):
+            stack.stop()
+
+
+def _tenant(stack: Stack) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "tenants", "create", "bench", "--json"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _events(database_url: str, job_id: str) -> list[JobEvent]:
+    engine = make_engine(database_url)
+    try:
+        with Session(engine) as session:
+            rows = session.scalars(
+                select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+            )
+            return list(rows)
+    finally:
+        engine.dispose()
+
+
+def _run_job(api: ApiClient, series: Path, state: UploadState, database_url: str) -> dict[str, Any]:
+    job, done = submit(api, series, state)
+    if not done:
+        raise RuntimeError(f"upload of job {job['id']} did not finish")
+    final = api.wait(job["id"], timeout_s=900, poll_s=0.25)
+    if final["status"] != "succeeded":
+        raise RuntimeError(f"job {job['id']} ended {final['status']}: {final.get('error')}")
+    events = {e.status: e for e in _events(database_url, job["id"])}
+    missing = [s for s in STAGES if s not in events]
+    if missing:
+        raise RuntimeError(f"job {job['id']} has no {missing} events")
+    times = [events[s].created_at for s in STAGES]
+    stages = {
+        name: (b - a).total_seconds()
+        for name, a, b in zip(STAGE_NAMES, times, times[1:], strict=True)
+    }
+    detail = (events["ensembling"].detail or {}) | (events["scoring"].detail or {})
+    return {
+        "wall": (times[-1] - times[0]).total_seconds(),
+        "stages": stages,
+        "score_call": float(detail.get("score_s", "nan")),
+        "preprocess_detail": float(detail.get("preprocess_s", "nan")),
+        "inference_worker": str((events["ensembling"].detail or {}).get("worker")),
+    }
+
+
+def _measure_stack(
+    prefix: str,
+    series: Path,
+    settings: Settings,
+    tmp: Path,
+    extra_env: dict[str, str] | None = None,
+) -> dict[str, float]:
+    floor, floor_stages = _diagnose_floor(series)
+    database_url = settings.database_url or f"sqlite:///{settings.var_dir / 'covidct.db'}"
+    with _stack(settings, tmp / f"{prefix}.log", extra_env or {}) as stack:
+        api = ApiClient(stack.url, _tenant(stack)["api_key"], timeout_s=60)
+        state = UploadState(tmp / f"{prefix}-client-state.json")
+        warm = _run_job(api, series, state, database_url)
+        runs = [_run_job(api, series, state, database_url) for _ in range(JOBS)]
+    best = min(runs, key=lambda r: r["wall"])
+    warmed = {r["inference_worker"] for r in [warm, *runs[: runs.index(best)]]}
+    result = {
+        f"{prefix}_diagnose_wall_s": floor,
+        **{f"{prefix}_diagnose_{k}_s": v for k, v in floor_stages.items()},
+        f"{prefix}_warmup_wall_s": warm["wall"],
+        f"{prefix}_service_wall_s": best["wall"],
+        **{f"{prefix}_stage_{k}_s": v for k, v in best["stages"].items()},
+        f"{prefix}_preprocess_task_s": best["preprocess_detail"],
+        f"{prefix}_score_call_s": best["score_call"],
+        f"{prefix}_gradcam_and_rows_s": best["stages"]["score"] - best["score_call"],
+        f"{prefix}_scored_on_warm_child": float(best["inference_worker"] in warmed),
+        f"{prefix}_ratio_service_vs_diagnose": best["wall"] / floor,
+    }
+    for index, run in enumerate(runs):
+        result[f"{prefix}_job{index + 1}_wall_s"] = run["wall"]
+    return result
+
+
+def main() -> dict[str, float]:
+    series = sample_series()
+    result: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="covidct-bench-service-") as tmp_name:
+        tmp = Path(tmp_name)
+        embedded = Settings(var_dir=tmp / "embedded")
+        result |= _measure_stack("embedded", series, embedded, tmp)
+        with ExitStack() as stack:
+            database_url = stack.enter_context(_postgres_database(PG_DB))
+            _redis_flush(PROD_BROKER)
+            stack.callback(_redis_flush, PROD_BROKER)
+            scorer_url = stack.enter_context(_torchserve(tmp / "torchserve"))
+            production = Settings(
+                var_dir=tmp / "production",
+                database_url=database_url,
+                broker_url=PROD_BROKER,
+                scorer_url=scorer_url,
+            )
+            result |= _measure_stack(
+                "production", series, production, tmp, {"COVIDCT_SCORER_URL": scorer_url}
+            )
+    return report(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Service commands of ``covidct``: tenants, up, submit, worker, gateway, migrate, models."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from services.common.config import REPO_ROOT, get_settings
+
+tenants_app = typer.Typer(no_args_is_help=True, help="Manage tenants (API keys, secrets).")
+models_app = typer.Typer(no_args_is_help=True, help="Package the shipped models.")
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: Annotated[str, typer.Argument(help="Tenant name (unique).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Create a tenant; its API key is printed once and only its hash is stored."""
+    from sqlalchemy.exc import IntegrityError
+
+    from services.common.db import migrate, session_scope
+    from services.common.tenants import create_tenant
+
+    migrate()
+    try:
+        with session_scope() as session:
+            body = create_tenant(session, name)
+    except IntegrityError:
+        typer.echo(f"error: tenant_exists: a tenant named {name!r} exists", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(body))
+    else:
+        for key, value in body.items():
+            typer.echo(f"{key:15s} {value}")
+
+
+@models_app.command("build-mar")
+def build_mar_cmd(
+    version: Annotated[
+        str | None, typer.Option(help="Slice-CNN version (default: settings).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Model store directory.")] = REPO_ROOT
+    / "build"
+    / "model-store",
+) -> None:
+    """Pack the shipped slice CNN into a TorchServe archive (eager mode, batching on)."""
+    from services.inference.mar import build_mar
+
+    settings = get_settings()
+    model_dir = settings.models_dir / "slice-cnn" / (version or settings.slice_model_version)
+    path = build_mar(model_dir, out, model_name=settings.scorer_model_name)
+    typer.echo(str(path))
+
+
+def up(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Run everything on this machine: SQLite, embedded Redis, a worker, the gateway."""
+    from services.runtime import run_until_stopped, start_stack, wait_ready
+
+    stack = start_stack(port=port, concurrency=concurrency)
+    try:
+        wait_ready(stack.url)
+    except TimeoutError as exc:
+        stack.stop()
+        typer.echo(f"error: not_ready: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"covidct is up at {stack.url} (API docs at {stack.url}/docs); Ctrl-C stops it")
+    raise typer.Exit(run_until_stopped(stack))
+
+
+def submit(
+    path: Annotated[Path, typer.Argument(help="Study: DICOM folder (zipped on the fly) or file.")],
+    server: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="COVIDCT_API_KEY", help="Tenant API key.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Poll until the verdict.")] = False,
+    callback_url: Annotated[str | None, typer.Option(help="Signed callback URL.")] = None,
+    external_id: Annotated[str | None, typer.Option(help="Your reference.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Upload a study with tus (resumes an interrupted upload), then optionally wait."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from services.client import ApiClient, ApiClientError
+    from services.client import submit as submit_study
+
+    if not api_key:
+        typer.echo("error: unauthorized: pass --api-key or set COVIDCT_API_KEY", err=True)
+        raise typer.Exit(2)
+    if not path.exists():
+        typer.echo(f"error: unsupported_format: {path} does not exist", err=True)
+        raise typer.Exit(2)
+    client = ApiClient(server, api_key)
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=None if sys.stderr.isatty() else _quiet_console(),
+            transient=not as_json,
+        ) as bar:
+            task = bar.add_task("upload", total=None)
+            job, _done = submit_study(
+                client,
+                path,
+                callback_url=callback_url,
+                external_id=external_id,
+                progress=lambda sent, total: bar.update(task, completed=sent, total=total),
+            )
+        job = client.wait(job["id"]) if wait else client.get_job(job["id"])
+    except ApiClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    typer.echo(f"job {job['id']}: {job['status']}")
+    if job.get("result"):
+        result = job["result"]
+        typer.echo(f"verdict {result['label']}  P(COVID) {result['probabilities']['COVID']:.3f}")
+    if job.get("error"):
+        typer.echo(f"error {job['error']['code']}: {job['error']['message']}")
+    if job["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _quiet_console() -> Console:
+    return Console(file=open(os.devnull, "w"))
+
+
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = (
+        "preprocess,inference,ensemble,webhooks"
+    ),
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """A Celery worker (production: one deployment per queue, scaled apart)."""
+    from services.runtime import worker_command
+
+    command = worker_command(concurrency)
+    command[command.index("-Q") + 1] = queues
+    os.execv(sys.executable, command)
+
+
+def gateway(
+    host: Annotated[str, typer.Option()] = "0.0.0.0",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """The FastAPI gateway (REST API + tus uploads)."""
+    from services.runtime import gateway_command
+
+    os.execv(sys.executable, gateway_command(port, host))
+
+
+def migrate_cmd() -> None:
+    """Apply the Alembic migrations to COVIDCT_DATABASE_URL (SQLite by default)."""
+    from services.common.db import database_url, migrate
+
+    migrate()
+    typer.echo(f"migrated {database_url().split('@')[-1]}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(tenants_app, name="tenants")
+    app.add_typer(models_app, name="models")
+    app.command("up")(up)
+    app.command("submit")(submit)
+    app.command("worker")(worker)
+    app.command("gateway")(gateway)
+    app.command("migrate")(migrate_cmd)

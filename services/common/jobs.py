@@ -1,0 +1,146 @@
+"""Job state changes and the job's public view, shared by the gateway and every worker.
+
+A status change is a compare-and-set UPDATE plus a JobEvent row in one transaction, so two
+processes racing (a redelivered task, a cancel) cannot both win, and no event is duplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from services.common.errors import ErrorCode
+from services.common.orm import (
+    TERMINAL_STATUSES,
+    Job,
+    JobEvent,
+    JobStatus,
+    WebhookDelivery,
+    new_id,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    new_status: JobStatus,
+    allowed_from: Iterable[JobStatus],
+    *,
+    stage: str | None = None,
+    detail: dict[str, Any] | None = None,
+    error: tuple[str, str] | None = None,
+    **fields: Any,
+) -> bool:
+    """Move ``job_id`` to ``new_status`` if it is in ``allowed_from``; True when it moved."""
+    values: dict[str, Any] = {"status": new_status.value, "stage": stage, "updated_at": utcnow()}
+    if error is not None:
+        values["error_code"], values["error_message"] = error
+    values.update(fields)
+    allowed = [s.value for s in allowed_from]
+    moved = session.execute(
+        update(Job).where(Job.id == job_id, Job.status.in_(allowed)).values(**values)
+    )
+    if moved.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    event_detail = {"worker": f"{socket.gethostname()}:{os.getpid()}", **(detail or {})}
+    if error is not None:
+        event_detail["error"] = {"code": error[0], "message": error[1]}
+    session.add(JobEvent(job_id=job_id, status=new_status.value, stage=stage, detail=event_detail))
+    log.info("job %s -> %s", job_id, new_status.value, extra={"job_id": job_id, "stage": stage})
+    return True
+
+
+def fail(
+    session: Session, job_id: str, code: ErrorCode | str, message: str, stage: str | None = None
+) -> bool:
+    """Mark a job failed unless it already ended; queue its callback."""
+    code_value = code.value if isinstance(code, ErrorCode) else code
+    non_terminal = [s for s in JobStatus if s not in TERMINAL_STATUSES]
+    moved = transition(
+        session, job_id, JobStatus.FAILED, non_terminal, stage=stage, error=(code_value, message)
+    )
+    if moved:
+        session.flush()
+        create_webhook_delivery(session, job_id)
+    return moved
+
+
+def result_view(job: Job) -> dict[str, Any] | None:
+    if job.result is None:
+        return None
+    return {
+        "label": job.result.label,
+        "probabilities": job.result.probabilities,
+        "slices_total": job.result.slices_total,
+        "slices_used": job.result.slices_used,
+        "model_versions": job.result.model_versions,
+    }
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """The body of ``GET /v1/jobs/{id}`` (also the ``data`` of every callback)."""
+    return {
+        "id": job.id,
+        "status": job.status,
+        "stage": job.stage,
+        "external_id": job.external_id,
+        "created_at": job.created_at.isoformat(),
+        "updated_at": job.updated_at.isoformat(),
+        "error": (
+            {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
+        ),
+        "result": result_view(job),
+    }
+
+
+def create_webhook_delivery(session: Session, job_id: str) -> str | None:
+    """Record the callback for a finished job (at most one per event type); its id or None."""
+    job = session.get(Job, job_id)
+    if job is None or not job.callback_url:
+        return None
+    session.refresh(job)
+    event_type = {JobStatus.SUCCEEDED: "job.succeeded", JobStatus.FAILED: "job.failed"}.get(
+        JobStatus(job.status)
+    )
+    if event_type is None:
+        return None
+    existing = session.scalar(
+        select(WebhookDelivery).where(
+            WebhookDelivery.job_id == job_id, WebhookDelivery.event_type == event_type
+        )
+    )
+    if existing is not None:
+        return None
+    delivery = WebhookDelivery(
+        id=f"msg_{new_id().replace('-', '')}",
+        job_id=job_id,
+        event_type=event_type,
+        url=job.callback_url,
+        payload={"type": event_type, "data": job_view(job)},
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery.id
+
+
+def pending_deliveries(session: Session, job_id: str) -> list[str]:
+    return list(
+        session.scalars(
+            select(WebhookDelivery.id).where(
+                WebhookDelivery.job_id == job_id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.attempts == 0,
+            )
+        )
+    )

@@ -1,0 +1,202 @@
+"""ORM models: the state of record (jobs, their events, slices, scores, results, webhooks).
+
+Celery's result backend is never read: everything a client can see lives here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC on both backends (SQLite drops the zone otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class JobStatus(StrEnum):
+    AWAITING_UPLOAD = "awaiting_upload"
+    QUEUED = "queued"
+    PREPROCESSING = "preprocessing"
+    SCORING = "scoring"
+    ENSEMBLING = "ensembling"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime, dict[str, Any]: JSON}
+
+
+class Tenant(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    # Kept in clear: it is the HMAC key the service signs callbacks with.
+    webhook_secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default=JobStatus.AWAITING_UPLOAD, index=True)
+    stage: Mapped[str | None] = mapped_column(String(40), default=None)
+    external_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    callback_url: Mapped[str | None] = mapped_column(Text, default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    upload_id: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    upload_filename: Mapped[str | None] = mapped_column(String(300), default=None)
+    upload_size: Mapped[int | None] = mapped_column(Integer, default=None)
+    upload_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
+    upload_blob: Mapped[str | None] = mapped_column(String(300), default=None)
+    slices_blob: Mapped[str | None] = mapped_column(String(300), default=None)
+    slices_total: Mapped[int | None] = mapped_column(Integer, default=None)
+    slices_used: Mapped[int | None] = mapped_column(Integer, default=None)
+    series: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    error_code: Mapped[str | None] = mapped_column(String(40), default=None)
+    error_message: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    result: Mapped[Result | None] = relationship(
+        back_populates="job", cascade="all, delete-orphan", uselist=False
+    )
+
+
+class JobEvent(Base):
+    """One row per status change, with when and where it happened."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    stage: Mapped[str | None] = mapped_column(String(40), default=None)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SliceRecord(Base):
+    """Every slice of the study as read, kept or dropped (with the reason)."""
+
+    __tablename__ = "slices"
+    __table_args__ = (UniqueConstraint("job_id", "index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    index: Mapped[int] = mapped_column(Integer)
+    kept: Mapped[bool] = mapped_column(Boolean)
+    stack_position: Mapped[int | None] = mapped_column(Integer, default=None)
+    drop_reason: Mapped[str | None] = mapped_column(String(40), default=None)
+    drop_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    high_contrast: Mapped[bool] = mapped_column(Boolean, default=False)
+    lung_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class SliceScore(Base):
+    __tablename__ = "slice_scores"
+    __table_args__ = (UniqueConstraint("job_id", "slice_index", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    slice_index: Mapped[int] = mapped_column(Integer)
+    model_name: Mapped[str] = mapped_column(String(100))
+    model_version: Mapped[str] = mapped_column(String(40))
+    p_noncovid: Mapped[float] = mapped_column(Float)
+    p_covid: Mapped[float] = mapped_column(Float)
+    heatmap_blob: Mapped[str | None] = mapped_column(String(300), default=None)
+
+
+class Result(Base):
+    __tablename__ = "results"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(20))
+    probabilities: Mapped[dict[str, Any]] = mapped_column()
+    slices_total: Mapped[int] = mapped_column(Integer)
+    slices_used: Mapped[int] = mapped_column(Integer)
+    model_versions: Mapped[dict[str, Any]] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="result")
+
+
+class WebhookDelivery(Base):
+    """One callback message (one per job and event type); its attempts are rows below."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "event_type"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # the webhook-id header
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    event_type: Mapped[str] = mapped_column(String(40))
+    url: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column()
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookAttempt(Base):
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)

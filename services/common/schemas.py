@@ -1,0 +1,88 @@
+"""API request and response bodies (pydantic), the documented contract of ``/v1``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+JobStatusName = Literal[
+    "awaiting_upload",
+    "queued",
+    "preprocessing",
+    "scoring",
+    "ensembling",
+    "succeeded",
+    "failed",
+    "cancelled",
+]
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    callback_url: HttpUrl | None = None
+    external_id: str | None = Field(default=None, max_length=200)
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobResult(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    slices_total: int
+    slices_used: int
+    model_versions: dict[str, str]
+
+
+class JobOut(BaseModel):
+    id: str
+    status: JobStatusName
+    stage: str | None
+    external_id: str | None
+    created_at: str
+    updated_at: str
+    error: JobError | None
+    result: JobResult | None
+
+
+class JobCreated(JobOut):
+    upload_url: str
+    callback_url: str | None
+
+
+class JobPage(BaseModel):
+    items: list[JobOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class SliceOut(BaseModel):
+    index: int
+    kept: bool
+    drop_reason: str | None
+    drop_detail: str | None
+    high_contrast: bool
+    lung_fraction: float
+    probabilities: dict[str, float] | None
+    model_version: str | None
+    heatmap_url: str | None
+
+
+class SlicesOut(BaseModel):
+    job_id: str
+    slices_total: int | None
+    slices_used: int | None
+    slices: list[SliceOut]
+
+
+class Problem(BaseModel):
+    """Every 4xx body: a stable code plus a message for people."""
+
+    code: str
+    message: str
+    details: Any | None = None

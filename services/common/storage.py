@@ -1,0 +1,90 @@
+"""Blob storage behind a small interface (uploads, slice stacks, heatmaps).
+
+Local directory first; an S3-compatible store can implement the same five methods.
+Keys are relative POSIX paths such as ``jobs/<id>/upload``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+from urllib.parse import urlparse
+
+from services.common.config import Settings, get_settings
+
+
+class BlobStorage(Protocol):
+    def put_file(self, key: str, source: Path) -> None:
+        """Move ``source`` into the store under ``key`` (replacing any blob there)."""
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+
+    def get_bytes(self, key: str) -> bytes: ...
+
+    def local_path(self, key: str) -> Path:
+        """A readable local file for ``key`` (the blob itself for local storage)."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every blob under ``prefix``; returns how many were removed."""
+
+
+class LocalStorage:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        relative = PurePosixPath(key)
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root.joinpath(*relative.parts)
+
+    def put_file(self, key: str, source: Path) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), target)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(data)
+        os.replace(partial, target)  # readers never see half a blob
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def local_path(self, key: str) -> Path:
+        path = self._path(key)
+        if not path.exists():
+            raise FileNotFoundError(key)
+        return path
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def delete_prefix(self, prefix: str) -> int:
+        path = self._path(prefix)
+        if path.is_file():
+            path.unlink()
+            return 1
+        if not path.exists():
+            return 0
+        count = sum(1 for p in path.rglob("*") if p.is_file())
+        shutil.rmtree(path)
+        return count
+
+
+def make_storage(settings: Settings | None = None) -> BlobStorage:
+    settings = settings or get_settings()
+    url = settings.storage_url
+    if not url:
+        return LocalStorage(settings.var_dir / "blobs")
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return LocalStorage(Path(parsed.path if parsed.scheme else url))
+    raise ValueError(f"unsupported storage URL scheme {parsed.scheme!r}")

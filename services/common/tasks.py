@@ -1,0 +1,70 @@
+"""What every pipeline task does around its work: unexpected errors end the job as
+``failed``/``internal_error`` (never a job stuck in a running state), and callbacks queued
+in a finished transaction are sent once it has committed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from celery.exceptions import Retry
+from sqlalchemy import select
+
+from services.common.celery_app import send_webhook, start_pipeline
+from services.common.db import session_scope
+from services.common.errors import ErrorCode
+from services.common.jobs import fail, pending_deliveries
+from services.common.orm import Job, JobStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+
+def after_failure(job_id: str) -> None:
+    send_pending_webhooks(job_id)
+
+
+def send_pending_webhooks(job_id: str) -> None:
+    with session_scope() as session:
+        deliveries = pending_deliveries(session, job_id)
+    for delivery_id in deliveries:
+        send_webhook(delivery_id)
+
+
+def run_guarded(job_id: str, stage: str, work: Callable[[], str]) -> str:
+    try:
+        return work()
+    except Retry:
+        raise
+    except Exception as exc:
+        log.exception("%s failed for job %s", stage, job_id, extra={"job_id": job_id})
+        message = f"{stage}: {type(exc).__name__}"
+        with session_scope() as session:
+            moved = fail(session, job_id, ErrorCode.INTERNAL_ERROR, message, stage)
+        if moved:
+            after_failure(job_id)
+        return "failed"
+
+
+def enqueue(job_id: str) -> None:
+    try:
+        start_pipeline(job_id)
+    except Exception:  # broker down: the job stays queued and requeue_stale_jobs picks it up
+        log.exception("could not queue job %s; it stays queued", job_id)
+
+
+def requeue_stale_jobs(older_than_s: float = 60.0) -> list[str]:
+    """Queue again every job left ``queued`` (broker was down, or a crash before sending).
+
+    Run when a worker starts; safe any time because the tasks are idempotent.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with session_scope() as session:
+        stale = list(
+            session.scalars(
+                select(Job.id).where(Job.status == JobStatus.QUEUED, Job.updated_at < cutoff)
+            )
+        )
+    for job_id in stale:
+        enqueue(job_id)
+    return stale

@@ -1,0 +1,87 @@
+"""Celery task: the patient-level verdict from the job's slice probabilities.
+
+Idempotent: one result row per job; the verdict and the ``succeeded`` status commit together,
+and the callback is queued only by the transaction that made the job succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import numpy as np
+from celery import Task
+from sqlalchemy import select
+
+from services.common.celery_app import ENSEMBLE_TASK, celery_app
+from services.common.config import get_settings
+from services.common.db import session_scope
+from services.common.errors import ErrorCode
+from services.common.jobs import create_webhook_delivery, fail, transition
+from services.common.modelinfo import CLASS_NAMES, ensemble_model_dir
+from services.common.orm import Job, JobStatus, Result, SliceRecord, SliceScore
+from services.common.tasks import after_failure, run_guarded, send_pending_webhooks
+from services.ensemble.model import SoftVoteEnsemble, load_ensemble
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def _ensemble() -> SoftVoteEnsemble:
+    return load_ensemble(ensemble_model_dir())
+
+
+@celery_app.task(name=ENSEMBLE_TASK, bind=True)
+def ensemble_job(self: Task, job_id: str) -> str:
+    return run_guarded(job_id, "ensemble", lambda: _ensemble_job(job_id))
+
+
+def _ensemble_job(job_id: str) -> str:
+    settings = get_settings()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        if job is None or job.status != JobStatus.ENSEMBLING:
+            return "skipped"
+        rows = session.execute(
+            select(SliceScore.p_noncovid, SliceScore.p_covid, SliceScore.model_version)
+            .join(
+                SliceRecord,
+                (SliceRecord.job_id == SliceScore.job_id)
+                & (SliceRecord.index == SliceScore.slice_index),
+            )
+            .where(SliceScore.job_id == job_id)
+            .order_by(SliceRecord.stack_position)
+        ).all()
+        slices_total = job.slices_total or 0
+    if not rows:
+        with session_scope() as session:
+            moved = fail(session, job_id, ErrorCode.EMPTY_STUDY, "no slice was scored", "ensemble")
+        if moved:
+            after_failure(job_id)
+        return "failed"
+    probabilities = np.array([[r[0], r[1]] for r in rows], dtype=np.float64)
+    patient = _ensemble().predict_proba([probabilities])[0]
+    label = CLASS_NAMES[int(np.argmax(patient))]
+    with session_scope() as session:
+        if session.get(Result, job_id) is None:
+            session.add(
+                Result(
+                    job_id=job_id,
+                    label=label,
+                    probabilities={n: float(p) for n, p in zip(CLASS_NAMES, patient, strict=True)},
+                    slices_total=slices_total,
+                    slices_used=len(rows),
+                    model_versions={
+                        "slice_cnn": rows[0][2],
+                        "ensemble": settings.ensemble_model_version,
+                    },
+                )
+            )
+        moved = transition(session, job_id, JobStatus.SUCCEEDED, [JobStatus.ENSEMBLING], stage=None)
+        if not moved:
+            session.rollback()
+            return "skipped"
+        session.flush()
+        create_webhook_delivery(session, job_id)
+    send_pending_webhooks(job_id)
+    return "done"

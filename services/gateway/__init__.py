@@ -1,0 +1,1 @@
+"""FastAPI gateway: the /v1 REST API, tus uploads (mounted from services.upload), health."""

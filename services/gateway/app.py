@@ -1,0 +1,59 @@
+"""The gateway's app factory: /v1 API, tus uploads, health, metrics, OpenAPI at /docs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
+
+from services.common.celery_app import celery_app, configure
+from services.common.config import Settings, get_settings
+from services.gateway import health, jobs
+from services.gateway.errors import install_error_handlers
+from services.upload.ingest import sweep_expired_uploads
+from services.upload.tus import create_upload_router, install_upload_lifecycle, upload_dir
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 3600
+
+
+async def _sweep_forever(settings: Settings) -> None:
+    while True:
+        try:
+            removed = await run_in_threadpool(sweep_expired_uploads, upload_dir(settings))
+            if removed:
+                log.info("removed %d expired uploads", removed)
+        except Exception:
+            log.exception("expired-upload sweep failed")
+        await asyncio.sleep(SWEEP_INTERVAL_S)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure(celery_app, settings)  # the broker named by these settings, not import-time ones
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        sweeper = asyncio.create_task(_sweep_forever(settings))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+
+    app = FastAPI(
+        title="covidct",
+        version="1",
+        summary="COVID-19 pneumonia from chest CT: async jobs, tus uploads, signed callbacks.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_upload_lifecycle(app)
+    app.include_router(jobs.router)
+    app.include_router(create_upload_router(settings))
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,206 @@
+"""``/v1/jobs``: create, read, list, slices, heatmaps, cancel/delete."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.common.config import get_settings
+from services.common.jobs import job_view, transition
+from services.common.modelinfo import CLASS_NAMES
+from services.common.orm import (
+    TERMINAL_STATUSES,
+    Job,
+    JobEvent,
+    JobStatus,
+    SliceRecord,
+    SliceScore,
+)
+from services.common.schemas import JobCreate, JobCreated, JobOut, JobPage, JobStatusName, SlicesOut
+from services.common.storage import make_storage
+from services.gateway.auth import SessionDep, TenantDep
+from services.gateway.errors import ApiError
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+UPLOADS_PATH = "/v1/uploads"
+
+
+def upload_url() -> str:
+    base = (get_settings().public_url or "").rstrip("/")
+    return f"{base}{UPLOADS_PATH}"
+
+
+def _request_hash(body: JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _created_body(job: Job) -> dict[str, Any]:
+    return {**job_view(job), "upload_url": upload_url(), "callback_url": job.callback_url}
+
+
+def get_tenant_job(session: Session, tenant_id: str, job_id: str) -> Job:
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:  # another tenant's job does not exist for you
+        raise ApiError(404, "job_not_found", f"no job {job_id}")
+    return job
+
+
+@router.post("", status_code=201, response_model=JobCreated)
+def create_job(
+    body: JobCreate,
+    tenant: TenantDep,
+    session: SessionDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+) -> Any:
+    request_hash = _request_hash(body)
+    if idempotency_key:
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+        )
+        if existing is not None:
+            return _replay(existing, request_hash)
+    job = Job(
+        tenant_id=tenant.id,
+        external_id=body.external_id,
+        callback_url=str(body.callback_url) if body.callback_url else None,
+        idempotency_key=idempotency_key or None,
+        request_hash=request_hash,
+    )
+    session.add(job)
+    try:
+        session.flush()
+    except IntegrityError:  # the same key raced in from a parallel request
+        session.rollback()
+        existing = session.scalar(
+            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+        )
+        if existing is None:
+            raise
+        return _replay(existing, request_hash)
+    session.add(JobEvent(job_id=job.id, status=JobStatus.AWAITING_UPLOAD.value))
+    session.commit()
+    return _created_body(job)
+
+
+def _replay(job: Job, request_hash: str) -> JSONResponse:
+    if job.request_hash != request_hash:
+        raise ApiError(
+            409, "idempotency_conflict", "this Idempotency-Key was used with another body"
+        )
+    return JSONResponse(_created_body(job), status_code=200)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    tenant: TenantDep,
+    session: SessionDep,
+    status: Annotated[JobStatusName | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> Any:
+    query = select(Job).where(Job.tenant_id == tenant.id)
+    if status:
+        query = query.where(Job.status == status)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    jobs = session.scalars(
+        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+    ).all()
+    return {"items": [job_view(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+
+
+@router.get("/{job_id}", response_model=JobOut)
+def get_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Any:
+    return job_view(get_tenant_job(session, tenant.id, job_id))
+
+
+@router.get("/{job_id}/slices", response_model=SlicesOut)
+def get_slices(job_id: str, request: Request, tenant: TenantDep, session: SessionDep) -> Any:
+    job = get_tenant_job(session, tenant.id, job_id)
+    version = job.result.model_versions.get("slice_cnn") if job.result else None
+    score_query = select(SliceScore).where(SliceScore.job_id == job_id)
+    if version:
+        score_query = score_query.where(SliceScore.model_version == version)
+    scores = {s.slice_index: s for s in session.scalars(score_query)}
+    rows = session.scalars(
+        select(SliceRecord).where(SliceRecord.job_id == job_id).order_by(SliceRecord.index)
+    ).all()
+    slices = []
+    for row in rows:
+        score = scores.get(row.index)
+        slices.append(
+            {
+                "index": row.index,
+                "kept": row.kept,
+                "drop_reason": row.drop_reason,
+                "drop_detail": row.drop_detail,
+                "high_contrast": row.high_contrast,
+                "lung_fraction": row.lung_fraction,
+                "probabilities": (
+                    dict(zip(CLASS_NAMES, (score.p_noncovid, score.p_covid), strict=True))
+                    if score
+                    else None
+                ),
+                "model_version": score.model_version if score else None,
+                "heatmap_url": (
+                    f"/v1/jobs/{job_id}/heatmaps/{row.index}"
+                    if score and score.heatmap_blob
+                    else None
+                ),
+            }
+        )
+    return {
+        "job_id": job_id,
+        "slices_total": job.slices_total,
+        "slices_used": job.slices_used,
+        "slices": slices,
+    }
+
+
+@router.get(
+    "/{job_id}/heatmaps/{slice_index}",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def get_heatmap(slice_index: int, job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    get_tenant_job(session, tenant.id, job_id)
+    blob = session.scalar(
+        select(SliceScore.heatmap_blob).where(
+            SliceScore.job_id == job_id,
+            SliceScore.slice_index == slice_index,
+            SliceScore.heatmap_blob.is_not(None),
+        )
+    )
+    if blob is None:
+        raise ApiError(404, "heatmap_not_found", f"no heatmap for slice {slice_index}")
+    try:
+        data = make_storage().get_bytes(blob)
+    except FileNotFoundError as exc:
+        raise ApiError(404, "heatmap_not_found", f"no heatmap for slice {slice_index}") from exc
+    return Response(data, media_type="image/png")
+
+
+@router.delete("/{job_id}", status_code=204, responses={202: {"model": JobOut}})
+def delete_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+    """Cancel a job that has not ended (202), or delete an ended one and its blobs (204)."""
+    job = get_tenant_job(session, tenant.id, job_id)
+    if JobStatus(job.status) not in TERMINAL_STATUSES:
+        running = [s for s in JobStatus if s not in TERMINAL_STATUSES]
+        if transition(session, job_id, JobStatus.CANCELLED, running, detail={"by": "client"}):
+            session.commit()
+            session.refresh(job)
+            return JSONResponse(job_view(job), status_code=202)
+        session.rollback()  # it ended meanwhile: delete it below
+        session.refresh(job)
+    make_storage().delete_prefix(f"jobs/{job_id}")
+    session.delete(job)
+    session.commit()
+    return Response(status_code=204)

@@ -1,0 +1,127 @@
+"""A finished upload becomes a queued job: verify the checksum, store the blob, start the
+pipeline. Idempotent: only the first call for a job moves it out of ``awaiting_upload``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select, update
+
+from services.common.db import session_scope
+from services.common.errors import ErrorCode
+from services.common.jobs import create_webhook_delivery, transition
+from services.common.orm import Job, JobStatus, utcnow
+from services.common.storage import make_storage
+from services.common.tasks import enqueue, send_pending_webhooks
+
+log = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def safe_filename(name: str) -> str:
+    """Keep the extension (the reader dispatches on it), drop anything path-like."""
+    base = Path(name.replace("\\", "/")).name
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
+    return cleaned[-120:] or "upload"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(4 * 1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def complete_upload(upload_id: str, file_path: Path, metadata: dict[str, str]) -> str | None:
+    """Called once the last byte of ``upload_id`` has arrived; returns the job's new status."""
+    with session_scope() as session:
+        job = session.scalar(select(Job).where(Job.upload_id == upload_id))
+        if job is None or job.status != JobStatus.AWAITING_UPLOAD:
+            return None
+        job_id = job.id
+    expected = (metadata.get("sha256") or "").lower()
+    actual = file_sha256(file_path) if expected else None
+    size = file_path.stat().st_size
+    blob = f"jobs/{job_id}/upload/{safe_filename(metadata.get('filename', 'upload'))}"
+    # Keep the bytes even when the checksum fails: nothing a client sent is thrown away.
+    make_storage().put_file(blob, file_path)
+    Path(f"{file_path}.info").unlink(missing_ok=True)
+    fields: dict[str, Any] = {"upload_blob": blob, "upload_size": size, "upload_sha256": actual}
+    with session_scope() as session:
+        if expected and actual != expected:
+            moved = transition(
+                session,
+                job_id,
+                JobStatus.FAILED,
+                [JobStatus.AWAITING_UPLOAD],
+                stage="upload",
+                error=(
+                    ErrorCode.CHECKSUM_MISMATCH.value,
+                    f"sha256 of the upload is {actual}, metadata says {expected}",
+                ),
+                **fields,
+            )
+            if moved:
+                session.flush()
+                create_webhook_delivery(session, job_id)
+            status = JobStatus.FAILED
+        else:
+            moved = transition(
+                session,
+                job_id,
+                JobStatus.QUEUED,
+                [JobStatus.AWAITING_UPLOAD],
+                stage="queued",
+                detail={"bytes": size},
+                **fields,
+            )
+            status = JobStatus.QUEUED
+    if not moved:
+        return None
+    if status == JobStatus.FAILED:
+        send_pending_webhooks(job_id)
+    else:
+        enqueue(job_id)
+    return status.value
+
+
+def sweep_expired_uploads(upload_dir: Path) -> int:
+    """tus expiration: remove unfinished uploads past their Upload-Expires and free the job."""
+    import json
+
+    removed = 0
+    now = datetime.now(UTC)
+    for info_path in upload_dir.glob("*.info"):
+        try:
+            info = json.loads(info_path.read_text())
+            expires = parsedate_to_datetime(str(info.get("expires")))
+        except (OSError, ValueError, TypeError):
+            continue
+        if expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        if expires > now:
+            continue
+        upload_id = info_path.name.removesuffix(".info")
+        (upload_dir / upload_id).unlink(missing_ok=True)
+        info_path.unlink(missing_ok=True)
+        release_upload(upload_id)
+        removed += 1
+    return removed
+
+
+def release_upload(upload_id: str) -> None:
+    """The upload was terminated or expired: the job may take a new one."""
+    with session_scope() as session:
+        session.execute(
+            update(Job)
+            .where(Job.upload_id == upload_id, Job.status == JobStatus.AWAITING_UPLOAD)
+            .values(upload_id=None, updated_at=utcnow())
+        )

@@ -1,0 +1,187 @@
+"""The tus 1.0 endpoint (tuspyserver) at ``/v1/uploads``, bound to jobs and API keys.
+
+- Every tus request needs the job owner's API key; an upload of another tenant is 404.
+- Creation needs metadata ``job_id``, ``filename``, ``filetype`` (optional ``sha256``); a job
+  takes one upload (a second creation is 409) and the size limit is checked up front (413).
+- tuspyserver does not fire its completion hook for an upload finished inside the creation
+  POST (creation-with-upload), nor release a job when an upload is terminated; the
+  middleware below does both.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select, update
+from starlette.responses import Response
+from tuspyserver import create_tus_router
+from tuspyserver.storage.local import LocalFileStorage
+
+from services.common.config import Settings, get_settings
+from services.common.db import session_scope
+from services.common.orm import Job, JobStatus, Tenant, utcnow
+from services.common.security import hash_api_key
+from services.upload.ingest import SHA256_RE, complete_upload, release_upload
+
+UPLOADS_PREFIX = "/v1/uploads"
+REQUIRED_METADATA = ("job_id", "filename", "filetype")
+
+
+def upload_dir(settings: Settings | None = None) -> Path:
+    settings = settings or get_settings()
+    path = settings.var_dir / "uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _tenant(request: Request) -> Tenant:
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise HTTPException(401, "missing Authorization: Bearer <api_key>")
+    with session_scope() as session:
+        tenant = session.scalar(
+            select(Tenant).where(Tenant.api_key_hash == hash_api_key(key.strip()))
+        )
+        if tenant is None:
+            raise HTTPException(401, "unknown API key")
+        session.expunge(tenant)
+    return tenant
+
+
+def tus_auth(request: Request) -> None:
+    """API key on every tus request; an existing upload must belong to the caller."""
+    tenant = _tenant(request)
+    request.state.tenant_id = tenant.id
+    upload_id = request.path_params.get("uuid")
+    if upload_id is None:
+        return
+    with session_scope() as session:
+        owner = session.scalar(select(Job.tenant_id).where(Job.upload_id == upload_id))
+    if owner != tenant.id:
+        raise HTTPException(404, "Upload not found")
+
+
+def _validate_creation(tenant_id: str, metadata: dict[str, str], size: int | None) -> None:
+    missing = [k for k in REQUIRED_METADATA if not metadata.get(k)]
+    if missing:
+        raise HTTPException(400, f"missing upload metadata: {', '.join(missing)}")
+    if metadata.get("sha256") and not SHA256_RE.match(metadata["sha256"]):
+        raise HTTPException(400, "metadata sha256 must be 64 hex digits")
+    limit = get_settings().max_upload_bytes
+    if size is not None and size > limit:
+        raise HTTPException(413, f"upload of {size} bytes exceeds the limit of {limit}")
+    with session_scope() as session:
+        job = session.get(Job, metadata["job_id"])
+        if job is None or job.tenant_id != tenant_id:
+            raise HTTPException(404, f"no job {metadata['job_id']}")
+        if job.status != JobStatus.AWAITING_UPLOAD or job.upload_id is not None:
+            raise HTTPException(409, "this job already has an upload")
+
+
+def pre_create_dep(request: Request) -> Callable[[dict[str, str], dict[str, Any]], None]:
+    tenant_id: str = request.state.tenant_id
+
+    def hook(metadata: dict[str, str], info: dict[str, Any]) -> None:
+        _validate_creation(tenant_id, metadata, info.get("size"))
+
+    return hook
+
+
+def file_dep(request: Request) -> Callable[[dict[str, str]], Awaitable[dict[str, str]]]:
+    """On creation, claim the job for a fresh upload id (atomically: one upload per job)."""
+
+    async def claim(metadata: dict[str, str]) -> dict[str, str]:
+        if not metadata.get("job_id"):
+            return {}  # PATCH / DELETE call this with no metadata
+        upload_id = uuid.uuid4().hex
+        await run_in_threadpool(_claim, metadata["job_id"], upload_id, metadata)
+        return {"uid": upload_id}
+
+    return claim
+
+
+def _claim(job_id: str, upload_id: str, metadata: dict[str, str]) -> None:
+    with session_scope() as session:
+        claimed = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                Job.status == JobStatus.AWAITING_UPLOAD,
+                Job.upload_id.is_(None),
+            )
+            .values(
+                upload_id=upload_id,
+                upload_filename=metadata.get("filename"),
+                updated_at=utcnow(),
+            )
+        )
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            raise HTTPException(409, "this job already has an upload")
+
+
+def upload_complete_dep() -> Callable[[str, dict[str, str]], Awaitable[None]]:
+    async def on_complete(file_path: str, metadata: dict[str, str]) -> None:
+        await run_in_threadpool(complete_upload, Path(file_path).name, Path(file_path), metadata)
+
+    return on_complete
+
+
+def create_upload_router(settings: Settings | None = None) -> APIRouter:
+    settings = settings or get_settings()
+    directory = upload_dir(settings)
+    # tuspyserver's annotations say hooks return None; FastAPI accepts our richer ones.
+    hooks: dict[str, Any] = {
+        "auth": tus_auth,
+        "upload_complete_dep": upload_complete_dep,
+        "pre_create_dep": pre_create_dep,
+        "file_dep": file_dep,
+    }
+    return create_tus_router(
+        prefix=UPLOADS_PREFIX,
+        files_dir=str(directory),
+        storage=LocalFileStorage(str(directory)),
+        max_size=settings.max_upload_bytes,
+        days_to_keep=settings.upload_expiry_days,
+        tags=["uploads"],
+        **hooks,
+    )
+
+
+def _finished_in_creation(upload_id: str) -> dict[str, str] | None:
+    """Metadata of an upload that is complete, else None (reads tuspyserver's sidecar)."""
+    import json
+
+    info_path = upload_dir() / f"{upload_id}.info"
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return None
+    size, offset = info.get("size"), info.get("offset")
+    if size is None or offset != size:
+        return None
+    return dict(info.get("metadata") or {})
+
+
+def install_upload_lifecycle(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def upload_lifecycle(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        path = request.url.path.rstrip("/")
+        if not path.startswith(UPLOADS_PREFIX):
+            return response
+        if request.method == "POST" and response.status_code == 201:
+            upload_id = response.headers.get("location", "").rstrip("/").rsplit("/", 1)[-1]
+            metadata = await run_in_threadpool(_finished_in_creation, upload_id)
+            if metadata is not None:
+                file_path = upload_dir() / upload_id
+                await run_in_threadpool(complete_upload, upload_id, file_path, metadata)
+        elif request.method == "DELETE" and response.status_code == 204:
+            await run_in_threadpool(release_upload, path.rsplit("/", 1)[-1])
+        return response

@@ -1,0 +1,81 @@
+"""Helpers for service tests: an isolated settings environment, tenants, tus requests,
+and a callback receiver that records every signed POST it gets."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from services.common.db import session_scope
+from services.common.tenants import create_tenant
+
+
+def make_tenant(name: str) -> dict[str, str]:
+    with session_scope() as session:
+        return create_tenant(session, name)
+
+
+def auth(tenant: dict[str, str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {tenant['api_key']}"}
+
+
+def tus_metadata(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def tus_headers(tenant: dict[str, str], **extra: str) -> dict[str, str]:
+    return {"Tus-Resumable": "1.0.0", **auth(tenant), **extra}
+
+
+@dataclass
+class Callback:
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class CallbackReceiver:
+    url: str
+    received: list[Callback] = field(default_factory=list)
+    fail_first: int = 0  # answer 500 to this many requests first (to exercise retries)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@contextmanager
+def callback_receiver(fail_first: int = 0) -> Iterator[CallbackReceiver]:
+    receiver = CallbackReceiver(url="", fail_first=fail_first)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            with receiver.lock:
+                if receiver.fail_first > 0:
+                    receiver.fail_first -= 1
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                receiver.received.append(Callback(dict(self.headers.items()), body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        server.shutdown()
+        server.server_close()
