@@ -71,6 +71,10 @@ def _children_output(log: Path) -> Iterator[None]:
             os.close(handle)
 
 
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 def _diagnose_floor(series: Path) -> tuple[float, dict[str, float]]:
     diagnose_path(series)  # warm: model load, imports
     timings: dict[str, float] = {}
@@ -171,7 +175,7 @@ def _run_job(api: ApiClient, series: Path, state: UploadState, database_url: str
     times = [events[s].created_at for s in STAGES]
     stages = {
         name: (b - a).total_seconds()
-        for name, a, b in zip(STAGE_NAMES, times, times[1:], strict=True)
+        for name, a, b in zip(STAGE_NAMES, times[:-1], times[1:], strict=True)
     }
     detail = (events["ensembling"].detail or {}) | (events["scoring"].detail or {})
     return {
@@ -191,12 +195,17 @@ def _measure_stack(
     extra_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     floor, floor_stages = _diagnose_floor(series)
+    _progress(f"{prefix}: diagnose floor {floor:.1f}s {floor_stages}")
     database_url = settings.database_url or f"sqlite:///{settings.var_dir / 'covidct.db'}"
     with _stack(settings, tmp / f"{prefix}.log", extra_env or {}) as stack:
         api = ApiClient(stack.url, _tenant(stack)["api_key"], timeout_s=60)
         state = UploadState(tmp / f"{prefix}-client-state.json")
         warm = _run_job(api, series, state, database_url)
-        runs = [_run_job(api, series, state, database_url) for _ in range(JOBS)]
+        _progress(f"{prefix}: warm-up job {warm}")
+        runs = []
+        for _ in range(JOBS):
+            runs.append(_run_job(api, series, state, database_url))
+            _progress(f"{prefix}: job {runs[-1]}")
     best = min(runs, key=lambda r: r["wall"])
     warmed = {r["inference_worker"] for r in [warm, *runs[: runs.index(best)]]}
     result = {

@@ -111,6 +111,7 @@ def gateway_command(port: int, host: str = "127.0.0.1") -> list[str]:
         "services.gateway.app:create_app", "--factory",
         "--host", host, "--port", str(port),
         "--no-access-log",
+        "--log-level", get_settings().log_level.lower(),
     ]  # fmt: skip
 
 

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,10 +24,10 @@ import pytest
 
 from services.common.config import get_settings
 from services.inference.mar import build_mar
-from tests.conftest import IN_CI
 
 STARTUP_TIMEOUT_S = 180.0
-# One worker on a 2-core machine: more torch threads than cores only adds contention.
+# Torch threads for the one TorchServe worker: at most 2, so it neither oversubscribes a
+# 2-core runner nor starves the test process that waits on it.
 WORKER_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
@@ -36,7 +37,11 @@ def require_java() -> str:
     java = str(Path(java_home) / "bin" / "java") if java_home else shutil.which("java")
     if java and Path(java).is_file():
         return java
-    message = "TorchServe needs Java 17 (java not on PATH and JAVA_HOME unset)"
+    # Imported here: tests/conftest.py imports this module, so a top-level import is circular.
+    from tests.conftest import IN_CI
+
+    where = f"JAVA_HOME={java_home}" if java_home else "PATH"
+    message = f"TorchServe needs Java 17, none found via {where}"
     if IN_CI:
         pytest.fail(f"CI=true but {message}")
     pytest.skip(message)
@@ -101,9 +106,10 @@ def running_torchserve(mar_path: Path, tmp_dir: Path) -> Iterator[str]:
         pytest.fail(f"torchserve is not installed next to {sys.executable}")
     tmp_dir.mkdir(parents=True, exist_ok=True)
     log_dir = tmp_dir / "logs"
-    java_tmp = tmp_dir / "tmp"
     log_dir.mkdir(exist_ok=True)
-    java_tmp.mkdir(exist_ok=True)
+    # Java unpacks the .mar here and puts the worker's Unix socket here: a short path, because
+    # socket paths are limited to 107 bytes and CI temp directories can be long.
+    java_tmp = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp" if Path("/tmp").is_dir() else None))
     model_name = mar_path.stem
     ports = {name: _free_port() for name in ("inference", "management", "metrics")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
@@ -129,7 +135,7 @@ def running_torchserve(mar_path: Path, tmp_dir: Path) -> Iterator[str]:
         **os.environ,
         "LOG_LOCATION": str(log_dir),
         "METRICS_LOCATION": str(log_dir),
-        "TEMP": str(java_tmp),  # where Java unpacks the .mar
+        "TEMP": str(java_tmp),
         "OMP_NUM_THREADS": str(WORKER_THREADS),
         "MKL_NUM_THREADS": str(WORKER_THREADS),
     }
@@ -171,6 +177,7 @@ def running_torchserve(mar_path: Path, tmp_dir: Path) -> Iterator[str]:
         yield urls["inference"]
     finally:
         _stop(process)
+        shutil.rmtree(java_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

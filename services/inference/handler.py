@@ -142,6 +142,8 @@ class SliceScoringHandler:
     def predict(self, batches: Sequence[NDArray[np.uint8]]) -> list[dict[str, Any]]:
         """Score all requests' slices in one model call; one result per request, in order."""
         model = self._require_model()
+        if not batches:
+            return []
         counts = [len(batch) for batch in batches]
         if sum(counts) == 0:
             probabilities = np.zeros((0, 2))

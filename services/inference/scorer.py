@@ -67,6 +67,17 @@ def _result_to_batch(result: dict[str, Any], expected: int) -> ScoreBatch:
     return ScoreBatch(probabilities, str(result["model_name"]), str(result["model_version"]))
 
 
+def _error_detail(response: httpx.Response) -> str:
+    """The handler's ``{"error": ...}`` (or TorchServe's ``message``), else the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500]
+    if isinstance(body, dict):
+        return str(body.get("error") or body.get("message") or body)
+    return str(body)[:500]
+
+
 class InProcessScorer:
     """Runs :class:`SliceScoringHandler` here, through the same .npy encode/decode path."""
 
@@ -158,9 +169,13 @@ class TorchServeScorer:
         if response.status_code == 404:
             raise ScorerUnavailable(f"model {self.model_name!r} is not registered at {url}")
         if response.status_code >= 500:
-            raise ScorerUnavailable(f"{url} answered {response.status_code}: {response.text}")
+            raise ScorerUnavailable(
+                f"{url} answered {response.status_code}: {_error_detail(response)}"
+            )
         if response.status_code >= 400:
-            raise ValueError(f"{url} rejected the slices ({response.status_code}): {response.text}")
+            raise ValueError(
+                f"{url} rejected the slices ({response.status_code}): {_error_detail(response)}"
+            )
         try:
             result = response.json()
         except ValueError as exc:
