@@ -11,8 +11,8 @@ from services.inference.predict import predict_proba
 
 def main(n: int = 64) -> dict[str, float]:
     model = load_models().slice_model
-    x = np.random.default_rng(0).integers(0, 256, (n, model.image_size, model.image_size))
-    x = x.astype(np.uint8)
+    size = model.image_size
+    x = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
     t_plain = best_of(lambda: predict_proba(model.members[0], x, tta=False), repeats=2)
     t_shipped = best_of(lambda: model.predict_proba(x), repeats=2)
     result = {

@@ -225,13 +225,16 @@ def _measure_stack(
     return result
 
 
-def main() -> dict[str, float]:
+def main(stacks: tuple[str, ...] = ("embedded", "production")) -> dict[str, float]:
     series = sample_series()
     result: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="covidct-bench-service-") as tmp_name:
         tmp = Path(tmp_name)
-        embedded = Settings(var_dir=tmp / "embedded")
-        result |= _measure_stack("embedded", series, embedded, tmp)
+        if "embedded" in stacks:
+            embedded = Settings(var_dir=tmp / "embedded")
+            result |= _measure_stack("embedded", series, embedded, tmp)
+        if "production" not in stacks:
+            return report(result)
         with ExitStack() as stack:
             database_url = stack.enter_context(_postgres_database(PG_DB))
             _redis_flush(PROD_BROKER)
@@ -250,4 +253,4 @@ def main() -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    main(tuple(sys.argv[1:]) or ("embedded", "production"))

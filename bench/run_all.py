@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench import bench_cnn, bench_diagnose, bench_preprocess
+from bench import bench_cnn, bench_diagnose, bench_preprocess, bench_service, bench_upload
 
 
 def main() -> None:
@@ -10,6 +10,8 @@ def main() -> None:
         ("preprocess", bench_preprocess),
         ("cnn", bench_cnn),
         ("diagnose", bench_diagnose),
+        ("upload", bench_upload),
+        ("service", bench_service),
     ):
         print(f"== {name}")
         module.main()

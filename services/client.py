@@ -25,7 +25,7 @@ from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
-DEFAULT_CHUNK = 8 * 1024 * 1024
+DEFAULT_CHUNK = 32 * 1024 * 1024  # fewer PATCHes: each costs ~30 ms of fixed work
 Progress = Callable[[int, int], None]  # (bytes sent so far, total)
 
 

@@ -38,7 +38,7 @@ def sample_study() -> tuple[Path, str]:
 
 
 def _covidct(*args: str, env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+    return subprocess.Popen(  # type: ignore[call-overload]
         [sys.executable, "-m", "services.cli", *args], env=env, text=True, **kwargs
     )
 

@@ -350,3 +350,47 @@ def test_health_metrics_and_docs(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/slices"} <= set(paths)
+
+
+def test_unauthenticated_patch_writes_nothing(
+    client: TestClient, alice: dict[str, str], bob: dict[str, str], tmp_path: Path
+) -> None:
+    job = new_job(client, alice)
+    location = create_upload(client, alice, job["id"], 100).headers["location"]
+    upload_file = tmp_path / "uploads" / location.rstrip("/").rsplit("/", 1)[-1]
+    no_key = client.patch(
+        location,
+        headers={
+            "Tus-Resumable": "1.0.0",
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        },
+        content=b"x" * 40,
+    )
+    assert no_key.status_code == 401
+    assert patch(client, bob, location, 0, b"y" * 40).status_code == 404
+    assert upload_file.stat().st_size == 0
+    head = client.head(location, headers=tus_headers(alice))
+    assert head.headers["upload-offset"] == "0"
+
+
+def test_streamed_sha256_matches_the_file(
+    client: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.upload import ingest
+
+    def no_rehash(_path: Path) -> str:
+        raise AssertionError("the digest computed while streaming should have been used")
+
+    monkeypatch.setattr(ingest, "file_sha256", no_rehash)
+    job = new_job(client, alice)
+    data = bytes(range(256)) * 300
+    location = create_upload(
+        client, alice, job["id"], len(data), sha256=hashlib.sha256(data).hexdigest()
+    ).headers["location"]
+    for start in range(0, len(data), 30_000):
+        assert (
+            patch(client, alice, location, start, data[start : start + 30_000]).status_code == 204
+        )
+    body = client.get(f"/v1/jobs/{job['id']}", headers=auth(alice)).json()
+    assert body["status"] == "queued", body

@@ -253,3 +253,26 @@ def test_torchserve_rejects_bad_slices_with_400(torchserve_url: str) -> None:
         f"{torchserve_url}/predictions/no-such-model", content=encode_slices(seeded_slices(1))
     )
     assert missing.status_code == 404
+
+
+def test_build_mar_command_packs_an_eager_archive_with_batching(tmp_path: Path) -> None:
+    import json
+    import zipfile
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from services.cli import app
+
+    result = CliRunner().invoke(app, ["models", "build-mar", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    mar = Path(result.output.strip().splitlines()[-1])
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(archive.read("model-config.yaml"))
+    assert manifest["model"]["modelName"] == "slice-cnn"
+    assert manifest["model"]["modelVersion"] == "v1"
+    assert "modelFile" in manifest["model"]  # eager mode: model file + state dicts
+    assert {"member-0.pt", "config.json"} <= names
+    assert config["batchSize"] > 1 and config["maxBatchDelay"] > 0

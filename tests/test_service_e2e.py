@@ -157,6 +157,12 @@ def test_embedded_default_end_to_end(
         )
         _assert_verdict_and_callback(client, job["id"], floor, receiver, tenant)
         _assert_slices_and_heatmap(client, job["id"], floor)
+    # Deleting a finished job removes its rows and every blob (upload, slice stack, heatmaps).
+    blobs = Path(embedded_stack.env["COVIDCT_VAR_DIR"]) / "blobs" / "jobs" / job["id"]
+    assert (blobs / "slices.npy").is_file() and any((blobs / "heatmaps").iterdir())
+    assert client.http.delete(f"/v1/jobs/{job['id']}").status_code == 204
+    assert client.http.get(f"/v1/jobs/{job['id']}").status_code == 404
+    assert not blobs.exists()
 
 
 def test_production_stack_end_to_end(

@@ -120,6 +120,9 @@ def running_torchserve(mar_path: Path, tmp_dir: Path) -> Iterator[str]:
                 f"inference_address={urls['inference']}",
                 f"management_address={urls['management']}",
                 f"metrics_address={urls['metrics']}",
+                # Free gRPC ports too: the defaults (7070/7071) clash with any other TorchServe.
+                f"grpc_inference_port={_free_port()}",
+                f"grpc_management_port={_free_port()}",
                 "disable_token_authorization=true",
                 f"model_store={mar_path.parent}",
                 f"load_models={mar_path.name}",

@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from services.common.celery_app import celery_app, configure
@@ -15,7 +15,12 @@ from services.common.config import Settings, get_settings
 from services.gateway import health, jobs
 from services.gateway.errors import install_error_handlers
 from services.upload.ingest import sweep_expired_uploads
-from services.upload.tus import create_upload_router, install_upload_lifecycle, upload_dir
+from services.upload.tus import (
+    create_upload_router,
+    install_upload_lifecycle,
+    tus_auth,
+    upload_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_upload_lifecycle(app)
     app.include_router(jobs.router)
-    app.include_router(create_upload_router(settings))
+    # Authenticate tus requests before any route dependency reads the body.
+    app.include_router(create_upload_router(settings), dependencies=[Depends(tus_auth)])
     app.include_router(health.router)
     return app

@@ -40,15 +40,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def complete_upload(upload_id: str, file_path: Path, metadata: dict[str, str]) -> str | None:
-    """Called once the last byte of ``upload_id`` has arrived; returns the job's new status."""
+def complete_upload(
+    upload_id: str, file_path: Path, metadata: dict[str, str], known_sha256: str | None = None
+) -> str | None:
+    """Called once the last byte of ``upload_id`` has arrived; returns the job's new status.
+
+    ``known_sha256`` is the digest computed while the bytes streamed in, when there is one.
+    """
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.upload_id == upload_id))
         if job is None or job.status != JobStatus.AWAITING_UPLOAD:
             return None
         job_id = job.id
     expected = (metadata.get("sha256") or "").lower()
-    actual = file_sha256(file_path) if expected else None
+    actual = (known_sha256 or file_sha256(file_path)) if expected else None
     size = file_path.stat().st_size
     blob = f"jobs/{job_id}/upload/{safe_filename(metadata.get('filename', 'upload'))}"
     # Keep the bytes even when the checksum fails: nothing a client sent is thrown away.

@@ -20,13 +20,14 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select, update
 from starlette.responses import Response
 from tuspyserver import create_tus_router
-from tuspyserver.storage.local import LocalFileStorage
+from tuspyserver.router import noop
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.orm import Job, JobStatus, Tenant, utcnow
 from services.common.security import hash_api_key
 from services.upload.ingest import SHA256_RE, complete_upload, release_upload
+from services.upload.storage import StreamingLocalStorage
 
 UPLOADS_PREFIX = "/v1/uploads"
 REQUIRED_METADATA = ("job_id", "filename", "filetype")
@@ -124,19 +125,26 @@ def _claim(job_id: str, upload_id: str, metadata: dict[str, str]) -> None:
             raise HTTPException(409, "this job already has an upload")
 
 
-def upload_complete_dep() -> Callable[[str, dict[str, str]], Awaitable[None]]:
-    async def on_complete(file_path: str, metadata: dict[str, str]) -> None:
-        await run_in_threadpool(complete_upload, Path(file_path).name, Path(file_path), metadata)
-
-    return on_complete
-
-
 def create_upload_router(settings: Settings | None = None) -> APIRouter:
+    """The tus routes. Include them with ``dependencies=[Depends(tus_auth)]`` (see below)."""
     settings = settings or get_settings()
     directory = upload_dir(settings)
+    storage = StreamingLocalStorage(str(directory), fsync=settings.upload_fsync)
+
+    def upload_complete_dep() -> Callable[[str, dict[str, str]], Awaitable[None]]:
+        async def on_complete(file_path: str, metadata: dict[str, str]) -> None:
+            path = Path(file_path)
+            known = storage.take_sha256(path.name, path.stat().st_size)
+            await run_in_threadpool(complete_upload, path.name, path, metadata, known)
+
+        return on_complete
+
     # tuspyserver's annotations say hooks return None; FastAPI accepts our richer ones.
     hooks: dict[str, Any] = {
-        "auth": tus_auth,
+        # Its PATCH reads the body in a dependency declared before its ``auth`` one, so
+        # auth there would run after the bytes hit the disk: the gateway puts tus_auth on
+        # the whole router instead, which FastAPI resolves first.
+        "auth": noop,
         "upload_complete_dep": upload_complete_dep,
         "pre_create_dep": pre_create_dep,
         "file_dep": file_dep,
@@ -144,7 +152,7 @@ def create_upload_router(settings: Settings | None = None) -> APIRouter:
     return create_tus_router(
         prefix=UPLOADS_PREFIX,
         files_dir=str(directory),
-        storage=LocalFileStorage(str(directory)),
+        storage=storage,
         max_size=settings.max_upload_bytes,
         days_to_keep=settings.upload_expiry_days,
         tags=["uploads"],
