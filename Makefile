@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests bench scripts
-	$(BIN)/ruff format --check services tests bench scripts
+	$(BIN)/ruff check services tests bench scripts migrations
+	$(BIN)/ruff format --check services tests bench scripts migrations
 	$(BIN)/mypy
 
 bench: $(STAMP)
