@@ -89,3 +89,37 @@ def test_delivery_gives_up_after_max_attempts(database: None) -> None:
         delivery = session.get(WebhookDelivery, delivery_id)
         assert delivery is not None
         assert (delivery.status, delivery.attempts) == ("failed", 3)
+
+
+def test_stranded_deliveries_and_queued_jobs_are_sent_again(
+    database: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a worker does on start: nothing recorded but never sent stays that way."""
+    from datetime import timedelta
+
+    from services.common import tasks
+    from services.common.orm import utcnow
+
+    sent: list[str] = []
+    started: list[str] = []
+    monkeypatch.setattr(tasks, "send_webhook", sent.append)
+    monkeypatch.setattr(tasks, "start_pipeline", started.append)
+    _job_id, delivery_id, _secret = _finished_job("http://127.0.0.1:9/never")
+    tenant = make_tenant("q")
+    with session_scope() as session:
+        queued = Job(tenant_id=tenant["id"], status="queued")
+        session.add(queued)
+        session.flush()
+        queued_id = queued.id
+    assert tasks.resend_stranded_webhooks() == []  # too recent: may still be in the queue
+    assert tasks.requeue_stale_jobs() == []
+    with session_scope() as session:
+        old = utcnow() - timedelta(minutes=5)
+        delivery = session.get(WebhookDelivery, delivery_id)
+        job = session.get(Job, queued_id)
+        assert delivery is not None and job is not None
+        delivery.created_at = old
+        job.updated_at = old
+    assert tasks.resend_stranded_webhooks() == [delivery_id]
+    assert tasks.requeue_stale_jobs() == [queued_id]
+    assert (sent, started) == ([delivery_id], [queued_id])

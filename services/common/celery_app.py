@@ -75,9 +75,10 @@ def _worker_logging(**_kwargs: Any) -> None:
 
 @signals.worker_ready.connect
 def _requeue_on_start(**_kwargs: Any) -> None:
-    from services.common.tasks import requeue_stale_jobs
+    from services.common.tasks import requeue_stale_jobs, resend_stranded_webhooks
 
     requeue_stale_jobs()
+    resend_stranded_webhooks()
 
 
 def start_pipeline(job_id: str) -> None:

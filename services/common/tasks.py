@@ -68,3 +68,30 @@ def requeue_stale_jobs(older_than_s: float = 60.0) -> list[str]:
     for job_id in stale:
         enqueue(job_id)
     return stale
+
+
+def resend_stranded_webhooks(older_than_s: float = 60.0) -> list[str]:
+    """Queue callbacks recorded but never attempted (a crash between commit and sending).
+
+    Run when a worker starts. Receivers deduplicate on ``webhook-id`` should one also be
+    sitting in the queue, and the task itself skips a delivery that already went out.
+    """
+    from services.common.orm import WebhookDelivery
+
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with session_scope() as session:
+        stranded = list(
+            session.scalars(
+                select(WebhookDelivery.id).where(
+                    WebhookDelivery.status == "pending",
+                    WebhookDelivery.attempts == 0,
+                    WebhookDelivery.created_at < cutoff,
+                )
+            )
+        )
+    for delivery_id in stranded:
+        try:
+            send_webhook(delivery_id)
+        except Exception:
+            log.exception("could not queue webhook %s", delivery_id)
+    return stranded
