@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,19 +30,20 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.common import best_of, report, sample_series
+from bench.common import best_of, flush_redis, report, sample_series
 from services.client import ApiClient, UploadState, submit
-from services.common.config import Settings, get_settings
+from services.common.config import Settings
 from services.common.db import make_engine
 from services.common.orm import JobEvent
 from services.diagnosis import diagnose_path
 from services.runtime import Stack, free_port, start_stack, wait_ready
+from tests.stack_support import fresh_postgres_database
+from tests.torchserve_support import shipped_model_torchserve
 
 JOBS = 2
-PG_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 PG_DB = "covidct_bench"
 PROD_BROKER = "redis://127.0.0.1:6379/14"
 QUIET_ENV = {"COVIDCT_LOG_LEVEL": "WARNING"}
@@ -86,44 +86,6 @@ def _diagnose_floor(series: Path) -> tuple[float, dict[str, float]]:
             timings.update(diagnosis.timings)
 
     return best_of(run, JOBS), timings
-
-
-def _redis_flush(url: str) -> None:
-    rest = url.removeprefix("redis://")
-    hostport, _, db = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(f"SELECT {db or 0}\r\nFLUSHDB\r\n".encode())
-        sock.recv(64)
-
-
-@contextmanager
-def _postgres_database(name: str) -> Iterator[str]:
-    admin = create_engine(f"{PG_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-        yield f"{PG_SERVER}/{name}"
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@contextmanager
-def _torchserve(tmp: Path) -> Iterator[str]:
-    from services.inference.mar import build_mar
-    from tests.torchserve_support import running_torchserve
-
-    settings = get_settings()
-    mar = build_mar(
-        settings.models_dir / "slice-cnn" / settings.slice_model_version,
-        tmp / "model-store",
-        model_name=settings.scorer_model_name,
-    )
-    with running_torchserve(mar, tmp / "server") as url:
-        yield url
 
 
 @contextmanager
@@ -236,10 +198,10 @@ def main(stacks: tuple[str, ...] = ("embedded", "production")) -> dict[str, floa
         if "production" not in stacks:
             return report(result)
         with ExitStack() as stack:
-            database_url = stack.enter_context(_postgres_database(PG_DB))
-            _redis_flush(PROD_BROKER)
-            stack.callback(_redis_flush, PROD_BROKER)
-            scorer_url = stack.enter_context(_torchserve(tmp / "torchserve"))
+            database_url = stack.enter_context(fresh_postgres_database(PG_DB))
+            flush_redis(PROD_BROKER)
+            stack.callback(flush_redis, PROD_BROKER)
+            scorer_url = stack.enter_context(shipped_model_torchserve(tmp / "torchserve"))
             production = Settings(
                 var_dir=tmp / "production",
                 database_url=database_url,

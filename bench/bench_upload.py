@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,9 @@ from typing import Any
 
 import httpx
 
-from bench.common import report
-from services.client import ApiClient, sha256_of
+from bench.common import flush_redis, report
+from services.client import ApiClient
+from services.common.storage import file_sha256
 from services.runtime import free_port, gateway_command
 
 SIZE = 200 * 1000 * 1000  # bytes ("200 MB"; MB/s below are 10**6 bytes per second)
@@ -116,16 +116,6 @@ def _server(
         _stop(process)
 
 
-def _redis_flush(db_url: str) -> None:
-    """FLUSHDB on the benchmark's own Redis db (queued jobs nobody will consume)."""
-    rest = db_url.removeprefix("redis://")
-    hostport, _, db = rest.partition("/")
-    host, _, port = hostport.partition(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(f"SELECT {db or 0}\r\nFLUSHDB\r\n".encode())
-        sock.recv(64)
-
-
 def _create_tenant(env: dict[str, str], name: str) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "services.cli", "tenants", "create", name, "--json"],
@@ -178,7 +168,7 @@ def main() -> dict[str, float]:
         tmp = Path(tmp_name)
         source = tmp / "random.bin"
         _write_random(source, SIZE)
-        sha256 = sha256_of(source)
+        sha256 = file_sha256(source)
         var_dir = tmp / "var"
         plain_dir = tmp / "plain"
         var_dir.mkdir()
@@ -202,7 +192,7 @@ def main() -> dict[str, float]:
             "--app-dir", str(tmp), "--host", "127.0.0.1", "--port", str(plain_port),
             "--no-access-log",
         ]  # fmt: skip
-        _redis_flush(BROKER_URL)
+        flush_redis(BROKER_URL)
         results: dict[str, list[float]] = {"plain": [], "plain_fsync": []}
         results |= {k: [] for k in CHUNKS}
         gaps: dict[str, list[float]] = {}
@@ -230,7 +220,7 @@ def main() -> dict[str, float]:
                         if seconds <= min(results[name]):
                             gaps[name] = chunk_gaps
         finally:
-            _redis_flush(BROKER_URL)
+            flush_redis(BROKER_URL)
 
     plain_s = min(results["plain"])
     fsync_s = min(results["plain_fsync"])

@@ -26,6 +26,13 @@ def sample_series() -> Path:
     return path
 
 
+def flush_redis(url: str) -> None:
+    """FLUSHDB on a benchmark's own Redis database (queued work nobody will consume)."""
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
 def report(result: dict[str, float]) -> dict[str, float]:
     for key, value in result.items():
         print(f"{key:40s} {value:10.3f}")

@@ -8,7 +8,6 @@ last one stopped instead of creating a second job.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -23,6 +22,8 @@ from typing import Any
 import httpx
 from tusclient.client import TusClient
 from tusclient.exceptions import TusCommunicationError
+
+from services.common.storage import file_sha256
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
 DEFAULT_CHUNK = 32 * 1024 * 1024  # fewer PATCHes: each costs ~30 ms of fixed work
@@ -65,14 +66,6 @@ class UploadState:
         partial = self.path.with_suffix(".partial")
         partial.write_text(json.dumps(data, indent=2))
         os.replace(partial, self.path)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def zip_directory(directory: Path, out_dir: Path) -> Path:
@@ -217,7 +210,7 @@ def submit(
     state = state or UploadState(default_state_path())
     with tempfile.TemporaryDirectory(prefix="covidct-submit-") as scratch:
         upload_path = zip_directory(path, Path(scratch)) if path.is_dir() else path
-        sha256 = sha256_of(upload_path)
+        sha256 = file_sha256(upload_path)
         key = f"{client.server}|{sha256}"
         saved = state.get(key)
         job: dict[str, Any] | None = None

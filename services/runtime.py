@@ -17,7 +17,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 
@@ -197,7 +196,3 @@ def run_until_stopped(stack: Stack) -> int:
         log.error("stopped because %s exited", ", ".join(dead))
         return 1
     return 0
-
-
-def var_path(settings: Settings | None = None) -> Path:
-    return (settings or get_settings()).var_dir

@@ -20,8 +20,9 @@ import httpx
 import pydicom
 import pytest
 
-from services.client import ApiClient, UploadState, sha256_of, submit, zip_directory
+from services.client import ApiClient, UploadState, submit, zip_directory
 from services.common.config import Settings
+from services.common.storage import file_sha256
 from services.common.webhooks import verify
 from services.diagnosis import Diagnosis, diagnose_path
 from services.runtime import Stack
@@ -192,7 +193,7 @@ def test_worker_killed_in_preprocessing_still_succeeds_once(
     client = ApiClient(production_stack.url, tenant["api_key"])
     with callback_receiver() as receiver:
         job = client.create_job(callback_url=receiver.url)
-        client.upload(job, study_zip, sha256_of(study_zip))
+        client.upload(job, study_zip, file_sha256(study_zip))
 
         def preprocessing_worker() -> str | None:
             found = rows(
@@ -287,7 +288,7 @@ def test_bad_inputs_fail_with_codes(
     client = ApiClient(embedded_stack.url, tenant["api_key"])
     with callback_receiver() as receiver:
         job = client.create_job(callback_url=receiver.url)
-        checksum = "0" * 64 if case == "checksum_mismatch" else sha256_of(path)
+        checksum = "0" * 64 if case == "checksum_mismatch" else file_sha256(path)
         assert client.upload(job, path, checksum)
         final = client.wait(job["id"], timeout_s=120)
         assert final["status"] == "failed"

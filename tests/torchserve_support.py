@@ -183,16 +183,22 @@ def running_torchserve(mar_path: Path, tmp_dir: Path) -> Iterator[str]:
         shutil.rmtree(java_tmp, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def torchserve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Inference URL of a TorchServe serving the shipped slice-CNN (built into a .mar)."""
-    require_java()
+@contextlib.contextmanager
+def shipped_model_torchserve(root: Path) -> Iterator[str]:
+    """Build the shipped slice-CNN into a .mar under ``root`` and serve it; yields its URL."""
     settings = get_settings()
-    root = tmp_path_factory.mktemp("torchserve")
     mar = build_mar(
         settings.models_dir / "slice-cnn" / settings.slice_model_version,
         root / "model-store",
         model_name=settings.scorer_model_name,
     )
     with running_torchserve(mar, root / "server") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def torchserve_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Inference URL of a TorchServe serving the shipped slice-CNN (built into a .mar)."""
+    require_java()
+    with shipped_model_torchserve(tmp_path_factory.mktemp("torchserve")) as url:
         yield url

@@ -28,8 +28,6 @@ from services.common.orm import (
 
 log = logging.getLogger(__name__)
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
-
 
 def transition(
     session: Session,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
@@ -78,11 +78,3 @@ class SlicesOut(BaseModel):
     slices_total: int | None
     slices_used: int | None
     slices: list[SliceOut]
-
-
-class Problem(BaseModel):
-    """Every 4xx body: a stable code plus a message for people."""
-
-    code: str
-    message: str
-    details: Any | None = None

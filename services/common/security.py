@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import secrets
 
 API_KEY_PREFIX = "cct_"
@@ -19,8 +18,12 @@ def hash_api_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def keys_match(api_key: str, stored_hash: str) -> bool:
-    return hmac.compare_digest(hash_api_key(api_key), stored_hash)
+def bearer_token(authorization: str | None) -> str | None:
+    """The key of an ``Authorization: Bearer <key>`` header, or None."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        return None
+    return key.strip()
 
 
 def new_webhook_secret() -> str:

@@ -6,6 +6,7 @@ Keys are relative POSIX paths such as ``jobs/<id>/upload``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 from pathlib import Path, PurePosixPath
@@ -77,6 +78,14 @@ class LocalStorage:
         count = sum(1 for p in path.rglob("*") if p.is_file())
         shutil.rmtree(path)
         return count
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(4 * 1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def make_storage(settings: Settings | None = None) -> BlobStorage:

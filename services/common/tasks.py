@@ -20,8 +20,13 @@ from services.common.orm import Job, JobStatus, utcnow
 log = logging.getLogger(__name__)
 
 
-def after_failure(job_id: str) -> None:
-    send_pending_webhooks(job_id)
+def fail_job(job_id: str, code: ErrorCode, message: str, stage: str) -> str:
+    """End the job as failed (unless it already ended) and send its callback; "failed"."""
+    with session_scope() as session:
+        moved = fail(session, job_id, code, message, stage)
+    if moved:  # only the transaction that ended the job queues the callback
+        send_pending_webhooks(job_id)
+    return "failed"
 
 
 def send_pending_webhooks(job_id: str) -> None:
@@ -38,12 +43,7 @@ def run_guarded(job_id: str, stage: str, work: Callable[[], str]) -> str:
         raise
     except Exception as exc:
         log.exception("%s failed for job %s", stage, job_id, extra={"job_id": job_id})
-        message = f"{stage}: {type(exc).__name__}"
-        with session_scope() as session:
-            moved = fail(session, job_id, ErrorCode.INTERNAL_ERROR, message, stage)
-        if moved:
-            after_failure(job_id)
-        return "failed"
+        return fail_job(job_id, ErrorCode.INTERNAL_ERROR, f"{stage}: {type(exc).__name__}", stage)
 
 
 def enqueue(job_id: str) -> None:

@@ -17,10 +17,10 @@ from services.common.celery_app import ENSEMBLE_TASK, celery_app
 from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
-from services.common.jobs import create_webhook_delivery, fail, transition
+from services.common.jobs import create_webhook_delivery, transition
 from services.common.modelinfo import CLASS_NAMES, ensemble_model_dir
 from services.common.orm import Job, JobStatus, Result, SliceRecord, SliceScore
-from services.common.tasks import after_failure, run_guarded, send_pending_webhooks
+from services.common.tasks import fail_job, run_guarded, send_pending_webhooks
 from services.ensemble.model import SoftVoteEnsemble, load_ensemble
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,7 @@ def _ensemble_job(job_id: str) -> str:
         ).all()
         slices_total = job.slices_total or 0
     if not rows:
-        with session_scope() as session:
-            moved = fail(session, job_id, ErrorCode.EMPTY_STUDY, "no slice was scored", "ensemble")
-        if moved:
-            after_failure(job_id)
-        return "failed"
+        return fail_job(job_id, ErrorCode.EMPTY_STUDY, "no slice was scored", "ensemble")
     probabilities = np.array([[r[0], r[1]] for r in rows], dtype=np.float64)
     patient = _ensemble().predict_proba([probabilities])[0]
     label = CLASS_NAMES[int(np.argmax(patient))]

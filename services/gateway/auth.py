@@ -6,12 +6,12 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.common.db import get_sessionmaker
 from services.common.orm import Tenant
-from services.common.security import hash_api_key
+from services.common.security import bearer_token
+from services.common.tenants import tenant_by_api_key
 from services.gateway.errors import ApiError
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
@@ -28,25 +28,14 @@ def get_session() -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session)]
 
 
-def bearer_key(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, key = header.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        return None
-    return key.strip()
-
-
-def tenant_for_key(session: Session, api_key: str | None) -> Tenant:
+def current_tenant(request: Request, session: SessionDep) -> Tenant:
+    api_key = bearer_token(request.headers.get("authorization"))
     if api_key is None:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <api_key>", UNAUTHORIZED)
-    tenant = session.scalar(select(Tenant).where(Tenant.api_key_hash == hash_api_key(api_key)))
+    tenant = tenant_by_api_key(session, api_key)
     if tenant is None:
         raise ApiError(401, "unauthorized", "unknown API key", UNAUTHORIZED)
     return tenant
-
-
-def current_tenant(request: Request, session: SessionDep) -> Tenant:
-    return tenant_for_key(session, bearer_key(request))
 
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]

@@ -20,11 +20,11 @@ from services.common.celery_app import INFERENCE_TASK, celery_app
 from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
-from services.common.jobs import fail, transition
+from services.common.jobs import transition
 from services.common.modelinfo import slice_model_dir
 from services.common.orm import Job, JobStatus, SliceRecord, SliceScore
 from services.common.storage import make_storage
-from services.common.tasks import after_failure, run_guarded
+from services.common.tasks import fail_job, run_guarded
 from services.inference.artifacts import SliceModel, load_slice_model
 from services.inference.gradcam import gradcam, overlay
 from services.inference.scorer import Scorer, ScorerUnavailable, make_scorer
@@ -73,11 +73,7 @@ def _score(task: Task, job_id: str) -> str:
     except ScorerUnavailable as exc:
         if task.request.retries < SCORER_RETRIES:
             raise task.retry(countdown=2**task.request.retries * 5) from exc
-        with session_scope() as session:
-            moved = fail(session, job_id, ErrorCode.SCORER_UNAVAILABLE, str(exc), "inference")
-        if moved:
-            after_failure(job_id)
-        return "failed"
+        return fail_job(job_id, ErrorCode.SCORER_UNAVAILABLE, str(exc), "inference")
     score_s = time.perf_counter() - started
     heatmaps = _write_heatmaps(job_id, inputs, kept, scores.probabilities[:, 1])
     with session_scope() as session:

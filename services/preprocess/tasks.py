@@ -18,15 +18,17 @@ from services.common.celery_app import PREPROCESS_TASK, celery_app
 from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode, StudyError
-from services.common.jobs import fail, transition
+from services.common.jobs import transition
 from services.common.modelinfo import slice_model_info
 from services.common.orm import Job, JobStatus, SliceRecord
 from services.common.storage import make_storage
-from services.common.tasks import after_failure, run_guarded
+from services.common.tasks import fail_job, run_guarded
 from services.preprocess.pipeline import PreprocessOptions, preprocess_study
 from services.preprocess.readers import read_study
 
 log = logging.getLogger(__name__)
+
+STAGE = "preprocess"
 
 
 @celery_app.task(name=PREPROCESS_TASK, bind=True)
@@ -48,7 +50,7 @@ def _preprocess(job_id: str) -> str:
             return "skipped"  # already past this stage, or ended
         upload_blob = job.upload_blob
     if upload_blob is None:
-        return _failed(job_id, ErrorCode.EMPTY_STUDY, "the job has no uploaded study")
+        return fail_job(job_id, ErrorCode.EMPTY_STUDY, "the job has no uploaded study", STAGE)
     storage = make_storage(settings)
     started = time.perf_counter()
     info = slice_model_info(settings)
@@ -58,7 +60,7 @@ def _preprocess(job_id: str) -> str:
             study, PreprocessOptions(size=info.image_size, enhancement=info.enhancement)
         )
     except StudyError as error:
-        return _failed(job_id, error.code, error.message)
+        return fail_job(job_id, error.code, error.message, STAGE)
     buffer = io.BytesIO()
     np.save(buffer, prepared.inputs, allow_pickle=False)
     slices_blob = f"jobs/{job_id}/slices.npy"
@@ -96,11 +98,3 @@ def _preprocess(job_id: str) -> str:
             session.rollback()  # cancelled meanwhile: keep nothing
             return "skipped"
     return "done"
-
-
-def _failed(job_id: str, code: ErrorCode, message: str) -> str:
-    with session_scope() as session:
-        moved = fail(session, job_id, code, message, stage="preprocess")
-    if moved:
-        after_failure(job_id)
-    return "failed"

@@ -3,7 +3,6 @@ pipeline. Idempotent: only the first call for a job moves it out of ``awaiting_u
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from datetime import UTC, datetime
@@ -17,7 +16,7 @@ from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.jobs import create_webhook_delivery, transition
 from services.common.orm import Job, JobStatus, utcnow
-from services.common.storage import make_storage
+from services.common.storage import file_sha256, make_storage
 from services.common.tasks import enqueue, send_pending_webhooks
 
 log = logging.getLogger(__name__)
@@ -30,14 +29,6 @@ def safe_filename(name: str) -> str:
     base = Path(name.replace("\\", "/")).name
     cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
     return cleaned[-120:] or "upload"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def complete_upload(

@@ -25,7 +25,8 @@ from tuspyserver.router import noop
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.orm import Job, JobStatus, Tenant, utcnow
-from services.common.security import hash_api_key
+from services.common.security import bearer_token
+from services.common.tenants import tenant_by_api_key
 from services.upload.ingest import SHA256_RE, complete_upload, release_upload
 from services.upload.storage import StreamingLocalStorage
 
@@ -41,13 +42,11 @@ def upload_dir(settings: Settings | None = None) -> Path:
 
 
 def _tenant(request: Request) -> Tenant:
-    scheme, _, key = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
+    api_key = bearer_token(request.headers.get("authorization"))
+    if api_key is None:
         raise HTTPException(401, "missing Authorization: Bearer <api_key>")
     with session_scope() as session:
-        tenant = session.scalar(
-            select(Tenant).where(Tenant.api_key_hash == hash_api_key(key.strip()))
-        )
+        tenant = tenant_by_api_key(session, api_key)
         if tenant is None:
             raise HTTPException(401, "unknown API key")
         session.expunge(tenant)
