@@ -24,7 +24,7 @@ from tuspyserver.router import noop
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
-from services.common.orm import Job, JobStatus, Tenant, utcnow
+from services.common.orm import Job, JobStatus, utcnow
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
 from services.upload.ingest import SHA256_RE, complete_upload, release_upload
@@ -41,28 +41,24 @@ def upload_dir(settings: Settings | None = None) -> Path:
     return path
 
 
-def _tenant(request: Request) -> Tenant:
+def tus_auth(request: Request) -> None:
+    """API key on every tus request; an existing upload must belong to the caller.
+
+    One session for both lookups: this runs on every PATCH of every upload.
+    """
     api_key = bearer_token(request.headers.get("authorization"))
     if api_key is None:
         raise HTTPException(401, "missing Authorization: Bearer <api_key>")
+    upload_id = request.path_params.get("uuid")
     with session_scope() as session:
         tenant = tenant_by_api_key(session, api_key)
         if tenant is None:
             raise HTTPException(401, "unknown API key")
-        session.expunge(tenant)
-    return tenant
-
-
-def tus_auth(request: Request) -> None:
-    """API key on every tus request; an existing upload must belong to the caller."""
-    tenant = _tenant(request)
-    request.state.tenant_id = tenant.id
-    upload_id = request.path_params.get("uuid")
-    if upload_id is None:
-        return
-    with session_scope() as session:
+        request.state.tenant_id = tenant.id
+        if upload_id is None:
+            return
         owner = session.scalar(select(Job.tenant_id).where(Job.upload_id == upload_id))
-    if owner != tenant.id:
+    if owner != request.state.tenant_id:
         raise HTTPException(404, "Upload not found")
 
 
