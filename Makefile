@@ -17,14 +17,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m services.demo
+	$(BIN)/python -m services.cli.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests bench scripts migrations
-	$(BIN)/ruff format --check services tests bench scripts migrations
+	$(BIN)/ruff check services tests bench harness scripts migrations
+	$(BIN)/ruff format --check services tests bench harness scripts migrations
 	$(BIN)/mypy
 
 bench: $(STAMP)

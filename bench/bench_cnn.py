@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from bench.common import best_of, report
-from services.diagnosis import load_models
 from services.inference.predict import predict_proba
+from services.inference.stage import loaded_slice_model
 
 
 def main(n: int = 64) -> dict[str, float]:
-    model = load_models().slice_model
+    model = loaded_slice_model()
     size = model.image_size
     x = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
     t_plain = best_of(lambda: predict_proba(model.members[0], x, tta=False), repeats=2)

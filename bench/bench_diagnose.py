@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 from bench.common import best_of, report, sample_series
-from services.diagnosis import diagnose_path, load_models, preprocess_options
-from services.preprocess.pipeline import preprocess_study
-from services.preprocess.readers import read_study
+from services.common.config import get_settings
+from services.common.modelinfo import slice_model_info
+from services.diagnosis import diagnose_path
+from services.ensemble.stage import loaded_ensemble, verdict
+from services.inference.stage import loaded_scorer, score_slices
+from services.preprocess.stage import preprocess_path
 
 
 def main() -> dict[str, float]:
     series = sample_series()
-    models = load_models()
+    settings = get_settings()
+    info = slice_model_info(settings.slice_model_dir)
+    scorer, ensemble = loaded_scorer(), loaded_ensemble()
     diagnose_path(series)  # warm caches (model load, imports)
 
-    study = read_study(series)
-    prepared = preprocess_study(study, preprocess_options(models))
-    probs = models.slice_model.predict_proba(prepared.inputs)
+    prepared = preprocess_path(series, settings, info).prepared
+    scores = score_slices(prepared.inputs, scorer)
     stages = {
-        "read": best_of(lambda: read_study(series), 2),
-        "preprocess": best_of(lambda: preprocess_study(study, preprocess_options(models)), 2),
-        "score": best_of(lambda: models.slice_model.predict_proba(prepared.inputs), 2),
-        "ensemble": best_of(lambda: models.ensemble.predict_proba([probs]), 2),
+        "preprocess": best_of(lambda: preprocess_path(series, settings, info), 2),
+        "score": best_of(lambda: score_slices(prepared.inputs, scorer), 2),
+        "ensemble": best_of(lambda: verdict(scores.probabilities, ensemble, "bench"), 2),
     }
     wall = best_of(lambda: diagnose_path(series), 2)
     result = {f"stage_{k}_s": v for k, v in stages.items()}

@@ -1,9 +1,9 @@
 """Service wall time (upload finished -> verdict) against ``covidct diagnose`` of the same study.
 
-The shared 133-slice series is zipped and uploaded with tus (:func:`services.client.submit`)
+The shared 133-slice series is zipped and uploaded with tus (:func:`services.cli.client.submit`)
 to two stacks started in this run:
 
-- ``embedded``: :func:`services.runtime.start_stack` on a temp ``var_dir`` (SQLite, the
+- ``embedded``: :func:`services.cli.runtime.start_stack` on a temp ``var_dir`` (SQLite, the
   embedded Redis, the in-process scorer inside the Celery worker);
 - ``production``: PostgreSQL (a fresh database, dropped afterwards), the shared Redis on
   db 14 (flushed first) and a TorchServe serving the shipped slice CNN (built into a .mar).
@@ -34,14 +34,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.common import best_of, flush_redis, report, sample_series
-from services.client import ApiClient, UploadState, submit
+from harness.stacks import fresh_postgres_database
+from harness.torchserve import shipped_model_torchserve
+from services.cli.client import ApiClient, UploadState, submit
+from services.cli.runtime import Stack, free_port, start_stack, wait_ready
 from services.common.config import Settings
 from services.common.db import make_engine
 from services.common.orm import JobEvent
 from services.diagnosis import diagnose_path
-from services.runtime import Stack, free_port, start_stack, wait_ready
-from tests.stack_support import fresh_postgres_database
-from tests.torchserve_support import shipped_model_torchserve
 
 JOBS = 2
 PG_DB = "covidct_bench"
@@ -91,7 +91,7 @@ def _diagnose_floor(series: Path) -> tuple[float, dict[str, float]]:
 @contextmanager
 def _stack(settings: Settings, log: Path, extra_env: dict[str, str]) -> Iterator[Stack]:
     with _children_output(log):
-        stack = start_stack(free_port(), settings, extra_env={**QUIET_ENV, **extra_env})
+        stack = start_stack(settings, free_port(), extra_env={**QUIET_ENV, **extra_env})
     try:
         wait_ready(stack.url, timeout_s=180)
         yield stack
@@ -158,7 +158,7 @@ def _measure_stack(
 ) -> dict[str, float]:
     floor, floor_stages = _diagnose_floor(series)
     _progress(f"{prefix}: diagnose floor {floor:.1f}s {floor_stages}")
-    database_url = settings.database_url or f"sqlite:///{settings.var_dir / 'covidct.db'}"
+    database_url = settings.sqlalchemy_url
     with _stack(settings, tmp / f"{prefix}.log", extra_env or {}) as stack:
         api = ApiClient(stack.url, _tenant(stack)["api_key"], timeout_s=60)
         state = UploadState(tmp / f"{prefix}-client-state.json")

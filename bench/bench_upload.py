@@ -1,9 +1,9 @@
 """tus upload throughput of a 200 MB file through the real gateway against a plain HTTP PUT.
 
 Both servers run as uvicorn subprocesses on this machine in the same run: the gateway
-(``services.gateway.app:create_app``, SQLite in a temp dir, the shared Redis on db 15, no
+(``services.asgi:create_app``, SQLite in a temp dir, the shared Redis on db 15, no
 worker) and a minimal FastAPI app whose one route streams ``request.stream()`` into a file.
-The tus side is timed around :meth:`services.client.ApiClient.upload` only (creation POST,
+The tus side is timed around :meth:`services.cli.client.ApiClient.upload` only (creation POST,
 every PATCH, and the completion work the server does inside the last PATCH: sha256 check,
 blob move, job -> ``queued``); the job is created and the client-side sha256 computed
 before the clock starts. Per-PATCH times come from the client's progress callback.
@@ -31,9 +31,9 @@ from typing import Any
 import httpx
 
 from bench.common import flush_redis, report
-from services.client import ApiClient
-from services.common.storage import file_sha256
-from services.runtime import free_port, gateway_command
+from services.cli.client import ApiClient
+from services.cli.runtime import free_port, gateway_command
+from services.common.hashing import file_sha256
 
 SIZE = 200 * 1000 * 1000  # bytes ("200 MB"; MB/s below are 10**6 bytes per second)
 MB = 1e6

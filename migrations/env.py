@@ -5,12 +5,12 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from services.common.db import database_url
+from services.common.config import get_settings
 from services.common.orm import Base
 
 config = context.config
 target_metadata = Base.metadata
-url = config.get_main_option("sqlalchemy.url") or database_url()
+url = config.get_main_option("sqlalchemy.url") or get_settings().sqlalchemy_url
 
 
 def run_offline() -> None:

@@ -12,13 +12,14 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from services.common.config import get_settings
-from services.diagnosis import load_models
-from services.ensemble_training import ctmd_sequences
+from services.ensemble.stage import loaded_ensemble
+from services.inference.stage import loaded_slice_model
+from services.training.ensemble_cv import ctmd_sequences
 
 
 def main() -> None:
     root = get_settings().data_dir / "covid-ct-md"
-    models = load_models()
+    slice_model, ensemble = loaded_slice_model(), loaded_ensemble().model
     with (root / "infected_slices.csv").open(newline="") as handle:
         infected = {
             row["study"]: {
@@ -28,7 +29,7 @@ def main() -> None:
         }
     report: dict[str, object] = {}
     scores, lesion, covid_series = [], [], []
-    for series in ctmd_sequences(root.parent, models.slice_model):
+    for series in ctmd_sequences(root.parent, slice_model):
         p = series.p_covid
         is_infected = np.array([i in infected.get(series.study, set()) for i in series.kept])
         is_covid = series.diagnosis == "COVID"
@@ -40,7 +41,7 @@ def main() -> None:
             "share_above_0_5": float((p > 0.5).mean()),
             "infected_mean": float(p[is_infected].mean()) if is_infected.any() else None,
             "other_mean": float(p[~is_infected].mean()),
-            "patient_p_covid": float(models.ensemble.predict_proba([p])[0, 1]),
+            "patient_p_covid": float(ensemble.predict_proba([p])[0, 1]),
         }
         scores.append(p)
         lesion.append(is_infected & is_covid)

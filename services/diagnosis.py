@@ -1,26 +1,22 @@
-"""Offline diagnosis of one study: read -> preprocess -> slice CNN -> patient ensemble.
+"""Offline diagnosis of one study: the service's three stages, run in a row in-process.
 
-The Celery tasks run the same three stages one by one; this module chains them in-process
-(the floor the service is benchmarked against).
+The Celery tasks call the same stage functions one per task (with storage and database
+around them); this is the floor the service is benchmarked against.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from services.common.config import Settings, get_settings
-from services.ensemble.model import SoftVoteEnsemble
-from services.inference.artifacts import SliceModel, load_slice_model
-from services.inference.model import CLASSES
-from services.preprocess.pipeline import PreprocessOptions, preprocess_study
-from services.preprocess.readers import read_study
-from services.preprocess.types import PreparedStudy, Study
+from services.common.config import get_settings
+from services.common.modelinfo import COVID_INDEX, slice_model_info
+from services.ensemble.stage import loaded_ensemble, verdict
+from services.inference.stage import loaded_scorer, score_slices
+from services.preprocess.stage import preprocess_path
+from services.preprocess.types import PreparedStudy
 
 
 @dataclass
@@ -48,76 +44,32 @@ class Diagnosis:
         }
 
 
-@dataclass
-class Models:
-    slice_model: SliceModel
-    ensemble: SoftVoteEnsemble
-    ensemble_version: str
-
-
-@lru_cache(maxsize=4)
-def _load_models(models_dir: Path, slice_version: str, ensemble_version: str) -> Models:
-    from services.ensemble.model import load_ensemble
-
-    return Models(
-        slice_model=load_slice_model(models_dir / "slice-cnn" / slice_version),
-        ensemble=load_ensemble(models_dir / "ensemble" / ensemble_version),
-        ensemble_version=ensemble_version,
-    )
-
-
-def load_models(settings: Settings | None = None) -> Models:
-    settings = settings or get_settings()
-    return _load_models(
-        settings.models_dir, settings.slice_model_version, settings.ensemble_model_version
-    )
-
-
-def preprocess_options(models: Models) -> PreprocessOptions:
-    return PreprocessOptions(
-        size=models.slice_model.image_size, enhancement=models.slice_model.enhancement
-    )
-
-
-def verdict(
-    study: Study, prepared: PreparedStudy, slice_probs: np.ndarray, models: Models
-) -> Diagnosis:
-    """Patient-level decision from the per-slice probabilities of one study."""
-    patient = models.ensemble.predict_proba([slice_probs])[0]
-    probabilities = {name: float(p) for name, p in zip(CLASSES, patient, strict=True)}
+def diagnose_path(path: Path) -> tuple[Diagnosis, PreparedStudy]:
+    """Preprocess -> score -> verdict for one study, with the process's settings."""
+    settings = get_settings()
+    scorer, ensemble = loaded_scorer(), loaded_ensemble()  # loaded before the clock starts
+    started = time.perf_counter()
+    preprocessed = preprocess_path(path, settings, slice_model_info(settings.slice_model_dir))
+    prepared = preprocessed.prepared
+    prep_done = time.perf_counter()
+    scores = score_slices(prepared.inputs, scorer)
+    score_done = time.perf_counter()
+    decided = verdict(scores.probabilities, ensemble, scores.model_version)
     return Diagnosis(
-        label=CLASSES[int(np.argmax(patient))],
-        probabilities=probabilities,
+        label=decided.label,
+        probabilities=decided.probabilities,
         slices_total=prepared.slices_total,
         slices_used=len(prepared.kept),
-        slice_probabilities=[float(p) for p in slice_probs[:, 1]],
-        model_versions={
-            "slice_cnn": models.slice_model.version,
-            "ensemble": models.ensemble_version,
-        },
+        slice_probabilities=[float(p) for p in scores.probabilities[:, COVID_INDEX]],
+        model_versions=decided.model_versions,
         dropped=[
             {"index": d.index, "reason": d.reason.value, "detail": d.detail}
             for d in prepared.dropped
         ],
-        series=study.series,
-    )
-
-
-def diagnose_path(path: Path, settings: Settings | None = None) -> tuple[Diagnosis, PreparedStudy]:
-    settings = settings or get_settings()
-    models = load_models(settings)
-    started = time.perf_counter()
-    study = read_study(path, settings)
-    read_done = time.perf_counter()
-    prepared = preprocess_study(study, preprocess_options(models))
-    prep_done = time.perf_counter()
-    slice_probs = models.slice_model.predict_proba(prepared.inputs)
-    score_done = time.perf_counter()
-    result = verdict(study, prepared, slice_probs, models)
-    result.timings = {
-        "read": read_done - started,
-        "preprocess": prep_done - read_done,
-        "score": score_done - prep_done,
-        "ensemble": time.perf_counter() - score_done,
-    }
-    return result, prepared
+        series=preprocessed.series,
+        timings={
+            "preprocess": prep_done - started,
+            "score": score_done - prep_done,
+            "ensemble": time.perf_counter() - score_done,
+        },
+    ), prepared

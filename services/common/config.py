@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.caches import process_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,7 +27,7 @@ class Settings(BaseSettings):
     max_compression_ratio: float = 200.0
     max_archive_members: int = 20_000
 
-    # Service stack (issue 3). Switching embedded <-> production is configuration only.
+    # Service stack. Switching embedded <-> production is configuration only.
     # Embedded default: SQLite file + local blobs under var_dir, an embedded Redis.
     var_dir: Path = REPO_ROOT / "var"
     database_url: str | None = None  # None -> sqlite:///<var_dir>/covidct.db
@@ -49,12 +50,36 @@ class Settings(BaseSettings):
     webhook_backoff_s: float = 5.0  # first retry delay; doubles each attempt
     webhook_timeout_s: float = 10.0
     task_time_limit_s: int = 900  # hard Celery limit per task
-    broker_visibility_timeout_s: int = 1800  # above the longest task (ARCHITECTURE.md)
+    broker_visibility_timeout_s: int = 1800  # must exceed the longest task, or it runs twice
 
     log_level: str = "INFO"
     log_json: bool = True
 
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.var_dir / 'covidct.db'}"
 
-@lru_cache(maxsize=1)
+    @property
+    def upload_dir(self) -> Path:
+        """Unfinished tus uploads (only the gateway writes here)."""
+        return self.var_dir / "uploads"
+
+    @property
+    def slice_model_dir(self) -> Path:
+        return self.models_dir / "slice-cnn" / self.slice_model_version
+
+    @property
+    def ensemble_model_dir(self) -> Path:
+        return self.models_dir / "ensemble" / self.ensemble_model_version
+
+
+@process_cache
 def get_settings() -> Settings:
+    """The process's settings: the one way code that is not handed settings obtains them."""
     return Settings()
+
+
+def ensure_directories(settings: Settings) -> None:
+    """Create the working directories once, at process start (not on every request)."""
+    for directory in (settings.var_dir, settings.upload_dir):
+        directory.mkdir(parents=True, exist_ok=True)

@@ -6,30 +6,24 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import Settings, get_settings
-
 CLASS_NAMES = ("NonCOVID", "COVID")  # index order of every probability pair
+COVID_INDEX = CLASS_NAMES.index("COVID")
 
 
 @dataclass(frozen=True)
 class SliceModelInfo:
+    """The parts of a slice-CNN artefact's ``config.json`` that preprocessing must follow."""
+
     version: str
     image_size: int
     enhancement: str
 
 
-def slice_model_dir(settings: Settings | None = None) -> Path:
-    settings = settings or get_settings()
-    return settings.models_dir / "slice-cnn" / settings.slice_model_version
-
-
-def ensemble_model_dir(settings: Settings | None = None) -> Path:
-    settings = settings or get_settings()
-    return settings.models_dir / "ensemble" / settings.ensemble_model_version
-
-
-def slice_model_info(settings: Settings | None = None) -> SliceModelInfo:
-    config = json.loads((slice_model_dir(settings) / "config.json").read_text())
+def slice_model_info(model_dir: Path) -> SliceModelInfo:
+    config = json.loads((model_dir / "config.json").read_text())
+    classes = tuple(config.get("classes", CLASS_NAMES))
+    if classes != CLASS_NAMES:
+        raise ValueError(f"{model_dir} scores classes {classes}, the service expects {CLASS_NAMES}")
     return SliceModelInfo(
         version=config["version"],
         image_size=int(config["preprocess"]["size"]),

@@ -6,14 +6,13 @@ Keys are relative POSIX paths such as ``jobs/<id>/upload``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlparse
 
-from services.common.config import Settings, get_settings
+from services.common.config import Settings
 
 
 class BlobStorage(Protocol):
@@ -80,16 +79,7 @@ class LocalStorage:
         return count
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(4 * 1024 * 1024), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def make_storage(settings: Settings | None = None) -> BlobStorage:
-    settings = settings or get_settings()
+def make_storage(settings: Settings) -> BlobStorage:
     url = settings.storage_url
     if not url:
         return LocalStorage(settings.var_dir / "blobs")

@@ -11,11 +11,11 @@ from datetime import timedelta
 from celery.exceptions import Retry
 from sqlalchemy import select
 
-from services.common.celery_app import send_webhook, start_pipeline
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.jobs import fail, pending_deliveries
 from services.common.orm import Job, JobStatus, utcnow
+from services.common.queue import send_webhook, start_pipeline
 
 log = logging.getLogger(__name__)
 

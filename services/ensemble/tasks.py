@@ -7,28 +7,20 @@ and the callback is queued only by the transaction that made the job succeed.
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
 import numpy as np
 from celery import Task
 from sqlalchemy import select
 
-from services.common.celery_app import ENSEMBLE_TASK, celery_app
-from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.jobs import create_webhook_delivery, transition
-from services.common.modelinfo import CLASS_NAMES, ensemble_model_dir
 from services.common.orm import Job, JobStatus, Result, SliceRecord, SliceScore
+from services.common.queue import ENSEMBLE_TASK, celery_app
 from services.common.tasks import fail_job, run_guarded, send_pending_webhooks
-from services.ensemble.model import SoftVoteEnsemble, load_ensemble
+from services.ensemble.stage import loaded_ensemble, verdict
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=1)
-def _ensemble() -> SoftVoteEnsemble:
-    return load_ensemble(ensemble_model_dir())
 
 
 @celery_app.task(name=ENSEMBLE_TASK, bind=True)
@@ -37,7 +29,6 @@ def ensemble_job(self: Task, job_id: str) -> str:
 
 
 def _ensemble_job(job_id: str) -> str:
-    settings = get_settings()
     with session_scope() as session:
         job = session.get(Job, job_id)
         if job is None or job.status != JobStatus.ENSEMBLING:
@@ -56,21 +47,17 @@ def _ensemble_job(job_id: str) -> str:
     if not rows:
         return fail_job(job_id, ErrorCode.EMPTY_STUDY, "no slice was scored", "ensemble")
     probabilities = np.array([[r[0], r[1]] for r in rows], dtype=np.float64)
-    patient = _ensemble().predict_proba([probabilities])[0]
-    label = CLASS_NAMES[int(np.argmax(patient))]
+    decided = verdict(probabilities, loaded_ensemble(), rows[0][2])
     with session_scope() as session:
         if session.get(Result, job_id) is None:
             session.add(
                 Result(
                     job_id=job_id,
-                    label=label,
-                    probabilities={n: float(p) for n, p in zip(CLASS_NAMES, patient, strict=True)},
+                    label=decided.label,
+                    probabilities=decided.probabilities,
                     slices_total=slices_total,
                     slices_used=len(rows),
-                    model_versions={
-                        "slice_cnn": rows[0][2],
-                        "ensemble": settings.ensemble_model_version,
-                    },
+                    model_versions=decided.model_versions,
                 )
             )
         moved = transition(session, job_id, JobStatus.SUCCEEDED, [JobStatus.ENSEMBLING], stage=None)

@@ -1,1 +1,2 @@
-"""FastAPI gateway: the /v1 REST API, tus uploads (mounted from services.upload), health."""
+"""FastAPI gateway: the /v1 REST API, auth, errors, health; composed with the upload room
+by :mod:`services.asgi`."""

@@ -10,10 +10,9 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy import func, select, text
 
-from services.common.celery_app import broker_reachable
 from services.common.db import get_engine, get_sessionmaker
 from services.common.orm import Job
-from services.common.scoring import scorer_ready
+from services.common.queue import SCORER_READY_COMMAND, ask_workers, broker_reachable
 
 router = APIRouter(tags=["health"])
 
@@ -29,6 +28,15 @@ def _database_ok() -> bool:
         return False
 
 
+def _scorer_ready() -> bool:
+    """Whether some worker can score: the inference room answers for its scorer (TorchServe
+    or in-process), so the gateway needs to know neither."""
+    return any(
+        isinstance(answer, dict) and bool(answer.get("ready"))
+        for answer in ask_workers(SCORER_READY_COMMAND)
+    )
+
+
 @router.get("/healthz")
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -39,7 +47,7 @@ async def readyz() -> JSONResponse:
     checks: dict[str, Any] = {
         "database": await run_in_threadpool(_database_ok),
         "broker": await run_in_threadpool(broker_reachable),
-        "scorer": await run_in_threadpool(scorer_ready),
+        "scorer": await run_in_threadpool(_scorer_ready),
     }
     ready = all(checks.values())
     return JSONResponse(

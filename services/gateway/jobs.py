@@ -23,10 +23,17 @@ from services.common.orm import (
     SliceRecord,
     SliceScore,
 )
-from services.common.schemas import JobCreate, JobCreated, JobOut, JobPage, JobStatusName, SlicesOut
 from services.common.storage import make_storage
 from services.gateway.auth import SessionDep, TenantDep
 from services.gateway.errors import ApiError
+from services.gateway.schemas import (
+    JobCreate,
+    JobCreated,
+    JobOut,
+    JobPage,
+    JobStatusName,
+    SlicesOut,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -182,7 +189,7 @@ def get_heatmap(slice_index: int, job_id: str, tenant: TenantDep, session: Sessi
     if blob is None:
         raise ApiError(404, "heatmap_not_found", f"no heatmap for slice {slice_index}")
     try:
-        data = make_storage().get_bytes(blob)
+        data = make_storage(get_settings()).get_bytes(blob)
     except FileNotFoundError as exc:
         raise ApiError(404, "heatmap_not_found", f"no heatmap for slice {slice_index}") from exc
     return Response(data, media_type="image/png")
@@ -200,7 +207,7 @@ def delete_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
             return JSONResponse(job_view(job), status_code=202)
         session.rollback()  # it ended meanwhile: delete it below
         session.refresh(job)
-    make_storage().delete_prefix(f"jobs/{job_id}")
+    make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")
     session.delete(job)
     session.commit()
     return Response(status_code=204)

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from services.inference.model import CLASSES, SliceCNN, SliceCNNConfig, build_model
+from services.common.modelinfo import CLASS_NAMES
+from services.inference.model import SliceCNN, SliceCNNConfig, build_model
 from services.inference.predict import predict_proba
 
 
@@ -60,7 +61,7 @@ def save_slice_model(
         names.append(name)
     config = {
         "version": version,
-        "classes": list(CLASSES),
+        "classes": list(CLASS_NAMES),
         "model": asdict(members[0].config),
         "preprocess": {"size": members[0].config.image_size, "enhancement": enhancement},
         "tta": tta,

@@ -1,12 +1,9 @@
-"""Grad-CAM heatmaps for the most suspicious slices, saved as PNG overlays.
+"""Grad-CAM heatmaps for the most suspicious slices, as PNG overlays.
 
 captum's ``LayerGradCam`` needs torch only (the ``grad-cam`` package pulls torchvision).
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,10 +11,9 @@ import torch
 from captum.attr import LayerGradCam
 from numpy.typing import NDArray
 
+from services.common.modelinfo import COVID_INDEX
 from services.inference.artifacts import SliceModel
-from services.inference.model import CLASSES, SliceCNN
-
-COVID_INDEX = CLASSES.index("COVID")
+from services.inference.model import SliceCNN
 
 
 def gradcam(
@@ -48,22 +44,18 @@ def overlay(
     return np.asarray(cv2.addWeighted(colour, alpha, grey, 1 - alpha, 0), dtype=np.uint8)
 
 
-def write_heatmaps(
-    model: SliceModel,
-    inputs: NDArray[np.uint8],
-    slice_indices: Sequence[int],
-    slice_probabilities: Sequence[float],
-    out_dir: Path,
-    top_k: int = 3,
-) -> list[Path]:
-    """Overlays for the ``top_k`` slices with the highest P(COVID), named by slice index."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(-np.asarray(slice_probabilities))[:top_k]
-    heatmaps = gradcam(model.members[0], inputs[order])
-    written = []
-    for position, heatmap in zip(order, heatmaps, strict=True):
-        path = out_dir / f"slice-{slice_indices[position]:04d}.png"
-        if not cv2.imwrite(str(path), overlay(inputs[position], heatmap)):
-            raise OSError(f"could not write {path}")
-        written.append(path)
-    return written
+def heatmap_pngs(
+    model: SliceModel, inputs: NDArray[np.uint8], p_covid: NDArray[np.float64], top_k: int
+) -> dict[int, bytes]:
+    """PNG overlays of the ``top_k`` slices with the highest P(COVID), by stack position."""
+    order = np.argsort(-np.asarray(p_covid))[: min(top_k, len(inputs))]
+    if len(order) == 0:
+        return {}
+    maps = gradcam(model.members[0], inputs[order])
+    pngs: dict[int, bytes] = {}
+    for position, heatmap in zip(order, maps, strict=True):
+        ok, png = cv2.imencode(".png", overlay(inputs[position], heatmap))
+        if not ok:
+            raise OSError("could not encode a heatmap PNG")
+        pngs[int(position)] = png.tobytes()
+    return pngs

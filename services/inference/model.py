@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
+from services.common.modelinfo import CLASS_NAMES
+
 Backbone = Literal["efficientnet-lite0", "efficientnet-lite2"]
-CLASSES = ("NonCOVID", "COVID")
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class SliceCNNConfig:
     backbone: Backbone = "efficientnet-lite0"
     image_size: int = 224
     dropout: float = 0.3
-    num_classes: int = 2
+    num_classes: int = len(CLASS_NAMES)
 
 
 def pretrained_weights_path(backbone: Backbone) -> str:
@@ -81,7 +82,3 @@ class SliceCNN(nn.Module):
 
 def build_model(config: SliceCNNConfig, pretrained: bool = False) -> SliceCNN:
     return SliceCNN(config, pretrained=pretrained)
-
-
-def config_dict(config: SliceCNNConfig) -> dict[str, object]:
-    return asdict(config)

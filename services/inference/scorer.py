@@ -8,12 +8,12 @@ knows it exists; another model server needs only another ``Scorer``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -21,7 +21,8 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from services.common.config import Settings, get_settings
+from services.common.caches import process_cache
+from services.common.config import Settings
 from services.inference.handler import SliceScoringHandler, encode_slices
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Scorer(Protocol):
         ...
 
 
-@lru_cache(maxsize=4)
+@process_cache
 def _loaded_handler(model_dir: Path, model_name: str) -> SliceScoringHandler:
     """One model load per (version, process): workers score many studies with it."""
     handler = SliceScoringHandler()
@@ -220,9 +221,8 @@ class TorchServeScorer:
             return False
 
 
-def make_scorer(settings: Settings | None = None) -> Scorer:
+def make_scorer(settings: Settings) -> Scorer:
     """TorchServe when ``scorer_url`` is set, else the in-process scorer (embedded mode)."""
-    settings = settings or get_settings()
     if settings.scorer_url:
         return TorchServeScorer(
             settings.scorer_url,
@@ -231,7 +231,20 @@ def make_scorer(settings: Settings | None = None) -> Scorer:
             settings.scorer_concurrency,
             settings.scorer_timeout_s,
         )
-    return InProcessScorer(
-        settings.models_dir / "slice-cnn" / settings.slice_model_version,
-        settings.scorer_model_name,
-    )
+    return InProcessScorer(settings.slice_model_dir, settings.scorer_model_name)
+
+
+def scorer_reachable(settings: Settings) -> bool:
+    """Cheap readiness: TorchServe answers ``/ping``, or the in-process model's files exist.
+
+    Never loads a model (it runs in a worker's main process, which forks the pool).
+    """
+    if settings.scorer_url:
+        with TorchServeScorer(settings.scorer_url, settings.scorer_model_name, 1, 1, 5.0) as ts:
+            return ts.ready()
+    config = settings.slice_model_dir / "config.json"
+    try:
+        members = json.loads(config.read_text())["members"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all((settings.slice_model_dir / name).is_file() for name in members)

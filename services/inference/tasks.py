@@ -9,39 +9,39 @@ from __future__ import annotations
 import io
 import logging
 import time
-from functools import lru_cache
+from typing import Any
 
-import cv2
 import numpy as np
 from celery import Task
+from celery.worker.control import control_command
 from sqlalchemy import delete, select
 
-from services.common.celery_app import INFERENCE_TASK, celery_app
 from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.jobs import transition
-from services.common.modelinfo import slice_model_dir
 from services.common.orm import Job, JobStatus, SliceRecord, SliceScore
+from services.common.queue import INFERENCE_TASK, SCORER_READY_COMMAND, celery_app
 from services.common.storage import make_storage
 from services.common.tasks import fail_job, run_guarded
-from services.inference.artifacts import SliceModel, load_slice_model
-from services.inference.gradcam import gradcam, overlay
-from services.inference.scorer import Scorer, ScorerUnavailable, make_scorer
+from services.inference.scorer import ScorerUnavailable, scorer_reachable
+from services.inference.stage import (
+    ModelVersionMismatch,
+    explain_slices,
+    loaded_scorer,
+    loaded_slice_model,
+    score_slices,
+)
 
 log = logging.getLogger(__name__)
 
 SCORER_RETRIES = 5
 
 
-@lru_cache(maxsize=1)
-def _scorer() -> Scorer:
-    return make_scorer(get_settings())
-
-
-@lru_cache(maxsize=1)
-def _explainer_model() -> SliceModel:
-    return load_slice_model(slice_model_dir())
+@control_command(name=SCORER_READY_COMMAND)
+def scorer_ready(_state: Any) -> dict[str, bool]:
+    """Answered by the worker's main process for the gateway's /readyz; loads no model."""
+    return {"ready": scorer_reachable(get_settings())}
 
 
 @celery_app.task(name=INFERENCE_TASK, bind=True, max_retries=SCORER_RETRIES)
@@ -69,13 +69,28 @@ def _score(task: Task, job_id: str) -> str:
         raise RuntimeError(f"slice stack has {len(inputs)} slices, rows say {len(kept)}")
     started = time.perf_counter()
     try:
-        scores = _scorer().score(inputs)
+        scores = score_slices(inputs, loaded_scorer())
     except ScorerUnavailable as exc:
         if task.request.retries < SCORER_RETRIES:
             raise task.retry(countdown=2**task.request.retries * 5) from exc
         return fail_job(job_id, ErrorCode.SCORER_UNAVAILABLE, str(exc), "inference")
     score_s = time.perf_counter() - started
-    heatmaps = _write_heatmaps(job_id, inputs, kept, scores.probabilities[:, 1])
+    detail: dict[str, Any] = {
+        "score_s": round(score_s, 3),
+        "model_name": scores.model_name,
+        "model_version": scores.model_version,
+    }
+    heatmaps: dict[int, str] = {}
+    try:
+        pngs = explain_slices(inputs, scores, loaded_slice_model(), settings.heatmap_top_k)
+    except ModelVersionMismatch as exc:
+        log.warning("no heatmaps for job %s: %s", job_id, exc, extra={"job_id": job_id})
+        detail["heatmaps_refused"] = str(exc)
+        pngs = {}
+    for position, png in pngs.items():
+        key = f"jobs/{job_id}/heatmaps/slice-{kept[position]:04d}.png"
+        storage.put_bytes(key, png)
+        heatmaps[kept[position]] = key
     with session_scope() as session:
         session.execute(
             delete(SliceScore).where(
@@ -95,39 +110,10 @@ def _score(task: Task, job_id: str) -> str:
             for index, p in zip(kept, scores.probabilities, strict=True)
         )
         moved = transition(
-            session,
-            job_id,
-            JobStatus.ENSEMBLING,
-            [JobStatus.SCORING],
-            stage="ensembling",
-            detail={
-                "score_s": round(score_s, 3),
-                "model_name": scores.model_name,
-                "model_version": scores.model_version,
-            },
-        )
+            session, job_id, JobStatus.ENSEMBLING, [JobStatus.SCORING], stage="ensembling",
+            detail=detail,
+        )  # fmt: skip
         if not moved:
             session.rollback()
             return "skipped"
     return "done"
-
-
-def _write_heatmaps(
-    job_id: str, inputs: np.ndarray, kept: list[int], p_covid: np.ndarray
-) -> dict[int, str]:
-    """Grad-CAM overlays of the most suspicious slices, stored as PNG blobs by slice index."""
-    top_k = min(get_settings().heatmap_top_k, len(kept))
-    if top_k == 0:
-        return {}
-    storage = make_storage()
-    order = np.argsort(-p_covid)[:top_k]
-    maps = gradcam(_explainer_model().members[0], inputs[order])
-    written: dict[int, str] = {}
-    for position, heatmap in zip(order, maps, strict=True):
-        ok, png = cv2.imencode(".png", overlay(inputs[position], heatmap))
-        if not ok:
-            raise OSError("could not encode a heatmap PNG")
-        key = f"jobs/{job_id}/heatmaps/slice-{kept[position]:04d}.png"
-        storage.put_bytes(key, png.tobytes())
-        written[kept[position]] = key
-    return written

@@ -14,17 +14,16 @@ import numpy as np
 from celery import Task
 from sqlalchemy import delete
 
-from services.common.celery_app import PREPROCESS_TASK, celery_app
 from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode, StudyError
 from services.common.jobs import transition
 from services.common.modelinfo import slice_model_info
 from services.common.orm import Job, JobStatus, SliceRecord
+from services.common.queue import PREPROCESS_TASK, celery_app
 from services.common.storage import make_storage
 from services.common.tasks import fail_job, run_guarded
-from services.preprocess.pipeline import PreprocessOptions, preprocess_study
-from services.preprocess.readers import read_study
+from services.preprocess.stage import preprocess_path
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +52,13 @@ def _preprocess(job_id: str) -> str:
         return fail_job(job_id, ErrorCode.EMPTY_STUDY, "the job has no uploaded study", STAGE)
     storage = make_storage(settings)
     started = time.perf_counter()
-    info = slice_model_info(settings)
     try:
-        study = read_study(storage.local_path(upload_blob), settings)
-        prepared = preprocess_study(
-            study, PreprocessOptions(size=info.image_size, enhancement=info.enhancement)
+        out = preprocess_path(
+            storage.local_path(upload_blob), settings, slice_model_info(settings.slice_model_dir)
         )
     except StudyError as error:
         return fail_job(job_id, error.code, error.message, STAGE)
+    prepared = out.prepared
     buffer = io.BytesIO()
     np.save(buffer, prepared.inputs, allow_pickle=False)
     slices_blob = f"jobs/{job_id}/slices.npy"
@@ -92,7 +90,7 @@ def _preprocess(job_id: str) -> str:
             slices_blob=slices_blob,
             slices_total=prepared.slices_total,
             slices_used=len(prepared.kept),
-            series=study.series,
+            series=out.series,
         )
         if not moved:
             session.rollback()  # cancelled meanwhile: keep nothing

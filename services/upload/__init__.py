@@ -1,1 +1,2 @@
-"""tus uploads: the tuspyserver router mounted by the gateway, and the upload-finished ingest."""
+"""tus uploads: the tuspyserver router and the upload-finished ingest; mounted beside the
+gateway by :mod:`services.asgi`."""

@@ -12,11 +12,13 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
+from services.common.hashing import file_sha256
 from services.common.jobs import create_webhook_delivery, transition
 from services.common.orm import Job, JobStatus, utcnow
-from services.common.storage import file_sha256, make_storage
+from services.common.storage import make_storage
 from services.common.tasks import enqueue, send_pending_webhooks
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def complete_upload(
     size = file_path.stat().st_size
     blob = f"jobs/{job_id}/upload/{safe_filename(metadata.get('filename', 'upload'))}"
     # Keep the bytes even when the checksum fails: nothing a client sent is thrown away.
-    make_storage().put_file(blob, file_path)
+    make_storage(get_settings()).put_file(blob, file_path)
     Path(f"{file_path}.info").unlink(missing_ok=True)
     fields: dict[str, Any] = {"upload_blob": blob, "upload_size": size, "upload_sha256": actual}
     with session_scope() as session:

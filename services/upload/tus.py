@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,13 +33,6 @@ from services.upload.storage import StreamingLocalStorage
 
 UPLOADS_PREFIX = "/v1/uploads"
 REQUIRED_METADATA = ("job_id", "filename", "filetype")
-
-
-def upload_dir(settings: Settings | None = None) -> Path:
-    settings = settings or get_settings()
-    path = settings.var_dir / "uploads"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def tus_auth(request: Request) -> None:
@@ -120,10 +114,9 @@ def _claim(job_id: str, upload_id: str, metadata: dict[str, str]) -> None:
             raise HTTPException(409, "this job already has an upload")
 
 
-def create_upload_router(settings: Settings | None = None) -> APIRouter:
+def create_upload_router(settings: Settings) -> APIRouter:
     """The tus routes. Include them with ``dependencies=[Depends(tus_auth)]`` (see below)."""
-    settings = settings or get_settings()
-    directory = upload_dir(settings)
+    directory = settings.upload_dir
     storage = StreamingLocalStorage(str(directory), fsync=settings.upload_fsync)
 
     def upload_complete_dep() -> Callable[[str, dict[str, str]], Awaitable[None]]:
@@ -155,11 +148,9 @@ def create_upload_router(settings: Settings | None = None) -> APIRouter:
     )
 
 
-def _finished_in_creation(upload_id: str) -> dict[str, str] | None:
+def _finished_in_creation(directory: Path, upload_id: str) -> dict[str, str] | None:
     """Metadata of an upload that is complete, else None (reads tuspyserver's sidecar)."""
-    import json
-
-    info_path = upload_dir() / f"{upload_id}.info"
+    info_path = directory / f"{upload_id}.info"
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError):
@@ -170,7 +161,9 @@ def _finished_in_creation(upload_id: str) -> dict[str, str] | None:
     return dict(info.get("metadata") or {})
 
 
-def install_upload_lifecycle(app: FastAPI) -> None:
+def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
+    directory = settings.upload_dir
+
     @app.middleware("http")
     async def upload_lifecycle(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -181,9 +174,9 @@ def install_upload_lifecycle(app: FastAPI) -> None:
             return response
         if request.method == "POST" and response.status_code == 201:
             upload_id = response.headers.get("location", "").rstrip("/").rsplit("/", 1)[-1]
-            metadata = await run_in_threadpool(_finished_in_creation, upload_id)
+            metadata = await run_in_threadpool(_finished_in_creation, directory, upload_id)
             if metadata is not None:
-                file_path = upload_dir() / upload_id
+                file_path = directory / upload_id
                 await run_in_threadpool(complete_upload, upload_id, file_path, metadata)
         elif request.method == "DELETE" and response.status_code == 204:
             await run_in_threadpool(release_upload, path.rsplit("/", 1)[-1])

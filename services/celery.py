@@ -1,0 +1,45 @@
+"""The worker's composition root (``celery -A services.celery worker``).
+
+It names the task module of every room, so a worker process serves any queue it is told
+to consume; the rooms themselves only know :mod:`services.common.queue`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import signals
+
+from services.common.config import ensure_directories, get_settings
+from services.common.queue import celery_app
+
+TASK_MODULES = [
+    "services.preprocess.tasks",
+    "services.inference.tasks",
+    "services.ensemble.tasks",
+    "services.webhooks.delivery",
+]
+
+celery_app.conf.include = TASK_MODULES
+app = celery_app
+
+
+@signals.setup_logging.connect
+def _worker_logging(**_kwargs: Any) -> None:
+    from services.common.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)
+
+
+@signals.worker_init.connect
+def _directories(**_kwargs: Any) -> None:
+    ensure_directories(get_settings())
+
+
+@signals.worker_ready.connect
+def _requeue_on_start(**_kwargs: Any) -> None:
+    from services.common.tasks import requeue_stale_jobs, resend_stranded_webhooks
+
+    requeue_stale_jobs()
+    resend_stranded_webhooks()

@@ -1,0 +1,128 @@
+"""``covidct up | submit | worker | gateway | migrate``: running the service and talking to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from services.common.config import get_settings
+from services.common.queue import QUEUES
+
+
+def up(
+    port: Annotated[int, typer.Option(help="Gateway port.")] = 8000,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Run everything on this machine: SQLite, embedded Redis, a worker, the gateway."""
+    from services.cli.runtime import run_until_stopped, start_stack, wait_ready
+
+    stack = start_stack(get_settings(), port=port, concurrency=concurrency)
+    try:
+        wait_ready(stack.url)
+    except TimeoutError as exc:
+        stack.stop()
+        typer.echo(f"error: not_ready: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"covidct is up at {stack.url} (API docs at {stack.url}/docs); Ctrl-C stops it")
+    raise typer.Exit(run_until_stopped(stack))
+
+
+def submit(
+    path: Annotated[Path, typer.Argument(help="Study: DICOM folder (zipped on the fly) or file.")],
+    server: Annotated[str, typer.Option(help="Gateway URL.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str | None, typer.Option(envvar="COVIDCT_API_KEY", help="Tenant API key.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Poll until the verdict.")] = False,
+    callback_url: Annotated[str | None, typer.Option(help="Signed callback URL.")] = None,
+    external_id: Annotated[str | None, typer.Option(help="Your reference.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job as JSON.")] = False,
+) -> None:
+    """Upload a study with tus (resumes an interrupted upload), then optionally wait."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from services.cli.client import ApiClient, ApiClientError
+    from services.cli.client import submit as submit_study
+
+    if not api_key:
+        typer.echo("error: unauthorized: pass --api-key or set COVIDCT_API_KEY", err=True)
+        raise typer.Exit(2)
+    if not path.exists():
+        typer.echo(f"error: unsupported_format: {path} does not exist", err=True)
+        raise typer.Exit(2)
+    client = ApiClient(server, api_key)
+    try:
+        with Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=None if sys.stderr.isatty() else _quiet_console(),
+            transient=not as_json,
+        ) as bar:
+            task = bar.add_task("upload", total=None)
+            job, _done = submit_study(
+                client,
+                path,
+                callback_url=callback_url,
+                external_id=external_id,
+                progress=lambda sent, total: bar.update(task, completed=sent, total=total),
+            )
+        job = client.wait(job["id"]) if wait else client.get_job(job["id"])
+    except ApiClientError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    typer.echo(f"job {job['id']}: {job['status']}")
+    if job.get("result"):
+        result = job["result"]
+        typer.echo(f"verdict {result['label']}  P(COVID) {result['probabilities']['COVID']:.3f}")
+    if job.get("error"):
+        typer.echo(f"error {job['error']['code']}: {job['error']['message']}")
+    if job["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def _quiet_console() -> Console:
+    return Console(file=open(os.devnull, "w"))
+
+
+def worker(
+    queues: Annotated[str, typer.Option(help="Comma-separated queues.")] = ",".join(QUEUES),
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """A Celery worker (production: one deployment per queue, scaled apart)."""
+    from services.cli.runtime import worker_command
+
+    unknown = set(queues.split(",")) - set(QUEUES)
+    if unknown:
+        typer.echo(f"error: unknown queue(s) {sorted(unknown)}; known: {list(QUEUES)}", err=True)
+        raise typer.Exit(2)
+    os.execv(sys.executable, worker_command(concurrency, queues.split(",")))
+
+
+def gateway(
+    host: Annotated[str, typer.Option()] = "0.0.0.0",
+    port: Annotated[int, typer.Option()] = 8000,
+) -> None:
+    """The FastAPI gateway (REST API + tus uploads)."""
+    from services.cli.runtime import gateway_command
+
+    os.execv(sys.executable, gateway_command(port, host))
+
+
+def migrate_cmd() -> None:
+    """Apply the Alembic migrations to COVIDCT_DATABASE_URL (SQLite by default)."""
+    from services.common.db import migrate
+
+    url = get_settings().sqlalchemy_url
+    migrate(url)
+    typer.echo(f"migrated {url.split('@')[-1]}")

@@ -1,0 +1,91 @@
+"""`covidct up` and `covidct submit` as a user runs them: the embedded service comes up,
+a submitted study gets its verdict, and SIGTERM stops every child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pydicom.data import get_testdata_file
+
+from services.cli.runtime import free_port, wait_ready
+
+
+def _processes_with_env(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (entry / "environ").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _covidct(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_up_submit_and_sigterm_stops_every_child(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}
+    env.update(
+        COVIDCT_VAR_DIR=str(tmp_path / "var"),
+        COVIDCT_CLIENT_STATE=str(tmp_path / "client.json"),
+        COVIDCT_DATA_DIR=os.environ.get("COVIDCT_DATA_DIR", ""),
+    )
+    if not env["COVIDCT_DATA_DIR"]:
+        del env["COVIDCT_DATA_DIR"]
+    port = free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", timeout_s=300)
+        children = _processes_with_env(str(tmp_path / "var"))
+        assert len(children) >= 4  # up, redis, worker (+ its pool), gateway
+
+        tenant = json.loads(_covidct("tenants", "create", "cli", "--json", env=env).stdout)
+        assert set(tenant) == {"id", "name", "api_key", "webhook_secret"}
+        study = str(get_testdata_file("CT_small.dcm", download=False))
+        submitted = _covidct(
+            "submit", study, "--server", f"http://127.0.0.1:{port}",
+            "--api-key", tenant["api_key"], "--wait", "--json",
+            env=env,
+        )  # fmt: skip
+        assert submitted.returncode == 0, submitted.stderr[-2000:]
+        job = json.loads(submitted.stdout)
+        assert job["status"] == "succeeded"
+        assert job["result"]["label"] in {"COVID", "NonCOVID"}
+        assert job["result"]["slices_total"] == 1
+
+        wrong_key = _covidct(
+            "submit", study, "--server", f"http://127.0.0.1:{port}", "--api-key", "cct_bad",
+            env=env,
+        )  # fmt: skip
+        assert wrong_key.returncode == 2
+        assert "401" in wrong_key.stderr
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(120)
+    assert up.returncode == 0
+    deadline = time.monotonic() + 30
+    while _processes_with_env(str(tmp_path / "var")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _processes_with_env(str(tmp_path / "var")) == []

@@ -1,0 +1,146 @@
+"""The Celery tasks in-process (eager), on SQLite: a full job from tus upload to verdict,
+and every task run a second time changes nothing (no duplicate rows, no second webhook)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from pydicom.data import get_testdata_file
+from sqlalchemy import func, select
+
+from services.asgi import create_app
+from services.common.config import Settings
+from services.common.db import session_scope
+from services.common.orm import (
+    JobEvent,
+    Result,
+    SliceRecord,
+    SliceScore,
+    WebhookAttempt,
+    WebhookDelivery,
+)
+from services.common.queue import celery_app
+from services.diagnosis import diagnose_path
+from services.ensemble.tasks import ensemble_job
+from services.inference.tasks import score_job
+from services.preprocess.tasks import preprocess_job
+from services.webhooks.delivery import verify
+from tests.support.service import auth, callback_receiver, make_tenant, tus_headers, tus_metadata
+
+
+@pytest.fixture
+def eager(isolated_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    isolated_settings(broker_url="memory://")
+    celery_app.conf.task_always_eager = True
+    try:
+        with TestClient(create_app()) as client:
+            yield client
+    finally:
+        celery_app.conf.task_always_eager = False
+
+
+def _counts(job_id: str) -> dict[str, int]:
+    with session_scope() as session:
+        return {
+            model.__tablename__: session.scalar(
+                select(func.count()).select_from(model).where(model.job_id == job_id)
+            )
+            or 0
+            for model in (JobEvent, SliceRecord, SliceScore, Result, WebhookDelivery)
+        }
+
+
+def test_job_runs_to_a_verdict_and_tasks_are_idempotent(eager: TestClient) -> None:
+    study = Path(str(get_testdata_file("CT_small.dcm", download=False)))
+    data = study.read_bytes()
+    tenant = make_tenant("eager")
+    with callback_receiver() as receiver:
+        job = eager.post(
+            "/v1/jobs", json={"callback_url": receiver.url}, headers=auth(tenant)
+        ).json()
+        headers = tus_headers(
+            tenant,
+            **{
+                "Upload-Length": str(len(data)),
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        headers["Upload-Metadata"] = tus_metadata(
+            job_id=job["id"],
+            filename="CT_small.dcm",
+            filetype="application/dicom",
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+        assert eager.post("/v1/uploads", headers=headers, content=data).status_code == 201
+
+        body = eager.get(f"/v1/jobs/{job['id']}", headers=auth(tenant)).json()
+        assert body["status"] == "succeeded", body
+        floor, _ = diagnose_path(study)
+        assert body["result"]["label"] == floor.label
+        assert body["result"]["probabilities"]["COVID"] == pytest.approx(
+            floor.probabilities["COVID"], abs=1e-6
+        )
+        assert len(receiver.received) == 1
+        assert verify(
+            tenant["webhook_secret"], receiver.received[0].headers, receiver.received[0].body
+        )
+
+        before = _counts(job["id"])
+        assert before == {
+            "job_events": 6,
+            "slices": 1,
+            "slice_scores": 1,
+            "results": 1,
+            "webhook_deliveries": 1,
+        }
+        for task in (preprocess_job, score_job, ensemble_job):
+            assert task.apply(args=(job["id"],)).get() == "skipped"
+        assert _counts(job["id"]) == before
+        assert len(receiver.received) == 1
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(WebhookAttempt)) == 1
+
+
+def test_a_job_passes_each_stage_function_once(
+    eager: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data walk: upload -> preprocess_path -> score_slices -> verdict, each exactly once,
+    each in its own task, with what the previous stage stored."""
+    import services.ensemble.tasks as ensemble_tasks
+    import services.inference.tasks as inference_tasks
+    import services.preprocess.tasks as preprocess_tasks
+
+    calls: list[str] = []
+
+    def spy(module: Any, name: str) -> None:
+        real = getattr(module, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapped)
+
+    spy(preprocess_tasks, "preprocess_path")
+    spy(inference_tasks, "score_slices")
+    spy(ensemble_tasks, "verdict")
+    study = Path(str(get_testdata_file("CT_small.dcm", download=False)))
+    data = study.read_bytes()
+    tenant = make_tenant("walk")
+    job = eager.post("/v1/jobs", json={}, headers=auth(tenant)).json()
+    headers = tus_headers(
+        tenant,
+        **{"Upload-Length": str(len(data)), "Content-Type": "application/offset+octet-stream"},
+    )
+    headers["Upload-Metadata"] = tus_metadata(
+        job_id=job["id"], filename="CT_small.dcm", filetype="application/dicom"
+    )
+    assert eager.post("/v1/uploads", headers=headers, content=data).status_code == 201
+    body = eager.get(f"/v1/jobs/{job['id']}", headers=auth(tenant)).json()
+    assert body["status"] == "succeeded", body
+    assert calls == ["preprocess_path", "score_slices", "verdict"]
