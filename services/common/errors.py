@@ -17,6 +17,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_SLICES = "too_many_slices"
     UNSAFE_ARCHIVE = "unsafe_archive"
     NO_LUNG = "no_lung"
+    NOT_CHEST_CT = "not_chest_ct"  # the study is not a chest CT (photo, radiograph, head...)
     # Service-level codes (stored on failed jobs).
     CHECKSUM_MISMATCH = "checksum_mismatch"
     SCORER_UNAVAILABLE = "scorer_unavailable"

@@ -71,6 +71,8 @@ class _Slice:
     thickness: float | None
     slope: float
     intercept: float
+    body_part: str = ""
+    study_description: str = ""
 
 
 @dataclass
@@ -149,7 +151,8 @@ def study_from_scan(scan: DicomScan, settings: Settings) -> Study:
             f"series has {chosen['slices']} slices, the limit is {settings.max_slices}",
         )
     ordered, keys, sort_by = _order(groups[chosen["uid"]])
-    images = _decode(ordered)
+    images, hu = _decode(ordered)
+    first = ordered[0]
     return Study(
         images=images,
         source_format="dicom",
@@ -162,8 +165,14 @@ def study_from_scan(scan: DicomScan, settings: Settings) -> Study:
             "slices": chosen["slices"],
             "candidates": candidates,
             "reason": _reason(chosen, eligible, candidates),
+            # Read by the plausibility check (services.preprocess.plausibility) and by the
+            # lung features (which side of the image is the patient's left).
+            "body_part_examined": first.body_part,
+            "study_description": first.study_description,
+            "image_orientation_patient": list(first.iop) if first.iop else None,
         },
         spacing_mm=_spacing(ordered, keys, sort_by),
+        hu=hu,
     )
 
 
@@ -220,6 +229,8 @@ def _slices_of(ds: Dataset, path: Path, label: str) -> list[_Slice]:
             thickness=_as_float(_frame_attr(ds, f, "PixelMeasuresSequence", "SliceThickness")),
             slope=_rescale(ds, f, "RescaleSlope", 1.0),
             intercept=_rescale(ds, f, "RescaleIntercept", 0.0),
+            body_part=str(ds.get("BodyPartExamined", "") or "").strip(),
+            study_description=str(ds.get("StudyDescription", "") or "").strip(),
         )
         for f in range(frames)
     ]
@@ -357,8 +368,10 @@ def _order(slices: list[_Slice]) -> tuple[list[_Slice], list[float | None], str]
     return [slices[i] for i in order], [keys[i] for i in order], sort_by
 
 
-def _decode(ordered: list[_Slice]) -> list[Gray8]:
+def _decode(ordered: list[_Slice]) -> tuple[list[Gray8], NDArray[np.int16] | None]:
+    """Lung-windowed 8-bit slices, and the HU stack (None when slice shapes differ)."""
     images: list[Gray8] = []
+    hus: list[NDArray[np.int16]] = []
     cache: dict[Path, NDArray[Any]] = {}  # multi-frame files are decoded once
     for s in ordered:
         pixels = cache.get(s.path)
@@ -373,7 +386,17 @@ def _decode(ordered: list[_Slice]) -> list[Gray8]:
             )
         hu = frame.astype(np.float32) * np.float32(s.slope) + np.float32(s.intercept)
         images.append(window_to_uint8(hu))
-    return images
+        hus.append(hu_to_int16(hu))
+    if len({h.shape for h in hus}) != 1:
+        return images, None
+    return images, np.stack(hus)
+
+
+def hu_to_int16(hu: NDArray[Any]) -> NDArray[np.int16]:
+    """HU as int16: rounded, clipped to the int16 range; NaN (outside a NIfTI field of view)
+    becomes air (-1024)."""
+    values = np.nan_to_num(np.asarray(hu, dtype=np.float32), nan=-1024.0)
+    return np.rint(np.clip(values, -32768, 32767)).astype(np.int16)
 
 
 def _pixels(path: Path, label: str) -> NDArray[Any]:

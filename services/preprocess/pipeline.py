@@ -14,6 +14,7 @@ from services.common.errors import ErrorCode, StudyError
 from services.preprocess.dedup import find_near_duplicates
 from services.preprocess.enhance import enhance
 from services.preprocess.gate import is_high_contrast
+from services.preprocess.lung_features import study_lung_features
 from services.preprocess.segmentation import (
     crop_to_lungs,
     lung_bbox,
@@ -37,6 +38,8 @@ class PreprocessOptions:
     # Original project's contrast gate: recorded always, routing (dropping) only on request.
     drop_high_contrast: bool = False
     high_contrast_min_pixels: int = 1000
+    # Quantitative HU features (services.preprocess.lung_features) for DICOM/NIfTI studies.
+    lung_features: bool = True
 
 
 def prepare_slice(
@@ -70,11 +73,17 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
     if len(study) == 0:
         raise StudyError(ErrorCode.EMPTY_STUDY, "the study holds no slices")
 
+    volume_masks: np.ndarray | None
     if study.is_volume and len(study) > 2:
-        masks = list(segment_volume(np.stack(study.images)))
+        volume_masks = segment_volume(np.stack(study.images))
+        masks = list(volume_masks)
     else:
         masks = [segment_lungs(image) for image in study.images]
+        volume_masks = np.stack(masks) if len({m.shape for m in masks}) == 1 else None
     lung_fraction = [float(m.mean()) for m in masks]
+    lung_features = None
+    if options.lung_features and study.hu is not None and volume_masks is not None:
+        lung_features = study_lung_features(study, volume_masks)
     high_contrast = [
         is_high_contrast(image, min_pixels=options.high_contrast_min_pixels)
         for image in study.images
@@ -129,4 +138,5 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
         high_contrast=high_contrast,
         lung_fraction=lung_fraction,
         slices_total=len(study),
+        lung_features=lung_features,
     )

@@ -24,7 +24,13 @@ from PIL import Image, ImageOps
 from services.common.config import Settings, get_settings
 from services.common.errors import ErrorCode, StudyError
 from services.preprocess.archive import RATIO_GRACE_BYTES, archive_kind, extract_archive
-from services.preprocess.dicom import looks_like_dicom, scan_dicom_headers, study_from_scan
+from services.preprocess.dicom import (
+    hu_to_int16,
+    looks_like_dicom,
+    scan_dicom_headers,
+    study_from_scan,
+)
+from services.preprocess.plausibility import check_chest_ct
 from services.preprocess.types import Gray8, Study
 from services.preprocess.windowing import window_to_uint8
 
@@ -50,15 +56,27 @@ _CLAIMED_BY_SUFFIX = {
 }
 
 
-def read_study(path: Path, settings: Settings | None = None) -> Study:
-    """Read whatever ``path`` is (folder, archive, DICOM, NIfTI, PNG/JPEG) into a Study."""
+def read_study(
+    path: Path, settings: Settings | None = None, check_plausibility: bool = True
+) -> Study:
+    """Read whatever ``path`` is (folder, archive, DICOM, NIfTI, PNG/JPEG) into a Study.
+
+    Unless ``check_plausibility`` is False, a study that is clearly not a chest CT (noise, a
+    photograph, a radiograph, a head scan...) raises ``not_chest_ct``
+    (:func:`services.preprocess.plausibility.check_chest_ct`): every upload passes here before
+    it can be scored.
+    """
     settings = settings or get_settings()
     path = Path(path)
     if path.is_dir():
-        return _read_folder(path, settings)
-    if not path.is_file():
+        study = _read_folder(path, settings)
+    elif not path.is_file():
         raise StudyError(ErrorCode.EMPTY_STUDY, f"nothing to read at {path.name}")
-    return _read_file(path, settings)
+    else:
+        study = _read_file(path, settings)
+    if check_plausibility:
+        check_chest_ct(study)
+    return study
 
 
 def detect_format(path: Path) -> FileKind:
@@ -89,11 +107,18 @@ def natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
 
 def load_gray_image(path: Path, label: str | None = None) -> Gray8:
     """A PNG/JPEG of any mode as 8-bit grey (already windowed: no HU windowing)."""
+    return _load_image(path, label)[0]
+
+
+def _load_image(path: Path, label: str | None = None) -> tuple[Gray8, float]:
+    """The grey image and its colourfulness (0 for grey; photographs score 30 and more),
+    which the plausibility check reads from ``slice_info`` (the grey image has lost it)."""
     label = label or path.name
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncation shows up here, not later
-            return _to_gray(ImageOps.exif_transpose(im))
+            upright = ImageOps.exif_transpose(im)
+            return _to_gray(upright), colourfulness(upright)
     except Image.DecompressionBombError as exc:
         raise StudyError(ErrorCode.UNSAFE_ARCHIVE, f"{label}: {exc}") from exc
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -111,9 +136,12 @@ def _read_file(path: Path, settings: Settings) -> Study:
     if kind == "dicom":
         return study_from_scan(scan_dicom_headers([path]), settings)
     if kind in ("png", "jpeg"):
-        image = load_gray_image(path)
+        image, colour = _load_image(path)
         return Study(
-            images=[image], source_format="image", is_volume=False, slice_info=[{"file": path.name}]
+            images=[image],
+            source_format="image",
+            is_volume=False,
+            slice_info=[{"file": path.name, "colourfulness": colour}],
         )
     if kind in ("zip", "tar"):
         return _read_archive(path, settings)
@@ -207,12 +235,15 @@ def _read_image_set(images: list[Path], root: Path, settings: Settings) -> Study
     labels = sorted(
         (p.relative_to(root).as_posix() for p in images), key=lambda s: (natural_key(s), s)
     )
-    loaded = [load_gray_image(root / label, label) for label in labels]
+    loaded = [_load_image(root / label, label) for label in labels]
     return Study(
-        images=loaded,
+        images=[image for image, _ in loaded],
         source_format="image_set",
         is_volume=False,
-        slice_info=[{"file": label, "index": i} for i, label in enumerate(labels)],
+        slice_info=[
+            {"file": label, "index": i, "colourfulness": colour}
+            for i, (label, (_, colour)) in enumerate(zip(labels, loaded, strict=True))
+        ],
     )
 
 
@@ -225,6 +256,20 @@ def _to_gray(im: Image.Image) -> Gray8:
         black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         im = Image.alpha_composite(black, rgba)
     return np.asarray(im.convert("L"), dtype=np.uint8).copy()
+
+
+def colourfulness(im: Image.Image) -> float:
+    """Hasler & Süsstrunk (2003) colourfulness of an image, on a thumbnail of at most 128 px:
+    0 for grey images, about 15 for slightly tinted ones, 30+ for photographs."""
+    if im.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV"):
+        return 0.0
+    small = im.convert("RGB")
+    small.thumbnail((128, 128))
+    rgb = np.asarray(small, dtype=np.float32)
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    spread = float(np.hypot(rg.std(), yb.std()))
+    return round(spread + 0.3 * float(np.hypot(rg.mean(), yb.mean())), 2)
 
 
 def _stretch(values: np.ndarray[Any, Any]) -> Gray8:
@@ -281,10 +326,9 @@ def read_nifti(path: Path, settings: Settings) -> Study:
     except Exception as exc:  # nibabel/gzip raise many types on damaged data
         raise StudyError(ErrorCode.CORRUPT_FILE, f"cannot read NIfTI {path.name}: {exc}") from exc
     volume = volume.reshape(volume.shape[:3])
-    images = [
-        window_to_uint8(np.ascontiguousarray(volume[::-1, ::-1, k].T))
-        for k in range(volume.shape[2])
-    ]
+    # (slice, row, column) in the radiological view described above.
+    axial = np.ascontiguousarray(volume[::-1, ::-1, :].transpose(2, 1, 0))
+    images = [window_to_uint8(axial[k]) for k in range(axial.shape[0])]
     zooms = [float(z) for z in canonical.header.get_zooms()[:3]]
     z_mm = [float((canonical.affine @ np.array([0.0, 0.0, k, 1.0]))[2]) for k in range(len(images))]
     return Study(
@@ -296,6 +340,7 @@ def read_nifti(path: Path, settings: Settings) -> Study:
             for k, z in enumerate(z_mm)
         ],
         spacing_mm=(zooms[2], zooms[1], zooms[0]),
+        hu=hu_to_int16(axial),
     )
 
 

@@ -20,6 +20,9 @@ class Study:
     ``images`` all share one shape for volumes (DICOM, NIfTI); image sets may mix sizes.
     ``slice_info[i]`` describes ``images[i]`` (source file, instance number, position...).
     ``series`` records which series was chosen when the upload held several.
+    ``hu`` holds the Hounsfield units of volume inputs (DICOM, NIfTI) as one (N, H, W) int16
+    array in the order of ``images`` (clipped to the int16 range, NaN as air); it is None for
+    PNG/JPEG inputs and for DICOM uploads whose slices differ in size.
     """
 
     images: list[Gray8]
@@ -28,6 +31,7 @@ class Study:
     slice_info: list[dict[str, Any]] = field(default_factory=list)
     series: dict[str, Any] | None = None
     spacing_mm: tuple[float, float, float] | None = None  # (slice, row, column)
+    hu: NDArray[np.int16] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,3 +60,5 @@ class PreparedStudy:
     high_contrast: list[bool]  # per original slice
     lung_fraction: list[float]  # per original slice: lung pixels / image pixels
     slices_total: int
+    # Quantitative lung features (services.preprocess.lung_features) when HU are available.
+    lung_features: dict[str, Any] | None = None
