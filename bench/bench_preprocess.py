@@ -5,6 +5,7 @@ from __future__ import annotations
 import pydicom
 
 from bench.common import best_of, report, sample_series
+from services.common.config import get_settings
 from services.preprocess.pipeline import PreprocessOptions, preprocess_study
 from services.preprocess.readers import read_study
 
@@ -17,10 +18,10 @@ def main() -> dict[str, float]:
         for f in files:
             _ = pydicom.dcmread(f).pixel_array
 
-    study = read_study(series)
+    study = read_study(series, get_settings())
     n = len(study)
     t_decode = best_of(bare_decode)
-    t_read = best_of(lambda: read_study(series))
+    t_read = best_of(lambda: read_study(series, get_settings()))
     t_prep = best_of(lambda: preprocess_study(study, PreprocessOptions()))
     t_total = t_read + t_prep
     result = {

@@ -13,7 +13,7 @@ import itertools
 import logging
 import statistics
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,14 +86,6 @@ class DicomScan:
     @property
     def has_dicom(self) -> bool:
         return bool(self.slices or self.corrupt)
-
-
-def read_dicom_series(files: Sequence[Path], settings: Settings, root: Path | None = None) -> Study:
-    """Read the axial CT series of ``files`` (the rest of the upload is ignored).
-
-    ``root`` makes the file names in ``slice_info`` relative to the upload folder.
-    """
-    return study_from_scan(scan_dicom_headers(files, root), settings)
 
 
 def scan_dicom_headers(files: Iterable[Path], root: Path | None = None) -> DicomScan:

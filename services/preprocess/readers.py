@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image, ImageOps
 
-from services.common.config import Settings, get_settings
+from services.common.config import Settings
 from services.common.errors import ErrorCode, StudyError
 from services.preprocess.archive import RATIO_GRACE_BYTES, archive_kind, extract_archive
 from services.preprocess.dicom import (
@@ -56,9 +56,7 @@ _CLAIMED_BY_SUFFIX = {
 }
 
 
-def read_study(
-    path: Path, settings: Settings | None = None, check_plausibility: bool = True
-) -> Study:
+def read_study(path: Path, settings: Settings, check_plausibility: bool = True) -> Study:
     """Read whatever ``path`` is (folder, archive, DICOM, NIfTI, PNG/JPEG) into a Study.
 
     Unless ``check_plausibility`` is False, a study that is clearly not a chest CT (noise, a
@@ -66,7 +64,6 @@ def read_study(
     (:func:`services.preprocess.plausibility.check_chest_ct`): every upload passes here before
     it can be scored.
     """
-    settings = settings or get_settings()
     path = Path(path)
     if path.is_dir():
         study = _read_folder(path, settings)

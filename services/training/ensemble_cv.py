@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.model_selection import StratifiedGroupKFold
 
-from services.common.config import Settings
+from services.common.config import Settings, get_settings
 from services.ensemble.model import SoftVoteEnsemble
 from services.inference.artifacts import SliceModel, load_slice_model
 from services.inference.predict import predict_proba
@@ -90,7 +90,7 @@ def ctmd_sequences(data_dir: Path, slice_model: SliceModel) -> list[SeriesScores
     out = []
     with (root / "studies.csv").open(newline="") as handle:
         for row in csv.DictReader(handle):
-            study = read_study(root / row["study"])
+            study = read_study(root / row["study"], get_settings())
             prepared = preprocess_study(
                 study,
                 PreprocessOptions(size=slice_model.image_size, enhancement=slice_model.enhancement),

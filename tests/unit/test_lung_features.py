@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from services.common.config import get_settings
 from services.preprocess.lung_features import (
     FEATURE_NAMES,
     compute_lung_features,
@@ -145,7 +146,7 @@ def test_preprocess_study_adds_features_only_with_hu() -> None:
 def test_covid_series_shows_more_ground_glass_than_normal(ctmd_dir: Path) -> None:
     features = {}
     for name in ("P002", "normal001"):
-        prepared = preprocess_study(read_study(ctmd_dir / name))
+        prepared = preprocess_study(read_study(ctmd_dir / name, get_settings()))
         assert prepared.lung_features is not None
         features[name] = prepared.lung_features
     covid, normal = features["P002"], features["normal001"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.common.config import get_settings
 from services.common.errors import ErrorCode, StudyError
 from services.preprocess.pipeline import PreprocessOptions, prepare_slice, preprocess_study
 from services.preprocess.readers import read_study
@@ -15,7 +16,7 @@ from services.preprocess.types import DropReason, Study
 
 @pytest.fixture(scope="module")
 def p002(covid_series: Path) -> Study:
-    return read_study(covid_series)
+    return read_study(covid_series, get_settings())
 
 
 def test_real_series_keeps_lung_slices_and_drops_the_rest(p002: Study) -> None:

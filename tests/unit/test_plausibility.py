@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 
+from services.common.config import get_settings
 from services.common.errors import ErrorCode, StudyError
 from services.preprocess.plausibility import assess, check_chest_ct
 from services.preprocess.readers import read_study
@@ -32,7 +33,7 @@ def _testdata(name: str) -> Path:
 
 def _refused(path: Path) -> str:
     with pytest.raises(StudyError) as info:
-        read_study(path)
+        read_study(path, get_settings())
     assert info.value.code is ErrorCode.NOT_CHEST_CT, info.value
     return info.value.message
 
@@ -81,7 +82,9 @@ def test_head_ct_is_refused_by_its_header() -> None:
 def test_head_ct_without_header_is_refused_by_its_skull() -> None:
     # A plain head CT without BodyPartExamined: the bone ring around the body tells.
     assert "head" in _refused(_testdata("693_J2KI.dcm"))
-    study = read_study(_testdata("J2K_pixelrep_mismatch.dcm"), check_plausibility=False)
+    study = read_study(
+        _testdata("J2K_pixelrep_mismatch.dcm"), get_settings(), check_plausibility=False
+    )
     study.series = None  # header gone (e.g. converted to NIfTI): the skull still tells
     assert not assess(study).ok
 
@@ -89,10 +92,10 @@ def test_head_ct_without_header_is_refused_by_its_skull() -> None:
 def test_mr_is_refused_on_modality() -> None:
     # Uploads: the reader picks CT series only, so MR alone stays the documented no_ct_series.
     with pytest.raises(StudyError) as info:
-        read_study(_testdata("MR_small.dcm"))
+        read_study(_testdata("MR_small.dcm"), get_settings())
     assert info.value.code is ErrorCode.NO_CT_SERIES
     # A study that claims another modality never passes the check itself.
-    study = read_study(_testdata("CT_small.dcm"))
+    study = read_study(_testdata("CT_small.dcm"), get_settings())
     assert study.series is not None
     study.series["modality"] = "MR"
     with pytest.raises(StudyError) as checked:
@@ -101,7 +104,7 @@ def test_mr_is_refused_on_modality() -> None:
 
 
 def test_header_naming_another_region_is_refused() -> None:
-    study = read_study(_testdata("CT_small.dcm"))
+    study = read_study(_testdata("CT_small.dcm"), get_settings())
     assert study.series is not None
     study.series["body_part_examined"] = "KNEE"
     assert not assess(study).ok
@@ -129,17 +132,17 @@ def test_volume_of_noise_is_refused(tmp_path: Path) -> None:
 
 def test_phantom_chest_ct_is_accepted_as_volume_and_as_image(tmp_path: Path) -> None:
     hu, _ = chest_phantom(slices=12)
-    study = read_study(_nifti(tmp_path, hu, "chest.nii.gz"))
+    study = read_study(_nifti(tmp_path, hu, "chest.nii.gz"), get_settings())
     assert study.hu is not None and study.hu.shape == hu.shape
     path = tmp_path / "slice.png"
     Image.fromarray(window_to_uint8(hu[6])).save(path)
-    assert len(read_study(path)) == 1
+    assert len(read_study(path, get_settings())) == 1
 
 
 def test_ct_small_is_accepted() -> None:
     # pydicom's 128x128 CT crop around the spine: the demo fallback and the service tests'
     # sample. A single HU slice is accepted on its HU profile (air, soft tissue, not noise).
-    study = read_study(_testdata("CT_small.dcm"))
+    study = read_study(_testdata("CT_small.dcm"), get_settings())
     assert len(study) == 1 and study.hu is not None
 
 
@@ -151,10 +154,10 @@ def test_small_images_are_not_judged() -> None:
 @pytest.mark.data
 def test_real_dicom_is_accepted(data_dir: Path) -> None:
     for name in ("P002", "cap002", "normal001"):
-        study = read_study(data_dir / "covid-ct-md" / name)
+        study = read_study(data_dir / "covid-ct-md" / name, get_settings())
         assert len(study) > 100
     for path in sorted((data_dir / "dicom-single-slice").glob("*.dcm")):
-        read_study(path)  # two of them are from "CT ABD AND PELVIS" studies
+        read_study(path, get_settings())  # two of them are from "CT ABD AND PELVIS" studies
 
 
 @pytest.mark.data
@@ -165,14 +168,14 @@ def test_real_ct_images_are_accepted(data_dir: Path, tmp_path: Path) -> None:
             rows = list(csv.DictReader(fh))
         for row in rows[:: max(1, len(rows) // 25)]:
             source = data_dir / folder / row["file"]
-            verdict = assess(read_study(source, check_plausibility=False))
+            verdict = assess(read_study(source, get_settings(), check_plausibility=False))
             assert verdict.ok, (row["file"], verdict)
     # and through the reader, as an image set
     for i, row in enumerate(rows[:5]):
         shutil.copy(
             data_dir / "ucsd-covid-ct" / row["file"], tmp_path / f"{i}_{Path(row['file']).name}"
         )
-    assert len(read_study(tmp_path)) == 5
+    assert len(read_study(tmp_path, get_settings())) == 5
 
 
 def test_radiograph_and_ct_slice_differ_in_field_regions() -> None:

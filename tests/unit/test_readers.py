@@ -102,7 +102,7 @@ def _assert_same_study(a: Study, b: Study, max_diff: int = 0) -> None:
 
 @pytest.fixture(scope="session")
 def p002(covid_series: Path) -> Study:
-    return read_study(covid_series)
+    return read_study(covid_series, SETTINGS)
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +164,7 @@ def test_dicom_zip_and_tar_match_folder(tmp_path: Path, covid_series: Path, p002
         zf.writestr("__MACOSX/upload/P002/._IM0001.dcm", b"\0" * 100)
         zf.writestr("upload/.DS_Store", b"\0" * 100)
         zf.writestr("upload/notes.txt", b"scanned on tuesday")
-    from_zip = read_study(zipped)
+    from_zip = read_study(zipped, SETTINGS)
     _assert_same_study(from_zip, p002)
     assert from_zip.slice_info[0]["file"] == "upload/P002/IM0133.dcm"
 
@@ -172,12 +172,12 @@ def test_dicom_zip_and_tar_match_folder(tmp_path: Path, covid_series: Path, p002
     with tarfile.open(tarred, "w:gz", compresslevel=1) as tf:
         for src, arcname in files:
             tf.add(src, arcname)
-    _assert_same_study(read_study(tarred), p002)
+    _assert_same_study(read_study(tarred, SETTINGS), p002)
 
 
 def test_single_slice_dicom(single_slices: list[Path]) -> None:
     for f in single_slices:
-        study = read_study(f)
+        study = read_study(f, SETTINGS)
         assert len(study) == 1 and not study.is_volume
         assert study.images[0].dtype == np.uint8 and study.images[0].shape == (512, 512)
         assert study.spacing_mm is not None
@@ -190,7 +190,7 @@ def test_multi_series_zip_takes_the_larger_ct(
     tmp_path: Path, covid_series: Path, cap_series: Path
 ) -> None:
     files = _series_files(covid_series, "P002") + _series_files(cap_series, "cap002")
-    study = read_study(_zip_files(tmp_path / "two.zip", files))
+    study = read_study(_zip_files(tmp_path / "two.zip", files), SETTINGS)
     assert len(study) == 133
     assert study.series is not None
     chosen = pydicom.dcmread(covid_series / "IM0001.dcm", stop_before_pixels=True)
@@ -209,7 +209,7 @@ def test_localizer_and_non_axial_series_are_ignored(tmp_path: Path, covid_series
     src = sorted(covid_series.iterdir())[:8]
     _copy_modified(src, upload / "scout", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     _copy_modified(src, upload / "coronal", ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
-    study = read_study(upload)
+    study = read_study(upload, SETTINGS)
     assert len(study) == 5
     assert study.series is not None
     excluded = sorted(str(c["excluded"]) for c in study.series["candidates"])
@@ -220,7 +220,7 @@ def test_mixed_folder_prefers_dicom(tmp_path: Path, covid_series: Path) -> None:
     for f in sorted(covid_series.iterdir())[:3]:
         shutil.copy(f, tmp_path / f.name)
     Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "preview.png")
-    study = read_study(tmp_path)
+    study = read_study(tmp_path, SETTINGS)
     assert study.source_format == "dicom" and len(study) == 3
 
 
@@ -263,7 +263,7 @@ def test_truncated_dicom_is_corrupt(tmp_path: Path, covid_series: Path) -> None:
         shutil.copy(f, folder / f.name)
     (folder / "IM9999.dcm").write_bytes(data[: len(data) // 2])
     with pytest.raises(StudyError) as exc:
-        read_study(folder)
+        read_study(folder, SETTINGS)
     assert exc.value.code == ErrorCode.CORRUPT_FILE and "IM9999.dcm" in exc.value.message
 
 
@@ -275,7 +275,7 @@ def test_nifti_matches_dicom(tmp_path: Path, covid_series: Path, p002: Study) ->
     # Stored as LPS (DICOM order): the reader must flip two axes to reach RAS.
     path = tmp_path / "p002.nii"
     nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0), affine), path)
-    study = read_study(path)
+    study = read_study(path, SETTINGS)
     assert study.source_format == "nifti" and study.is_volume
     _assert_same_study(study, p002, max_diff=1)
     assert study.spacing_mm == pytest.approx(p002.spacing_mm)
@@ -295,7 +295,7 @@ def test_nifti_matches_dicom(tmp_path: Path, covid_series: Path, p002: Study) ->
     nib.save(nib.Nifti1Image(sub, sub_affine), gz)
     renamed = tmp_path / "volume.bin"
     gz.rename(renamed)
-    partial = read_study(renamed)
+    partial = read_study(renamed, SETTINGS)
     assert partial.source_format == "nifti"
     _assert_same_study(partial, Study(p002.images[part], "dicom", True), max_diff=1)
 
@@ -304,7 +304,7 @@ def test_nifti_limits(tmp_path: Path) -> None:
     vol = np.full((16, 16, 8), -1000, np.int16)
     path = tmp_path / "small.nii.gz"
     nib.save(nib.Nifti1Image(vol, np.eye(4)), path)
-    assert len(read_study(path)) == 8
+    assert len(read_study(path, SETTINGS)) == 8
     assert _code_of(path, Settings(max_slices=5)) == ErrorCode.TOO_MANY_SLICES
     bad = tmp_path / "bad.nii"
     bad.write_bytes(b"\0" * 400)
@@ -320,7 +320,7 @@ def test_nifti_limits(tmp_path: Path) -> None:
 def test_png_set_in_natural_order(tmp_path: Path) -> None:
     for n in (10, 2, 1):
         Image.fromarray(np.full((32, 48), n, np.uint8)).save(tmp_path / f"slice{n}.png")
-    study = read_study(tmp_path)
+    study = read_study(tmp_path, SETTINGS)
     assert study.source_format == "image_set" and not study.is_volume
     assert [info["file"] for info in study.slice_info] == [
         "slice1.png",
@@ -339,7 +339,7 @@ def test_natural_key() -> None:
 def test_real_jpg_and_png_set(tmp_path: Path, ucsd_images: dict[str, Path]) -> None:
     for i, (_, f) in enumerate(sorted(ucsd_images.items())):
         shutil.copy(f, tmp_path / f"img{i}{f.suffix}")
-    study = read_study(tmp_path)
+    study = read_study(tmp_path, SETTINGS)
     assert len(study) == len(ucsd_images)
     for info, im in zip(study.slice_info, study.images, strict=True):
         with Image.open(tmp_path / info["file"]) as src:
@@ -356,15 +356,15 @@ def test_single_image_modes(tmp_path: Path, ucsd_images: dict[str, Path]) -> Non
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "16bit.png")
 
-    assert np.array_equal(read_study(tmp_path / "l.png").images[0], grey)
-    rgb = read_study(tmp_path / "rgb.jpg")
+    assert np.array_equal(read_study(tmp_path / "l.png", SETTINGS).images[0], grey)
+    rgb = read_study(tmp_path / "rgb.jpg", SETTINGS)
     assert rgb.source_format == "image"
     assert int(np.abs(rgb.images[0].astype(int) - grey).max()) <= 3
-    alpha = read_study(tmp_path / "rgba.png").images[0]
+    alpha = read_study(tmp_path / "rgba.png", SETTINGS).images[0]
     assert (alpha[:, :10] == 0).all() and np.array_equal(alpha[:, 10:], grey[:, 10:])
-    assert np.array_equal(read_study(tmp_path / "16bit.png").images[0], grey)
+    assert np.array_equal(read_study(tmp_path / "16bit.png", SETTINGS).images[0], grey)
     for f in ucsd_images.values():
-        im = read_study(f).images[0]
+        im = read_study(f, SETTINGS).images[0]
         assert im.ndim == 2 and im.dtype == np.uint8
 
 
