@@ -23,7 +23,9 @@ def main() -> dict[str, float]:
     stages = {
         "preprocess": best_of(lambda: preprocess_path(series, settings, info), 2),
         "score": best_of(lambda: score_slices(prepared.inputs, scorer), 2),
-        "ensemble": best_of(lambda: verdict(scores.probabilities, ensemble, "bench"), 2),
+        "ensemble": best_of(
+            lambda: verdict(scores.probabilities, prepared.lung_features, ensemble, "bench"), 2
+        ),
     }
     wall = best_of(lambda: diagnose_path(series), 2)
     result = {f"stage_{k}_s": v for k, v in stages.items()}

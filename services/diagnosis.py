@@ -27,6 +27,7 @@ class Diagnosis:
     slices_used: int
     slice_probabilities: list[float]  # P(COVID) of each used slice, in slice order
     model_versions: dict[str, str]
+    findings: dict[str, Any] | None = None  # HU lung findings (DICOM/NIfTI inputs)
     dropped: list[dict[str, Any]] = field(default_factory=list)
     series: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -39,6 +40,7 @@ class Diagnosis:
             "slices_used": self.slices_used,
             "slice_probabilities": self.slice_probabilities,
             "model_versions": self.model_versions,
+            "findings": self.findings,
             "dropped": self.dropped,
             "series": self.series,
         }
@@ -54,7 +56,7 @@ def diagnose_path(path: Path) -> tuple[Diagnosis, PreparedStudy]:
     prep_done = time.perf_counter()
     scores = score_slices(prepared.inputs, scorer)
     score_done = time.perf_counter()
-    decided = verdict(scores.probabilities, ensemble, scores.model_version)
+    decided = verdict(scores.probabilities, prepared.lung_features, ensemble, scores.model_version)
     return Diagnosis(
         label=decided.label,
         probabilities=decided.probabilities,
@@ -62,6 +64,7 @@ def diagnose_path(path: Path) -> tuple[Diagnosis, PreparedStudy]:
         slices_used=len(prepared.kept),
         slice_probabilities=[float(p) for p in scores.probabilities[:, COVID_INDEX]],
         model_versions=decided.model_versions,
+        findings=decided.findings,
         dropped=[
             {"index": d.index, "reason": d.reason.value, "detail": d.detail}
             for d in prepared.dropped

@@ -6,7 +6,8 @@ API with a tus upload, waits for the verdict, prints it beside the study's known
 and stops every process.
 
 The sample is the shared COVID-CT-MD series P002 (COVID, 133 slices, JPEG-Lossless) when
-../shared/data is there; otherwise pydicom's own CT_small.dcm, a real 128x128 CT slice.
+../shared/data is there; otherwise the small derived copy of it shipped in
+``demo/covid-ct-md-P002`` (45 slices at 256x256, CC BY 4.0, see demo/README.md).
 """
 
 from __future__ import annotations
@@ -18,23 +19,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import get_settings
+from services.common.config import REPO_ROOT, get_settings
+
+DEMO_STUDY = REPO_ROOT / "demo" / "covid-ct-md-P002"
 
 
-def sample_study() -> tuple[Path, str]:
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    description: str
+    known_diagnosis: str
+
+
+def sample_study() -> Sample:
     series = get_settings().data_dir / "covid-ct-md" / "P002"
     if series.is_dir():
-        return series, "shared COVID-CT-MD series P002 (known diagnosis: COVID, 133 slices)"
-    from pydicom.data import get_testdata_file
-
-    path = get_testdata_file("CT_small.dcm", download=False)
-    if path is None:
-        raise SystemExit(
-            "no sample study: ../shared/data is missing and pydicom has no CT_small.dcm"
-        )
-    return Path(str(path)), "pydicom's CT_small.dcm (one 128x128 CT slice; no known diagnosis)"
+        return Sample(series, "shared COVID-CT-MD series P002 (133 slices)", "COVID")
+    known = json.loads((DEMO_STUDY / "diagnosis.json").read_text())
+    return Sample(
+        DEMO_STUDY,
+        f"shipped demo study {DEMO_STUDY.name} ({known['slices']} slices; {known['source']})",
+        str(known["diagnosis"]),
+    )
 
 
 def _covidct(*args: str, env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
@@ -46,8 +55,9 @@ def _covidct(*args: str, env: dict[str, str], **kwargs: object) -> subprocess.Po
 def main() -> int:
     from services.cli.runtime import free_port, wait_ready
 
-    path, description = sample_study()
-    print(f"sample study: {description}\n  path: {path}")
+    sample = sample_study()
+    path = sample.path
+    print(f"sample study: {sample.description}\n  path: {path}")
     with tempfile.TemporaryDirectory(prefix="covidct-demo-") as scratch:
         env = dict(os.environ)
         for name in ("DATABASE_URL", "BROKER_URL", "SCORER_URL", "STORAGE_URL"):
@@ -92,7 +102,7 @@ def main() -> int:
         return 2
     result = job["result"]
     probs = ", ".join(f"{k} {v:.3f}" for k, v in result["probabilities"].items())
-    print(f"verdict: {result['label']} ({probs})")
+    print(f"verdict: {result['label']} ({probs}); known diagnosis: {sample.known_diagnosis}")
     print(
         f"slices used {result['slices_used']} of {result['slices_total']}; "
         f"models {result['model_versions']}"

@@ -83,6 +83,7 @@ def result_view(job: Job) -> dict[str, Any] | None:
         "slices_total": job.result.slices_total,
         "slices_used": job.result.slices_used,
         "model_versions": job.result.model_versions,
+        "findings": job.result.findings,
     }
 
 

@@ -102,6 +102,8 @@ class Job(Base):
     slices_total: Mapped[int | None] = mapped_column(Integer, default=None)
     slices_used: Mapped[int | None] = mapped_column(Integer, default=None)
     series: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Quantitative HU lung features (preprocess stage; DICOM/NIfTI only), input of the verdict.
+    lung_features: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     error_code: Mapped[str | None] = mapped_column(String(40), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
@@ -165,6 +167,8 @@ class Result(Base):
     slices_total: Mapped[int] = mapped_column(Integer)
     slices_used: Mapped[int] = mapped_column(Integer)
     model_versions: Mapped[dict[str, Any]] = mapped_column()
+    # Per-zone findings reported with the verdict (None without HU input).
+    findings: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="result")

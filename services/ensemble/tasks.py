@@ -44,10 +44,11 @@ def _ensemble_job(job_id: str) -> str:
             .order_by(SliceRecord.stack_position)
         ).all()
         slices_total = job.slices_total or 0
+        lung_features = job.lung_features
     if not rows:
         return fail_job(job_id, ErrorCode.EMPTY_STUDY, "no slice was scored", "ensemble")
     probabilities = np.array([[r[0], r[1]] for r in rows], dtype=np.float64)
-    decided = verdict(probabilities, loaded_ensemble(), rows[0][2])
+    decided = verdict(probabilities, lung_features, loaded_ensemble(), rows[0][2])
     with session_scope() as session:
         if session.get(Result, job_id) is None:
             session.add(
@@ -58,6 +59,7 @@ def _ensemble_job(job_id: str) -> str:
                     slices_total=slices_total,
                     slices_used=len(rows),
                     model_versions=decided.model_versions,
+                    findings=decided.findings,
                 )
             )
         moved = transition(session, job_id, JobStatus.SUCCEEDED, [JobStatus.ENSEMBLING], stage=None)

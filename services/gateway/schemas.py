@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
@@ -36,6 +36,11 @@ class JobResult(BaseModel):
     slices_total: int
     slices_used: int
     model_versions: dict[str, str]
+    findings: dict[str, Any] | None = Field(
+        default=None,
+        description="Quantitative lung findings from HU (DICOM/NIfTI): share of lung in the "
+        "ground-glass and consolidation ranges, per side and zone; null for image inputs.",
+    )
 
 
 class JobOut(BaseModel):

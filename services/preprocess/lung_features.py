@@ -65,7 +65,7 @@ Keys of the dict (stable; shares are fractions 0..1 of the counted lung voxels o
   (lesion_share_central + 0.001)
 * ``lower_zone_fraction``: lesion voxels in the lower third / all lesion voxels (0 without)
 * ``zones_involved``: how many of the six side × level zones have a lesion share above
-  :data:`INVOLVED_SHARE` (0..6)
+  :data:`INVOLVED_SHARE` (0..6); ``sides_involved``: how many lungs have such a zone (0..2)
 * ``slice_ggo_share``, ``slice_consolidation_share``: one float per input slice, the share of
   that slice's counted lung area (0.0 where a slice has no lung); not in the vector.
 """
@@ -104,7 +104,7 @@ def _names() -> tuple[str, ...]:
     names += [f"{k}_share_{s}_{lv}" for k in KINDS for s in SIDES for lv in LEVELS]
     names += [f"{k}_share_{r}" for k in KINDS for r in ("peripheral", "central")]
     names += ["left_right_balance", "peripheral_central_ratio", "lower_zone_fraction"]
-    names += ["zones_involved"]
+    names += ["zones_involved", "sides_involved"]
     return tuple(names)
 
 
@@ -354,6 +354,9 @@ def _shares(counts: NDArray[np.int64]) -> dict[str, float | int]:
     lower = float(lesion_voxels[:, 2].sum())
     out["lower_zone_fraction"] = lower / total_lesion if total_lesion > 0 else 0.0
     out["zones_involved"] = sum(1 for z in zones.values() if z["lesion"] > INVOLVED_SHARE)
+    out["sides_involved"] = sum(
+        any(zones[(s, lv)]["lesion"] > INVOLVED_SHARE for lv in range(3)) for s in (0, 1)
+    )
     return out
 
 

@@ -91,6 +91,7 @@ def _preprocess(job_id: str) -> str:
             slices_total=prepared.slices_total,
             slices_used=len(prepared.kept),
             series=out.series,
+            lung_features=prepared.lung_features,
         )
         if not moved:
             session.rollback()  # cancelled meanwhile: keep nothing

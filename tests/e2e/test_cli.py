@@ -122,7 +122,7 @@ def test_evaluate_studies_on_the_shared_series(ctmd_dir: Path) -> None:
     assert all({"study", "diagnosis", "label", "probability"} <= s.keys() for s in body["studies"])
 
 
-def test_demo_falls_back_to_pydicom_sample_without_shared_data(tmp_path: Path) -> None:
+def test_demo_falls_back_to_the_shipped_demo_study_without_shared_data(tmp_path: Path) -> None:
     env = {**os.environ, "COVIDCT_DATA_DIR": str(tmp_path / "absent")}
     out = subprocess.run(
         [sys.executable, "-m", "services.cli.demo"],
@@ -133,4 +133,5 @@ def test_demo_falls_back_to_pydicom_sample_without_shared_data(tmp_path: Path) -
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    assert "CT_small.dcm" in out.stdout and "verdict: " in out.stdout
+    assert "covid-ct-md-P002" in out.stdout and "verdict: " in out.stdout
+    assert "known diagnosis: COVID" in out.stdout

@@ -123,6 +123,9 @@ def _assert_verdict_and_callback(
         floor.slices_used,
     )
     assert result["model_versions"] == floor.model_versions
+    # HU lung findings: computed by preprocess, stored with the job, reported with the verdict.
+    assert floor.findings is not None and floor.findings["ggo_share"] > 0.01
+    assert result["findings"] == pytest.approx(floor.findings)
     wait_for(lambda: list(receiver.received), timeout_s=60)
     time.sleep(3)  # room for a duplicate to show up, were there one
     callbacks = list(receiver.received)
