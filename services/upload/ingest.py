@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -91,8 +91,20 @@ def complete_upload(
     return status.value
 
 
+UPLOAD_EXPIRED = "upload_expired"
+
+
 def sweep_expired_uploads(upload_dir: Path) -> int:
-    """tus expiration: remove unfinished uploads past their Upload-Expires and free the job."""
+    """tus expiration: remove unfinished uploads past their Upload-Expires and free the job;
+    then fail the jobs that waited longer than the upload expiry without a live upload.
+
+    Returns the number of uploads removed plus the number of jobs failed.
+    """
+    removed = _remove_expired_uploads(upload_dir)
+    return removed + len(expire_jobs_without_upload(upload_dir))
+
+
+def _remove_expired_uploads(upload_dir: Path) -> int:
     import json
 
     removed = 0
@@ -123,3 +135,44 @@ def release_upload(upload_id: str) -> None:
             .where(Job.upload_id == upload_id, Job.status == JobStatus.AWAITING_UPLOAD)
             .values(upload_id=None, updated_at=utcnow())
         )
+
+
+def expire_jobs_without_upload(upload_dir: Path) -> list[str]:
+    """Jobs ``awaiting_upload`` created longer than ``upload_expiry_days`` ago with no live
+    upload (none claimed, or its sidecar gone) become ``failed`` (``upload_expired``); their
+    partial upload, if any, is removed. A job whose upload is still live is left alone until
+    that upload expires: ``sweep_expired_uploads`` then frees the job and fails it at once.
+    Expiry is ``Settings.upload_expiry_days`` of the process (``asgi`` passes only the
+    directory)."""
+    cutoff = utcnow() - timedelta(days=get_settings().upload_expiry_days)
+    with session_scope() as session:
+        candidates = list(
+            session.execute(
+                select(Job.id, Job.upload_id).where(
+                    Job.status == JobStatus.AWAITING_UPLOAD, Job.created_at < cutoff
+                )
+            ).all()
+        )
+    failed: list[str] = []
+    for job_id, upload_id in candidates:
+        if upload_id is not None and (upload_dir / f"{upload_id}.info").exists():
+            continue
+        with session_scope() as session:
+            moved = transition(
+                session,
+                job_id,
+                JobStatus.FAILED,
+                [JobStatus.AWAITING_UPLOAD],
+                stage="upload",
+                error=(UPLOAD_EXPIRED, "no complete upload arrived before the upload expiry"),
+            )
+            if moved:
+                session.flush()
+                create_webhook_delivery(session, job_id)
+        if not moved:
+            continue  # its upload finished meanwhile
+        if upload_id is not None:
+            (upload_dir / upload_id).unlink(missing_ok=True)
+        send_pending_webhooks(job_id)
+        failed.append(job_id)
+    return failed

@@ -6,18 +6,30 @@ nothing overlaps the network. Here each piece is written as it arrives (a page-c
 of one ASGI chunk), and ``flush`` makes it durable before tuspyserver advertises the new
 offset. The running SHA-256 lets the upload-finished step skip re-reading the file when all
 PATCHes of an upload reached this process in order (else it hashes the file as before).
+
+The file never holds a byte past the acknowledged offset (the ``offset`` of the ``.info``
+sidecar): a PATCH that ends without its ``flush`` (a 4xx mid-body, a failed write) has its
+bytes cut off and its handle closed before the upload's lock is released, and every PATCH
+starts by cutting whatever a crash left behind.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
+import logging
 import os
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO
 
+from fastapi import HTTPException
 from tuspyserver.storage.local import LocalFileStorage
+
+log = logging.getLogger(__name__)
 
 # One thread hashes for every upload, in arrival order: hashlib releases the GIL on large
 # buffers, so the event loop keeps receiving while the previous 4 MiB are hashed.
@@ -61,10 +73,16 @@ class StreamingLocalStorage(LocalFileStorage):
         self._guard = threading.Lock()
 
     async def append(self, uid: str, chunk: bytes) -> None:
-        handle = self._handles.get(uid)
-        if handle is None:
-            handle = await asyncio.to_thread(self._open, uid)
-        handle.write(chunk)  # one ASGI chunk (~64 KiB) into the page cache: microseconds
+        try:
+            handle = self._handles.get(uid)
+            if handle is None:
+                handle = await asyncio.to_thread(self._open, uid)
+            handle.write(chunk)  # one ASGI chunk (~64 KiB) into the page cache: microseconds
+        except OSError as exc:
+            # An HTTPException, so tuspyserver keeps the old offset; the lock's exit cuts
+            # the bytes of this PATCH.
+            log.exception("could not write upload %s", uid)
+            raise HTTPException(500, "could not store the upload; retry from HEAD") from exc
         running = self._hashes.get(uid)
         if running is not None:
             running.add(chunk)
@@ -88,12 +106,49 @@ class StreamingLocalStorage(LocalFileStorage):
             return
 
         def _do() -> None:
-            handle.flush()
-            if self.fsync:
-                os.fsync(handle.fileno())
-            handle.close()
+            try:
+                handle.flush()
+                if self.fsync:
+                    os.fsync(handle.fileno())
+            finally:
+                handle.close()
 
-        await asyncio.to_thread(_do)
+        try:
+            await asyncio.to_thread(_do)
+        except OSError as exc:
+            log.exception("could not write upload %s", uid)
+            raise HTTPException(500, "could not store the upload; retry from HEAD") from exc
+
+    # TusStorage annotates lock() with its undecorated type; callers use it as here.
+    @contextlib.asynccontextmanager
+    async def lock(self, uid: str) -> AsyncIterator[None]:  # type: ignore[override]
+        """The upload's lock, with the file cut back to its acknowledged offset on entry and,
+        when the PATCH did not reach ``flush``, on exit (both still under the lock)."""
+        async with super().lock(uid):
+            await asyncio.to_thread(self._settle, uid)
+            try:
+                yield
+            finally:
+                if uid in self._handles:
+                    await asyncio.to_thread(self._settle, uid)
+
+    def _settle(self, uid: str) -> None:
+        """Close ``uid``'s handle if a PATCH left it open, then cut the file to the offset
+        its sidecar acknowledges (bytes past it were never acknowledged to anyone)."""
+        handle = self._handles.pop(uid, None)
+        if handle is not None:
+            with contextlib.suppress(OSError):
+                handle.close()
+        try:
+            with open(self._info_path(uid)) as f:
+                acknowledged = int(json.load(f)["offset"])
+            size = os.path.getsize(self._path(uid))
+        except (OSError, ValueError, TypeError, KeyError):
+            return  # no sidecar (terminated, finished) or no file: nothing to cut
+        if size > acknowledged:
+            os.truncate(self._path(uid), acknowledged)
+            self._hashes.pop(uid, None)  # it hashed the bytes just cut: hash the file later
+            log.warning("upload %s: cut %d unacknowledged bytes", uid, size - acknowledged)
 
     async def delete(self, uid: str) -> None:
         handle = self._handles.pop(uid, None)

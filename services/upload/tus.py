@@ -6,18 +6,24 @@
 - tuspyserver does not fire its completion hook for an upload finished inside the creation
   POST (creation-with-upload), nor release a job when an upload is terminated; the
   middleware below does both.
+- tuspyserver reads a PATCH body (and writes it) in a dependency, before it checks the
+  headers: ``tus_protocol_guard`` checks every header against the stored upload first, so a
+  request that will be refused writes nothing. Offered extensions: ``TUS_EXTENSIONS`` only
+  (tuspyserver's concatenation and deferred length are refused with 400).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.routing import APIRoute
 from sqlalchemy import select, update
 from starlette.responses import Response
 from tuspyserver import create_tus_router
@@ -33,6 +39,12 @@ from services.upload.storage import StreamingLocalStorage
 
 UPLOADS_PREFIX = "/v1/uploads"
 REQUIRED_METADATA = ("job_id", "filename", "filetype")
+TUS_VERSION = "1.0.0"
+# What works end to end here; tuspyserver also advertises creation-defer-length and
+# concatenation, which this service refuses (a partial would complete and queue a job).
+TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "expiration")
+OFFSET_STREAM = "application/offset+octet-stream"
+_UNSIGNED = re.compile(r"^[0-9]{1,19}$")
 
 
 def tus_auth(request: Request) -> None:
@@ -73,13 +85,88 @@ def _validate_creation(tenant_id: str, metadata: dict[str, str], size: int | Non
             raise HTTPException(409, "this job already has an upload")
 
 
-def pre_create_dep(request: Request) -> Callable[[dict[str, str], dict[str, Any]], None]:
+def pre_create_dep(
+    request: Request,
+) -> Callable[[dict[str, str], dict[str, Any]], Awaitable[None]]:
     tenant_id: str = request.state.tenant_id
 
-    def hook(metadata: dict[str, str], info: dict[str, Any]) -> None:
-        _validate_creation(tenant_id, metadata, info.get("size"))
+    async def hook(metadata: dict[str, str], info: dict[str, Any]) -> None:
+        # tuspyserver calls this from its async route: the database work goes to a thread.
+        await run_in_threadpool(_validate_creation, tenant_id, metadata, info.get("size"))
 
     return hook
+
+
+def _unsigned_header(request: Request, name: str) -> int | None:
+    """A header that must be a non-negative decimal integer; None when absent, else 400."""
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    if not _UNSIGNED.match(raw.strip()):
+        raise HTTPException(400, f"{name} must be a non-negative integer, got {raw!r}")
+    return int(raw)
+
+
+def _check_creation(request: Request, max_bytes: int) -> None:
+    if request.headers.get("upload-concat") is not None:
+        raise HTTPException(400, "the concatenation extension is not supported")
+    length = _unsigned_header(request, "upload-length")
+    if length is None:
+        # creation-defer-length is not offered: the length is known before the first byte.
+        raise HTTPException(400, "Upload-Length is required (deferred length is not supported)")
+    if length > max_bytes:
+        raise HTTPException(413, f"upload of {length} bytes exceeds the limit of {max_bytes}")
+    body = _unsigned_header(request, "content-length") or 0
+    if body > 0:  # creation-with-upload
+        if request.headers.get("content-type") != OFFSET_STREAM:
+            raise HTTPException(415, f"Content-Type must be {OFFSET_STREAM}")
+        if body > length:
+            raise HTTPException(400, f"a body of {body} bytes exceeds Upload-Length {length}")
+
+
+async def _check_patch(request: Request, storage: StreamingLocalStorage, uid: str) -> None:
+    if request.headers.get("content-type") != OFFSET_STREAM:
+        raise HTTPException(415, f"Content-Type must be {OFFSET_STREAM}")
+    offset = _unsigned_header(request, "upload-offset")
+    if offset is None:
+        raise HTTPException(400, "Upload-Offset is required")
+    body = _unsigned_header(request, "content-length")
+    if body is None:
+        raise HTTPException(400, "Content-Length is required")
+    info = await storage.read_info(uid)
+    if info is None:
+        raise HTTPException(404, "Upload not found")
+    if offset != info.get("offset"):
+        raise HTTPException(409, f"Upload-Offset {offset} != the upload's {info.get('offset')}")
+    size = info.get("size")
+    if isinstance(size, int) and offset + body > size:
+        raise HTTPException(
+            400, f"{body} bytes at offset {offset} exceed the Upload-Length of {size}"
+        )
+
+
+def tus_protocol_guard_for(
+    storage: StreamingLocalStorage, max_bytes: int
+) -> Callable[[Request], Awaitable[None]]:
+    """The tus header checks, as a router dependency resolved before tuspyserver's own
+    (which reads the body): after ``tus_auth``, so a stranger learns nothing from them.
+    Under the upload's lock tuspyserver checks the offset again before reading."""
+
+    async def tus_protocol_guard(request: Request) -> None:
+        method = request.method  # X-HTTP-Method-Override already applied by TusAPIRoute
+        if method == "OPTIONS":
+            return
+        if request.headers.get("tus-resumable") != TUS_VERSION:
+            raise HTTPException(
+                412, f"Tus-Resumable must be {TUS_VERSION}", headers={"Tus-Version": TUS_VERSION}
+            )
+        uid = request.path_params.get("uuid")
+        if method == "POST":
+            _check_creation(request, max_bytes)
+        elif method == "PATCH" and uid is not None:
+            await _check_patch(request, storage, uid)
+
+    return tus_protocol_guard
 
 
 def file_dep(request: Request) -> Callable[[dict[str, str]], Awaitable[dict[str, str]]]:
@@ -122,10 +209,14 @@ def create_upload_router(settings: Settings) -> APIRouter:
     def upload_complete_dep() -> Callable[[str, dict[str, str]], Awaitable[None]]:
         async def on_complete(file_path: str, metadata: dict[str, str]) -> None:
             path = Path(file_path)
-            known = storage.take_sha256(path.name, path.stat().st_size)
-            await run_in_threadpool(complete_upload, path.name, path, metadata, known)
+            await run_in_threadpool(_complete, path, metadata)
 
         return on_complete
+
+    def _complete(path: Path, metadata: dict[str, str]) -> None:
+        # Waiting for the hashing thread and the stat both stay off the event loop.
+        known = storage.take_sha256(path.name, path.stat().st_size)
+        complete_upload(path.name, path, metadata, known)
 
     # tuspyserver's annotations say hooks return None; FastAPI accepts our richer ones.
     hooks: dict[str, Any] = {
@@ -137,7 +228,7 @@ def create_upload_router(settings: Settings) -> APIRouter:
         "pre_create_dep": pre_create_dep,
         "file_dep": file_dep,
     }
-    return create_tus_router(
+    tus = create_tus_router(
         prefix=UPLOADS_PREFIX,
         files_dir=str(directory),
         storage=storage,
@@ -146,6 +237,34 @@ def create_upload_router(settings: Settings) -> APIRouter:
         tags=["uploads"],
         **hooks,
     )
+    _replace_options_route(tus, settings.max_upload_bytes)
+    # Resolved after the including router's tus_auth and before every route's own
+    # dependencies, among them tuspyserver's body reader.
+    guard = tus_protocol_guard_for(storage, settings.max_upload_bytes)
+    router = APIRouter(dependencies=[Depends(guard)])
+    router.include_router(tus)
+    return router
+
+
+def _replace_options_route(tus: APIRouter, max_bytes: int) -> None:
+    """tuspyserver's OPTIONS advertises extensions this service does not offer."""
+    tus.routes[:] = [
+        r for r in tus.routes if not (isinstance(r, APIRoute) and "OPTIONS" in (r.methods or ()))
+    ]
+
+    async def tus_options() -> Response:
+        return Response(
+            status_code=204,
+            headers={
+                "Tus-Resumable": TUS_VERSION,
+                "Tus-Version": TUS_VERSION,
+                "Tus-Extension": ",".join(TUS_EXTENSIONS),
+                "Tus-Max-Size": str(max_bytes),
+            },
+        )
+
+    for path in ("", "/"):
+        tus.add_api_route(path, tus_options, methods=["OPTIONS"], status_code=204)
 
 
 def _finished_in_creation(directory: Path, upload_id: str) -> dict[str, str] | None:
@@ -172,12 +291,14 @@ def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
         path = request.url.path.rstrip("/")
         if not path.startswith(UPLOADS_PREFIX):
             return response
-        if request.method == "POST" and response.status_code == 201:
+        # tus lets a client tunnel PATCH and DELETE through POST (TusAPIRoute honours it).
+        method = request.headers.get("x-http-method-override", request.method).strip().upper()
+        if method == "POST" and response.status_code == 201:
             upload_id = response.headers.get("location", "").rstrip("/").rsplit("/", 1)[-1]
             metadata = await run_in_threadpool(_finished_in_creation, directory, upload_id)
             if metadata is not None:
                 file_path = directory / upload_id
                 await run_in_threadpool(complete_upload, upload_id, file_path, metadata)
-        elif request.method == "DELETE" and response.status_code == 204:
+        elif method == "DELETE" and response.status_code == 204:
             await run_in_threadpool(release_upload, path.rsplit("/", 1)[-1])
         return response

@@ -1,0 +1,649 @@
+"""The tus 1.0 endpoint in-process (SQLite, loopback only): the protocol as tus.io specifies
+it for the core and the extensions this service offers (creation, creation-with-upload,
+termination, expiration), and one regression test per defect of "Hardening" item 3, each
+asserting what is on disk (the file never holds more than the acknowledged offset) and the
+job's state.
+
+Requests whose body must arrive in several pieces (as from a real socket) are sent as raw
+ASGI messages on the test client's event loop; everything else goes through TestClient.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from services.asgi import create_app
+from services.common import tasks as common_tasks
+from services.common.config import Settings
+from services.common.db import session_scope
+from services.common.orm import Job
+from tests.support.service import auth, make_tenant, tus_headers, tus_metadata
+
+MAX_BYTES = 1_000_000
+OCTETS = "application/offset+octet-stream"
+ASGI_CHUNK = 65_536  # what uvicorn hands the app per receive() on a fast socket
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    monkeypatch.setattr(common_tasks, "start_pipeline", calls.append)
+    monkeypatch.setattr(common_tasks, "send_webhook", lambda _id: None)
+    return calls
+
+
+@pytest.fixture
+def settings(isolated_settings: Callable[..., Settings]) -> Settings:
+    return isolated_settings(broker_url="redis://127.0.0.1:1/0", max_upload_bytes=MAX_BYTES)
+
+
+@pytest.fixture
+def client(settings: Settings, started: list[str]) -> Iterator[TestClient]:
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def alice(client: TestClient) -> dict[str, str]:
+    return make_tenant("alice")
+
+
+@pytest.fixture
+def uploads(settings: Settings) -> Path:
+    return settings.upload_dir
+
+
+def new_job(client: TestClient, tenant: dict[str, str]) -> str:
+    response = client.post("/v1/jobs", json={}, headers=auth(tenant))
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def job_state(client: TestClient, tenant: dict[str, str], job_id: str) -> dict[str, Any]:
+    return dict(client.get(f"/v1/jobs/{job_id}", headers=auth(tenant)).json())
+
+
+def creation_headers(
+    tenant: dict[str, str], job_id: str, length: str | None, **meta: str
+) -> dict[str, str]:
+    metadata = {"job_id": job_id, "filename": "study.zip", "filetype": "application/zip", **meta}
+    headers = tus_headers(tenant)
+    if length is not None:
+        headers["Upload-Length"] = length
+    headers["Upload-Metadata"] = tus_metadata(**metadata)
+    return headers
+
+
+def create(client: TestClient, tenant: dict[str, str], job_id: str, size: int, **meta: str) -> str:
+    response = client.post(
+        "/v1/uploads", headers=creation_headers(tenant, job_id, str(size), **meta)
+    )
+    assert response.status_code == 201, response.text
+    return urlsplit(response.headers["location"]).path
+
+
+def patch_headers(tenant: dict[str, str], offset: int, **extra: str) -> dict[str, str]:
+    return tus_headers(tenant, **{"Upload-Offset": str(offset), "Content-Type": OCTETS, **extra})
+
+
+def patch_ok(
+    client: TestClient, tenant: dict[str, str], location: str, offset: int, data: bytes
+) -> None:
+    response = client.patch(location, headers=patch_headers(tenant, offset), content=data)
+    assert response.status_code == 204, response.text
+
+
+def head_offset(client: TestClient, tenant: dict[str, str], location: str) -> int:
+    response = client.head(location, headers=tus_headers(tenant))
+    assert response.status_code == 200, response.status_code
+    return int(response.headers["upload-offset"])
+
+
+def on_disk(uploads: Path, location: str) -> int:
+    return (uploads / location.rsplit("/", 1)[-1]).stat().st_size
+
+
+def open_handles(path: Path) -> int:
+    """File descriptors of this process open on ``path`` (Linux /proc)."""
+    count = 0
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            count += os.readlink(fd) == str(path)
+        except OSError:
+            continue
+    return count
+
+
+def asgi_request(
+    client: TestClient,
+    method: str,
+    location: str,
+    headers: dict[str, str],
+    chunks: list[bytes],
+    disconnect_after: int | None = None,
+) -> int:
+    """Send ``chunks`` as separate ASGI body messages (as a socket delivers them); with
+    ``disconnect_after`` the client goes away after that many. Returns the status."""
+    app = client.app
+    portal = client.portal
+    assert portal is not None
+
+    async def run() -> int:
+        pending = list(chunks)
+        sent = 0
+        done = anyio.Event()
+        status: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if disconnect_after is not None and sent >= disconnect_after:
+                return {"type": "http.disconnect"}
+            if pending:
+                sent += 1
+                body = pending.pop(0)
+                return {"type": "http.request", "body": body, "more_body": bool(pending)}
+            await done.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                done.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "scheme": "http",
+            "path": location,
+            "raw_path": location.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        await app(scope, receive, send)  # type: ignore[arg-type]
+        return status[0]
+
+    return portal.call(run)
+
+
+def pieces(data: bytes, size: int = ASGI_CHUNK) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+# --- core protocol -------------------------------------------------------------------------
+
+
+def test_options_advertises_exactly_what_works(client: TestClient, alice: dict[str, str]) -> None:
+    response = client.options("/v1/uploads", headers=auth(alice))
+    assert response.status_code == 204
+    assert response.headers["tus-version"] == "1.0.0"
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert response.headers["tus-max-size"] == str(MAX_BYTES)
+    extensions = set(response.headers["tus-extension"].split(","))
+    assert extensions == {"creation", "creation-with-upload", "termination", "expiration"}
+
+
+def test_head_reports_offset_and_length(client: TestClient, alice: dict[str, str]) -> None:
+    location = create(client, alice, new_job(client, alice), 100)
+    response = client.head(location, headers=tus_headers(alice))
+    assert response.status_code == 200
+    assert response.headers["upload-offset"] == "0"
+    assert response.headers["upload-length"] == "100"
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_patch_is_204_with_the_new_offset(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(100)
+    location = create(client, alice, job_id, 100, sha256=hashlib.sha256(data).hexdigest())
+    first = client.patch(location, headers=patch_headers(alice, 0), content=data[:40])
+    assert first.status_code == 204
+    assert first.headers["upload-offset"] == "40" and first.headers["tus-resumable"] == "1.0.0"
+    assert head_offset(client, alice, location) == 40 == on_disk(uploads, location)
+    last = client.patch(location, headers=patch_headers(alice, 40), content=data[40:])
+    assert last.status_code == 204 and last.headers["upload-offset"] == "100"
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+def test_offset_mismatch_is_409_and_writes_nothing(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    location = create(client, alice, new_job(client, alice), 100)
+    patch_ok(client, alice, location, 0, b"a" * 10)
+    response = client.patch(location, headers=patch_headers(alice, 30), content=b"b" * 10)
+    assert response.status_code == 409
+    assert head_offset(client, alice, location) == 10 == on_disk(uploads, location)
+
+
+@pytest.mark.parametrize("offset", ["", "-1", "1e3", "ten"])
+def test_bad_upload_offset_is_400_and_writes_nothing(
+    client: TestClient, alice: dict[str, str], uploads: Path, offset: str
+) -> None:
+    location = create(client, alice, new_job(client, alice), 100)
+    headers = tus_headers(alice, **{"Content-Type": OCTETS})
+    if offset:
+        headers["Upload-Offset"] = offset
+    assert client.patch(location, headers=headers, content=b"x" * 10).status_code == 400
+    assert head_offset(client, alice, location) == 0 == on_disk(uploads, location)
+
+
+def test_unknown_upload_is_404(client: TestClient, alice: dict[str, str]) -> None:
+    location = "/v1/uploads/" + "0" * 32
+    assert client.head(location, headers=tus_headers(alice)).status_code == 404
+    patched = client.patch(location, headers=patch_headers(alice, 0), content=b"x")
+    assert patched.status_code == 404
+    assert client.delete(location, headers=tus_headers(alice)).status_code == 404
+
+
+# Defect: a 415 or 412 PATCH had its body written and its offset advanced.
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Content-Type": "text/plain"},
+        {"Content-Type": "application/octet-stream"},
+        {"Tus-Resumable": None},
+        {"Tus-Resumable": "0.2.2"},
+    ],
+    ids=["text-plain", "octet-stream", "no-tus-resumable", "old-version"],
+)
+def test_refused_patch_writes_nothing_and_the_upload_still_completes(
+    client: TestClient, alice: dict[str, str], uploads: Path, headers: dict[str, str | None]
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(5000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    bad = patch_headers(alice, 0)
+    for name, value in headers.items():
+        bad.pop(name)
+        if value is not None:
+            bad[name] = value
+    response = client.patch(location, headers=bad, content=data)
+    if "Tus-Resumable" in headers:
+        assert response.status_code == 412
+        assert response.headers["tus-version"] == "1.0.0"
+    else:
+        assert response.status_code == 415
+    assert head_offset(client, alice, location) == 0 == on_disk(uploads, location)
+    assert job_state(client, alice, job_id)["status"] == "awaiting_upload"
+    good = client.patch(location, headers=patch_headers(alice, 0), content=data)
+    assert good.status_code == 204 and good.headers["upload-offset"] == str(len(data))
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+def test_every_method_but_options_needs_tus_resumable(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    job_id = new_job(client, alice)
+    location = create(client, alice, job_id, 10)
+    wrong = {**auth(alice), "Tus-Resumable": "0.2.2"}
+    for response in (
+        client.head(location, headers=wrong),
+        client.delete(location, headers=wrong),
+        client.post("/v1/uploads", headers={**creation_headers(alice, job_id, "10"), **wrong}),
+    ):
+        assert response.status_code == 412
+        assert response.headers["tus-version"] == "1.0.0"
+    assert head_offset(client, alice, location) == 0  # neither deleted nor replaced
+
+
+def test_the_api_key_is_checked_before_the_protocol(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    """A stranger learns nothing from the tus checks (409 would say the upload exists)."""
+    location = create(client, alice, new_job(client, alice), 100)
+    bob = make_tenant("bob")
+    no_key = {"Tus-Resumable": "0.2.2", "Upload-Offset": "0", "Content-Type": "text/plain"}
+    assert client.patch(location, headers=no_key, content=b"x").status_code == 401
+    assert client.patch(location, headers=patch_headers(bob, 7), content=b"x").status_code == 404
+    assert head_offset(client, alice, location) == 0 == on_disk(uploads, location)
+
+
+def test_method_override_gets_the_same_checks(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    """tus core: X-HTTP-Method-Override tunnels PATCH and DELETE through POST."""
+    job_id = new_job(client, alice)
+    location = create(client, alice, job_id, 100)
+    tunnel = {"X-HTTP-Method-Override": "PATCH"}
+    bad = {**patch_headers(alice, 0), **tunnel, "Content-Type": "text/plain"}
+    assert client.post(location, headers=bad, content=b"x" * 100).status_code == 415
+    assert head_offset(client, alice, location) == 0 == on_disk(uploads, location)
+    good = client.post(location, headers={**patch_headers(alice, 0), **tunnel}, content=b"x" * 10)
+    assert good.status_code == 204 and good.headers["upload-offset"] == "10"
+    delete = {**tus_headers(alice), "X-HTTP-Method-Override": "DELETE"}
+    assert client.post(location, headers=delete).status_code == 204
+    create(client, alice, job_id, 100)  # the termination freed the job
+
+
+# --- creation ------------------------------------------------------------------------------
+
+
+def test_creation_is_201_with_location_and_expiry(
+    client: TestClient, alice: dict[str, str], settings: Settings
+) -> None:
+    job_id = new_job(client, alice)
+    response = client.post("/v1/uploads", headers=creation_headers(alice, job_id, "100"))
+    assert response.status_code == 201
+    assert response.headers["tus-resumable"] == "1.0.0"
+    path = urlsplit(response.headers["location"]).path
+    assert path.startswith("/v1/uploads/") and len(path.rsplit("/", 1)[-1]) == 32
+    expires = parsedate_to_datetime(response.headers["upload-expires"])
+    expected = datetime.now(UTC) + timedelta(days=settings.upload_expiry_days)
+    assert abs((expires - expected).total_seconds()) < 120
+
+
+# Defect: Upload-Length -5 was accepted (201) and held the job's upload slot.
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [("-5", 400), ("abc", 400), ("1.5", 400), ("", 400), (None, 400), (str(MAX_BYTES + 1), 413)],
+    ids=["negative", "word", "fraction", "empty", "missing", "over-limit"],
+)
+def test_bad_upload_length_creates_nothing(
+    client: TestClient,
+    alice: dict[str, str],
+    uploads: Path,
+    length: str | None,
+    status: int,
+) -> None:
+    job_id = new_job(client, alice)
+    response = client.post("/v1/uploads", headers=creation_headers(alice, job_id, length))
+    assert response.status_code == status, response.text
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+    assert job_state(client, alice, job_id)["status"] == "awaiting_upload"
+    create(client, alice, job_id, 10)  # the job's upload slot is still free
+
+
+# Defect: concatenation was advertised; a partial completed and queued the job.
+@pytest.mark.parametrize(
+    "header",
+    [{"Upload-Concat": "partial"}, {"Upload-Defer-Length": "1"}],
+    ids=["concatenation", "defer-length"],
+)
+def test_extensions_not_offered_are_refused(
+    client: TestClient, alice: dict[str, str], uploads: Path, header: dict[str, str]
+) -> None:
+    job_id = new_job(client, alice)
+    headers = {**creation_headers(alice, job_id, "3"), **header, "Content-Type": OCTETS}
+    if "Upload-Defer-Length" in header:
+        headers.pop("Upload-Length")
+    response = client.post("/v1/uploads", headers=headers, content=b"abc")
+    assert response.status_code == 400
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+    assert job_state(client, alice, job_id)["status"] == "awaiting_upload"
+
+
+# --- creation-with-upload ------------------------------------------------------------------
+
+
+def test_creation_with_upload_then_patch(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(100)
+    headers = creation_headers(alice, job_id, "100", sha256=hashlib.sha256(data).hexdigest())
+    headers["Content-Type"] = OCTETS
+    response = client.post("/v1/uploads", headers=headers, content=data[:40])
+    assert response.status_code == 201 and response.headers["upload-offset"] == "40"
+    location = urlsplit(response.headers["location"]).path
+    assert head_offset(client, alice, location) == 40 == on_disk(uploads, location)
+    patch_ok(client, alice, location, 40, data[40:])
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "length", "status"),
+    [("text/plain", "10", 415), (OCTETS, "5", 400)],
+    ids=["wrong-content-type", "body-beyond-length"],
+)
+def test_bad_creation_with_upload_creates_nothing(
+    client: TestClient,
+    alice: dict[str, str],
+    uploads: Path,
+    content_type: str,
+    length: str,
+    status: int,
+) -> None:
+    job_id = new_job(client, alice)
+    headers = {**creation_headers(alice, job_id, length), "Content-Type": content_type}
+    response = client.post("/v1/uploads", headers=headers, content=b"0123456789")
+    assert response.status_code == status
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+    assert job_state(client, alice, job_id)["status"] == "awaiting_upload"
+    create(client, alice, job_id, 10)
+
+
+# --- termination and expiration ------------------------------------------------------------
+
+
+def test_termination_is_204_then_404(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    location = create(client, alice, job_id, 100)
+    client.patch(location, headers=patch_headers(alice, 0), content=b"x" * 10)
+    response = client.delete(location, headers=tus_headers(alice))
+    assert response.status_code == 204 and response.headers["tus-resumable"] == "1.0.0"
+    assert client.head(location, headers=tus_headers(alice)).status_code == 404
+    gone = client.patch(location, headers=patch_headers(alice, 10), content=b"y")
+    assert gone.status_code == 404
+    assert client.delete(location, headers=tus_headers(alice)).status_code == 404
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+    assert job_state(client, alice, job_id)["status"] == "awaiting_upload"
+
+
+def test_patch_reports_upload_expires_and_an_expired_upload_is_410(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    location = create(client, alice, new_job(client, alice), 100)
+    response = client.patch(location, headers=patch_headers(alice, 0), content=b"x" * 10)
+    assert parsedate_to_datetime(response.headers["upload-expires"]) > datetime.now(UTC)
+    info_path = uploads / f"{location.rsplit('/', 1)[-1]}.info"
+    info = json.loads(info_path.read_text())
+    info["expires"] = "Mon, 02 Jan 2006 15:04:05 GMT"
+    info_path.write_text(json.dumps(info))
+    assert client.head(location, headers=tus_headers(alice)).status_code == 410
+    late = client.patch(location, headers=patch_headers(alice, 10), content=b"y" * 10)
+    assert late.status_code == 410
+    assert on_disk(uploads, location) == 10
+
+
+# --- a body that ends badly ----------------------------------------------------------------
+
+
+# Defect: a PATCH longer than Upload-Length left its first bytes on disk (and its handle
+# open); the resume appended after them (declared 200,000 B, stored 396,608 B).
+def test_patch_beyond_upload_length_writes_nothing(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(200_000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    too_long = data + os.urandom(62_144)
+    headers = patch_headers(alice, 0, **{"Content-Length": str(len(too_long))})
+    assert asgi_request(client, "PATCH", location, headers, pieces(too_long)) == 400
+    assert head_offset(client, alice, location) == 0 == on_disk(uploads, location)
+    resume = patch_headers(alice, 0, **{"Content-Length": str(len(data))})
+    assert asgi_request(client, "PATCH", location, resume, pieces(data)) == 204
+    assert job_state(client, alice, job_id)["status"] == "queued"
+    assert started_size(job_id) == len(data)
+
+
+def started_size(job_id: str) -> int | None:
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        return job.upload_size
+
+
+def test_body_longer_than_its_content_length_is_cut_back(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    """Past the header checks (a client whose Content-Length lies): tuspyserver refuses the
+    chunk that crosses Upload-Length after writing the ones before; they are cut off and the
+    file handle is closed before the next PATCH can take the lock."""
+    job_id = new_job(client, alice)
+    data = os.urandom(200_000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    patch_ok(client, alice, location, 0, data[:1000])
+    lying = patch_headers(alice, 1000, **{"Content-Length": "1000"})
+    body = data[1000:] + os.urandom(100_000)
+    assert asgi_request(client, "PATCH", location, lying, pieces(body)) == 400
+    upload_file = uploads / location.rsplit("/", 1)[-1]
+    assert head_offset(client, alice, location) == 1000 == upload_file.stat().st_size
+    assert open_handles(upload_file) == 0
+    rest = patch_headers(alice, 1000, **{"Content-Length": str(len(data) - 1000)})
+    assert asgi_request(client, "PATCH", location, rest, pieces(data[1000:])) == 204
+    assert job_state(client, alice, job_id)["status"] == "queued"  # the sha256 matched
+
+
+def test_write_error_mid_body_keeps_the_acknowledged_offset(
+    client: TestClient, alice: dict[str, str], uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.upload import storage
+
+    job_id = new_job(client, alice)
+    data = os.urandom(300_000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    patch_ok(client, alice, location, 0, data[:5000])
+
+    real_open = storage.StreamingLocalStorage._open
+
+    class DiskFull:
+        def __init__(self, handle: Any) -> None:
+            self.handle, self.writes = handle, 0
+
+        def write(self, chunk: bytes) -> int:
+            self.writes += 1
+            if self.writes == 3:
+                raise OSError(28, "No space left on device")
+            return int(self.handle.write(chunk))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.handle, name)
+
+    def failing_open(self: Any, uid: str) -> Any:
+        wrapped = DiskFull(real_open(self, uid))
+        self._handles[uid] = wrapped
+        return wrapped
+
+    monkeypatch.setattr(storage.StreamingLocalStorage, "_open", failing_open)
+    headers = patch_headers(alice, 5000, **{"Content-Length": str(len(data) - 5000)})
+    status = asgi_request(client, "PATCH", location, headers, pieces(data[5000:]))
+    assert status == 500
+    upload_file = uploads / location.rsplit("/", 1)[-1]
+    assert head_offset(client, alice, location) == 5000 == upload_file.stat().st_size
+    assert open_handles(upload_file) == 0
+    monkeypatch.setattr(storage.StreamingLocalStorage, "_open", real_open)
+    assert asgi_request(client, "PATCH", location, headers, pieces(data[5000:])) == 204
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+def test_client_gone_mid_body_keeps_what_arrived(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(300_000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    headers = patch_headers(alice, 0, **{"Content-Length": str(len(data))})
+    asgi_request(client, "PATCH", location, headers, pieces(data), disconnect_after=2)
+    offset = head_offset(client, alice, location)
+    assert offset == 2 * ASGI_CHUNK == on_disk(uploads, location)
+    rest = patch_headers(alice, offset, **{"Content-Length": str(len(data) - offset)})
+    assert asgi_request(client, "PATCH", location, rest, pieces(data[offset:])) == 204
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+def test_unacknowledged_bytes_left_by_a_crash_are_cut(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(1000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    patch_ok(client, alice, location, 0, data[:400])
+    with (uploads / location.rsplit("/", 1)[-1]).open("ab") as f:
+        f.write(b"junk of a PATCH that died with the process")
+    patch_ok(client, alice, location, 400, data[400:])
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+# --- event loop and expiry of jobs ---------------------------------------------------------
+
+
+# Defect: the pre-create hook opened a database session on the event loop.
+def test_pre_create_validation_runs_off_the_event_loop(
+    client: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.upload import tus
+
+    on_loop: list[bool] = []
+    real = tus._validate_creation
+
+    def spy(*args: Any) -> None:
+        try:
+            asyncio.get_running_loop()
+            on_loop.append(True)
+        except RuntimeError:
+            on_loop.append(False)
+        real(*args)
+
+    monkeypatch.setattr(tus, "_validate_creation", spy)
+    create(client, alice, new_job(client, alice), 10)
+    assert on_loop == [False]
+
+
+# Defect: a job that never got an upload waited in awaiting_upload forever.
+def test_jobs_without_an_upload_expire(
+    client: TestClient, alice: dict[str, str], uploads: Path, settings: Settings
+) -> None:
+    from services.upload.ingest import sweep_expired_uploads
+
+    never = new_job(client, alice)
+    abandoned = new_job(client, alice)
+    abandoned_upload = create(client, alice, abandoned, 100)
+    client.patch(abandoned_upload, headers=patch_headers(alice, 0), content=b"x" * 10)
+    live = new_job(client, alice)
+    live_upload = create(client, alice, live, 100)
+    fresh = new_job(client, alice)
+
+    old = datetime.now(UTC) - timedelta(days=settings.upload_expiry_days, hours=1)
+    with session_scope() as session:
+        session.execute(
+            update(Job).where(Job.id.in_([never, abandoned, live])).values(created_at=old)
+        )
+    info_path = uploads / f"{abandoned_upload.rsplit('/', 1)[-1]}.info"
+    info = json.loads(info_path.read_text())
+    info["expires"] = "Mon, 02 Jan 2006 15:04:05 GMT"
+    info_path.write_text(json.dumps(info))
+
+    assert sweep_expired_uploads(uploads) == 3  # one upload removed, two jobs failed
+    for job_id in (never, abandoned):
+        state = job_state(client, alice, job_id)
+        assert state["status"] == "failed", state
+        assert state["error"]["code"] == "upload_expired"
+    assert not (uploads / abandoned_upload.rsplit("/", 1)[-1]).exists() and not info_path.exists()
+    assert job_state(client, alice, live)["status"] == "awaiting_upload"  # its upload is live
+    assert head_offset(client, alice, live_upload) == 0
+    assert job_state(client, alice, fresh)["status"] == "awaiting_upload"
+    assert sweep_expired_uploads(uploads) == 0
