@@ -11,12 +11,18 @@ The file never holds a byte past the acknowledged offset (the ``offset`` of the 
 sidecar): a PATCH that ends without its ``flush`` (a 4xx mid-body, a failed write) has its
 bytes cut off and its handle closed before the upload's lock is released, and every PATCH
 starts by cutting whatever a crash left behind.
+
+tus checksum extension: the request's ``Upload-Checksum`` (set by the protocol guard through
+:func:`expect_checksum`, a context variable of the request) is computed over the chunks as
+they are written and compared in ``flush``; a mismatch is 460 and, the flush not having
+happened, the lock's exit cuts the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import json
 import logging
@@ -24,7 +30,8 @@ import os
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import IO
+from dataclasses import dataclass, field
+from typing import IO, Any
 
 from fastapi import HTTPException
 from tuspyserver.storage.local import LocalFileStorage
@@ -64,6 +71,30 @@ class _Running:
         return self.digest.hexdigest()
 
 
+CHECKSUM_MISMATCH_STATUS = 460  # tus checksum extension
+
+
+@dataclass
+class _ChunkChecksum:
+    algorithm: str
+    expected: bytes
+    hasher: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.hasher = hashlib.new(self.algorithm)
+
+
+_CHECKSUM: contextvars.ContextVar[_ChunkChecksum | None] = contextvars.ContextVar(
+    "tus_upload_checksum", default=None
+)
+
+
+def expect_checksum(algorithm: str | None, expected: bytes | None = None) -> None:
+    """The body of the current request must hash to ``expected`` (None: no checksum)."""
+    check = None if algorithm is None or expected is None else _ChunkChecksum(algorithm, expected)
+    _CHECKSUM.set(check)
+
+
 class StreamingLocalStorage(LocalFileStorage):
     def __init__(self, files_dir: str, fsync: bool = True) -> None:
         super().__init__(files_dir)
@@ -86,6 +117,9 @@ class StreamingLocalStorage(LocalFileStorage):
         running = self._hashes.get(uid)
         if running is not None:
             running.add(chunk)
+        check = _CHECKSUM.get()
+        if check is not None:
+            check.hasher.update(chunk)
 
     def _open(self, uid: str) -> IO[bytes]:
         self._ensure_dir()
@@ -101,6 +135,12 @@ class StreamingLocalStorage(LocalFileStorage):
         return handle
 
     async def flush(self, uid: str) -> None:
+        check = _CHECKSUM.get()
+        if check is not None:
+            _CHECKSUM.set(None)
+            if check.hasher.digest() != check.expected:
+                # Not flushed: the handle stays registered and the lock's exit cuts the bytes.
+                raise HTTPException(CHECKSUM_MISMATCH_STATUS, "Checksum Mismatch")
         handle = self._handles.pop(uid, None)
         if handle is None:
             return

@@ -9,11 +9,15 @@
 - tuspyserver reads a PATCH body (and writes it) in a dependency, before it checks the
   headers: ``tus_protocol_guard`` checks every header against the stored upload first, so a
   request that will be refused writes nothing. Offered extensions: ``TUS_EXTENSIONS`` only
-  (tuspyserver's concatenation and deferred length are refused with 400).
+  (tuspyserver's concatenation and deferred length are refused with 400); checksum is ours
+  (the guard parses ``Upload-Checksum``, the storage verifies it while streaming).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import re
 import uuid
@@ -35,14 +39,19 @@ from services.common.orm import Job, JobStatus, utcnow
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
 from services.upload.ingest import SHA256_RE, complete_upload, release_upload
-from services.upload.storage import StreamingLocalStorage
+from services.upload.storage import (
+    CHECKSUM_MISMATCH_STATUS,
+    StreamingLocalStorage,
+    expect_checksum,
+)
 
 UPLOADS_PREFIX = "/v1/uploads"
 REQUIRED_METADATA = ("job_id", "filename", "filetype")
 TUS_VERSION = "1.0.0"
 # What works end to end here; tuspyserver also advertises creation-defer-length and
 # concatenation, which this service refuses (a partial would complete and queue a job).
-TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "expiration")
+TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "expiration", "checksum")
+CHECKSUM_ALGORITHMS = ("sha1", "sha256", "md5")  # Tus-Checksum-Algorithm, hashlib names
 OFFSET_STREAM = "application/offset+octet-stream"
 _UNSIGNED = re.compile(r"^[0-9]{1,19}$")
 
@@ -107,7 +116,24 @@ def _unsigned_header(request: Request, name: str) -> int | None:
     return int(raw)
 
 
-def _check_creation(request: Request, max_bytes: int) -> None:
+def _upload_checksum(request: Request) -> tuple[str, bytes] | None:
+    """``Upload-Checksum: <algorithm> <base64 digest>``; 400 when it is not one we take."""
+    raw = request.headers.get("upload-checksum")
+    if raw is None:
+        return None
+    algorithm, _, encoded = raw.strip().partition(" ")
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise HTTPException(400, f"checksum algorithm must be one of {CHECKSUM_ALGORITHMS}")
+    try:
+        digest = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HTTPException(400, "Upload-Checksum digest is not base64") from exc
+    if len(digest) != hashlib.new(algorithm).digest_size:
+        raise HTTPException(400, f"Upload-Checksum is not a {algorithm} digest")
+    return algorithm, digest
+
+
+async def _check_creation(request: Request, max_bytes: int) -> None:
     if request.headers.get("upload-concat") is not None:
         raise HTTPException(400, "the concatenation extension is not supported")
     length = _unsigned_header(request, "upload-length")
@@ -122,6 +148,13 @@ def _check_creation(request: Request, max_bytes: int) -> None:
             raise HTTPException(415, f"Content-Type must be {OFFSET_STREAM}")
         if body > length:
             raise HTTPException(400, f"a body of {body} bytes exceeds Upload-Length {length}")
+    checksum = _upload_checksum(request)
+    if checksum is not None:
+        # tuspyserver reads the creation body whole (request.body(), cached): so do we,
+        # before anything is created.
+        algorithm, expected = checksum
+        if hashlib.new(algorithm, await request.body()).digest() != expected:
+            raise HTTPException(CHECKSUM_MISMATCH_STATUS, "Checksum Mismatch")
 
 
 async def _check_patch(request: Request, storage: StreamingLocalStorage, uid: str) -> None:
@@ -143,6 +176,7 @@ async def _check_patch(request: Request, storage: StreamingLocalStorage, uid: st
         raise HTTPException(
             400, f"{body} bytes at offset {offset} exceed the Upload-Length of {size}"
         )
+    expect_checksum(*(_upload_checksum(request) or (None, None)))
 
 
 def tus_protocol_guard_for(
@@ -162,7 +196,7 @@ def tus_protocol_guard_for(
             )
         uid = request.path_params.get("uuid")
         if method == "POST":
-            _check_creation(request, max_bytes)
+            await _check_creation(request, max_bytes)
         elif method == "PATCH" and uid is not None:
             await _check_patch(request, storage, uid)
 
@@ -259,6 +293,7 @@ def _replace_options_route(tus: APIRouter, max_bytes: int) -> None:
                 "Tus-Resumable": TUS_VERSION,
                 "Tus-Version": TUS_VERSION,
                 "Tus-Extension": ",".join(TUS_EXTENSIONS),
+                "Tus-Checksum-Algorithm": ",".join(CHECKSUM_ALGORITHMS),
                 "Tus-Max-Size": str(max_bytes),
             },
         )

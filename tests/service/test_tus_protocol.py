@@ -1,6 +1,6 @@
 """The tus 1.0 endpoint in-process (SQLite, loopback only): the protocol as tus.io specifies
 it for the core and the extensions this service offers (creation, creation-with-upload,
-termination, expiration), and one regression test per defect of "Hardening" item 3, each
+termination, expiration, checksum), and one regression test per defect of "Hardening" item 3, each
 asserting what is on disk (the file never holds more than the acknowledged offset) and the
 job's state.
 
@@ -11,6 +11,7 @@ ASGI messages on the test client's event loop; everything else goes through Test
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -199,7 +200,14 @@ def test_options_advertises_exactly_what_works(client: TestClient, alice: dict[s
     assert response.headers["tus-resumable"] == "1.0.0"
     assert response.headers["tus-max-size"] == str(MAX_BYTES)
     extensions = set(response.headers["tus-extension"].split(","))
-    assert extensions == {"creation", "creation-with-upload", "termination", "expiration"}
+    assert extensions == {
+        "creation",
+        "creation-with-upload",
+        "termination",
+        "expiration",
+        "checksum",
+    }
+    assert "sha1" in response.headers["tus-checksum-algorithm"].split(",")
 
 
 def test_head_reports_offset_and_length(client: TestClient, alice: dict[str, str]) -> None:
@@ -467,6 +475,81 @@ def test_patch_reports_upload_expires_and_an_expired_upload_is_410(
     late = client.patch(location, headers=patch_headers(alice, 10), content=b"y" * 10)
     assert late.status_code == 410
     assert on_disk(uploads, location) == 10
+
+
+# --- checksum ------------------------------------------------------------------------------
+
+
+def upload_checksum(data: bytes, algorithm: str = "sha1") -> str:
+    return f"{algorithm} {base64.b64encode(hashlib.new(algorithm, data).digest()).decode()}"
+
+
+def test_patch_with_a_matching_checksum_is_stored(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    location = create(client, alice, new_job(client, alice), 100)
+    for algorithm in ("sha1", "sha256", "md5"):
+        offset = head_offset(client, alice, location)
+        chunk = os.urandom(10)
+        headers = patch_headers(
+            alice, offset, **{"Upload-Checksum": upload_checksum(chunk, algorithm)}
+        )
+        response = client.patch(location, headers=headers, content=chunk)
+        assert response.status_code == 204, (algorithm, response.text)
+    assert head_offset(client, alice, location) == 30 == on_disk(uploads, location)
+
+
+def test_checksum_mismatch_is_460_and_the_chunk_is_discarded(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(300_000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    patch_ok(client, alice, location, 0, data[:1000])
+    rest = data[1000:]
+    wrong = {
+        "Content-Length": str(len(rest)),
+        "Upload-Checksum": upload_checksum(rest[:-1] + b"\0"),
+    }
+    status = asgi_request(
+        client, "PATCH", location, patch_headers(alice, 1000, **wrong), pieces(rest)
+    )
+    assert status == 460
+    upload_file = uploads / location.rsplit("/", 1)[-1]
+    assert head_offset(client, alice, location) == 1000 == upload_file.stat().st_size
+    assert open_handles(upload_file) == 0
+    right = {"Content-Length": str(len(rest)), "Upload-Checksum": upload_checksum(rest)}
+    status = asgi_request(
+        client, "PATCH", location, patch_headers(alice, 1000, **right), pieces(rest)
+    )
+    assert status == 204
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    "checksum", ["crc32 AAAAAA==", "sha1 not-base64!", "sha1 AAAA", "sha1"], ids=str
+)
+def test_unusable_checksum_header_is_400_and_writes_nothing(
+    client: TestClient, alice: dict[str, str], uploads: Path, checksum: str
+) -> None:
+    location = create(client, alice, new_job(client, alice), 100)
+    headers = patch_headers(alice, 0, **{"Upload-Checksum": checksum})
+    assert client.patch(location, headers=headers, content=b"x" * 10).status_code == 400
+    assert head_offset(client, alice, location) == 0 == on_disk(uploads, location)
+
+
+def test_creation_with_upload_checks_the_checksum(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    headers = {**creation_headers(alice, job_id, "100"), "Content-Type": OCTETS}
+    body = os.urandom(40)
+    wrong = {**headers, "Upload-Checksum": upload_checksum(b"other")}
+    assert client.post("/v1/uploads", headers=wrong, content=body).status_code == 460
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+    right = {**headers, "Upload-Checksum": upload_checksum(body)}
+    response = client.post("/v1/uploads", headers=right, content=body)
+    assert response.status_code == 201 and response.headers["upload-offset"] == "40"
 
 
 # --- a body that ends badly ----------------------------------------------------------------
