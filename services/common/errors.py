@@ -20,6 +20,7 @@ class ErrorCode(StrEnum):
     NOT_CHEST_CT = "not_chest_ct"  # the study is not a chest CT (photo, radiograph, head...)
     # Service-level codes (stored on failed jobs).
     CHECKSUM_MISMATCH = "checksum_mismatch"
+    UPLOAD_EXPIRED = "upload_expired"  # the job never received a complete upload
     SCORER_UNAVAILABLE = "scorer_unavailable"
     INTERNAL_ERROR = "internal_error"
 

@@ -91,9 +91,6 @@ def complete_upload(
     return status.value
 
 
-UPLOAD_EXPIRED = "upload_expired"
-
-
 def sweep_expired_uploads(upload_dir: Path) -> int:
     """tus expiration: remove unfinished uploads past their Upload-Expires and free the job;
     then fail the jobs that waited longer than the upload expiry without a live upload.
@@ -164,7 +161,10 @@ def expire_jobs_without_upload(upload_dir: Path) -> list[str]:
                 JobStatus.FAILED,
                 [JobStatus.AWAITING_UPLOAD],
                 stage="upload",
-                error=(UPLOAD_EXPIRED, "no complete upload arrived before the upload expiry"),
+                error=(
+                    ErrorCode.UPLOAD_EXPIRED.value,
+                    "no complete upload arrived before the upload expiry",
+                ),
             )
             if moved:
                 session.flush()
