@@ -48,7 +48,15 @@ class Settings(BaseSettings):
     heatmap_top_k: int = 3
     webhook_max_attempts: int = 6
     webhook_backoff_s: float = 5.0  # first retry delay; doubles each attempt
-    webhook_timeout_s: float = 10.0
+    webhook_timeout_s: float = 10.0  # total deadline per attempt (connect, TLS, send, read)
+    # Callback URL policy (services/common/urls.py). The defaults suit the embedded service and
+    # its tests (receivers on http://127.0.0.1); a production deployment sets
+    # COVIDCT_WEBHOOK_ALLOW_HTTP=false and COVIDCT_WEBHOOK_ALLOWED_NETWORKS='[]', so callbacks
+    # go only to https on globally routable addresses (or to the networks/hosts listed here).
+    webhook_allow_http: bool = True  # plain http callbacks (false: https only)
+    # CIDRs, addresses or host names a callback may reach although not globally routable.
+    webhook_allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    webhook_max_response_bytes: int = 64 * 1024  # read no more of a receiver's answer
     task_time_limit_s: int = 900  # hard Celery limit per task
     broker_visibility_timeout_s: int = 1800  # must exceed the longest task, or it runs twice
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+
+from services.common.config import get_settings
+from services.common.urls import CallbackRefused, check_callback_url
 
 JobStatusName = Literal[
     "awaiting_upload",
@@ -23,6 +26,17 @@ class JobCreate(BaseModel):
 
     callback_url: HttpUrl | None = None
     external_id: str | None = Field(default=None, max_length=200)
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_policy(cls, value: HttpUrl | None) -> HttpUrl | None:
+        """The static callback rules (no DNS here; names are checked at delivery)."""
+        if value is not None:
+            try:
+                check_callback_url(str(value), get_settings())
+            except CallbackRefused as exc:
+                raise ValueError(exc.reason) from None
+        return value
 
 
 class JobError(BaseModel):

@@ -3,6 +3,15 @@
 Signature: ``v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>`` where
 the key is the base64 part of the tenant's ``whsec_...`` secret. Receivers deduplicate on
 ``webhook-id``; every attempt is a row in ``webhook_attempts``.
+
+Each attempt passes the callback policy again (``common.urls``: the stored URL may never have
+passed the API, and DNS changes), resolves the host once and connects only to the vetted
+addresses (``transport.PinnedTransport``). A refused URL is one failed attempt with
+``error = "refused: <rule>"`` and the delivery fails at once: the policy gives the same answer
+on every retry, and retrying a name that resolved to a private address only gives its owner
+more tries at rebinding. Redirects are never followed (a 3xx is a failed attempt, retried like
+any other non-2xx); at most ``webhook_max_response_bytes`` of the answer is read, and
+``webhook_timeout_s`` bounds the whole attempt.
 """
 
 from __future__ import annotations
@@ -13,19 +22,25 @@ import hmac
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from celery import Task
 
-from services.common.config import get_settings
+from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.orm import Job, Tenant, WebhookAttempt, WebhookDelivery, utcnow
 from services.common.queue import WEBHOOK_TASK, celery_app
+from services.common.urls import CallbackRefused, Resolver, system_resolver, vet_callback_url
+from services.webhooks.transport import PinnedTransport
 
 log = logging.getLogger(__name__)
 
 TOLERANCE_S = 5 * 60
+
+# How delivery resolves callback hosts (tests put a resolver they control here).
+resolve_host: Resolver = system_resolver
 
 
 def _key(secret: str) -> bytes:
@@ -67,6 +82,49 @@ def signed_request(
     return body, headers
 
 
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int | None
+    error: str | None  # None: delivered
+    final: bool = False  # no retry (the URL was refused)
+
+
+def post_callback(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> Outcome:
+    """One attempt: vet the URL, POST to the vetted addresses, read a bounded answer."""
+    deadline = time.monotonic() + settings.webhook_timeout_s
+    try:
+        target, addresses = vet_callback_url(url, settings, resolve_host)
+    except CallbackRefused as exc:
+        return Outcome(None, f"refused: {exc.reason}", final=True)
+    except OSError as exc:  # the name did not resolve: may be temporary, retried
+        return Outcome(None, f"DNS: {exc}")
+    status_code: int | None = None
+    try:
+        with (
+            httpx.Client(
+                transport=PinnedTransport(target, addresses, deadline),
+                follow_redirects=False,
+                trust_env=False,
+                timeout=settings.webhook_timeout_s,
+            ) as client,
+            client.stream("POST", url, content=body, headers=headers) as response,
+        ):
+            status_code = response.status_code
+            received = 0
+            for chunk in response.iter_raw():  # undecoded: no decompression bomb
+                received += len(chunk)
+                if received >= settings.webhook_max_response_bytes:
+                    break  # the rest is never read; closing drops the connection
+    except httpx.HTTPError as exc:
+        if status_code is None:  # the status decides; an answer cut short after it does not
+            return Outcome(None, f"{type(exc).__name__}: {exc}")
+    if 300 <= status_code < 400:
+        return Outcome(status_code, f"HTTP {status_code} (redirects are not followed)")
+    if not 200 <= status_code < 300:
+        return Outcome(status_code, f"HTTP {status_code}")
+    return Outcome(status_code, None)
+
+
 @celery_app.task(name=WEBHOOK_TASK, bind=True, max_retries=None, acks_late=True)
 def deliver_webhook(self: Task, delivery_id: str) -> str:
     """POST one callback; retry with exponential backoff until it is delivered or given up."""
@@ -83,17 +141,8 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
         body, headers = signed_request(tenant.webhook_secret, delivery.id, delivery.payload)
         url, attempt_no = delivery.url, delivery.attempts + 1
     started = time.perf_counter()
-    status_code: int | None = None
-    error: str | None = None
-    try:
-        response = httpx.post(
-            url, content=body, headers=headers, timeout=settings.webhook_timeout_s
-        )
-        status_code = response.status_code
-        if not 200 <= status_code < 300:
-            error = f"HTTP {status_code}"
-    except httpx.HTTPError as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    outcome = post_callback(url, body, headers, settings)
+    error = outcome.error
     with session_scope() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         if delivery is None:
@@ -103,7 +152,7 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
             WebhookAttempt(
                 delivery_id=delivery_id,
                 attempt=attempt_no,
-                status_code=status_code,
+                status_code=outcome.status_code,
                 error=error,
                 duration_ms=(time.perf_counter() - started) * 1000,
             )
@@ -112,6 +161,10 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
             delivery.status = "delivered"
             delivery.delivered_at = utcnow()
             return "delivered"
+        if outcome.final:
+            delivery.status = "failed"
+            log.warning("webhook %s not sent: %s", delivery_id, error)
+            return "refused"
         if attempt_no >= settings.webhook_max_attempts:
             delivery.status = "failed"
             log.warning("webhook %s gave up after %d attempts", delivery_id, attempt_no)
