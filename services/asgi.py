@@ -11,15 +11,24 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import Depends, FastAPI
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Security
 from fastapi.concurrency import run_in_threadpool
 
 from services.common.config import Settings, ensure_directories, get_settings
+from services.common.db import pool_capacity
 from services.common.queue import configure
 from services.gateway import health, jobs
-from services.gateway.errors import install_error_handlers
+from services.gateway.auth import bearer_scheme
+from services.gateway.errors import error_responses, install_error_handlers
+from services.gateway.limits import InFlightLimit, RouteClass
 from services.upload.ingest import sweep_expired_uploads
-from services.upload.tus import create_upload_router, install_upload_lifecycle, tus_auth
+from services.upload.tus import (
+    UPLOADS_PREFIX,
+    create_upload_router,
+    install_upload_lifecycle,
+    tus_auth,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +46,28 @@ async def _sweep_forever(settings: Settings) -> None:
         await asyncio.sleep(SWEEP_INTERVAL_S)
 
 
+def check_pool(settings: Settings) -> None:
+    """Every database session of this process lives inside one call on one thread (a worker
+    thread, or the event loop for a hook the upload library calls there), one session at a
+    time; so with a pool of gateway_threads + 1 connections a checkout never waits."""
+    needed = settings.gateway_threads + 1
+    if pool_capacity(settings) < needed:
+        raise ValueError(
+            f"db_pool_size + db_max_overflow = {pool_capacity(settings)} is below "
+            f"gateway_threads + 1 = {needed}: requests could wait for a connection"
+        )
+
+
 def create_app() -> FastAPI:
     settings = get_settings()
+    check_pool(settings)
     ensure_directories(settings)
     configure(settings)  # the broker named by these settings, not import-time ones
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The threadpool that runs sync routes and dependencies, sized to match the pool.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         sweeper = asyncio.create_task(_sweep_forever(settings))
         try:
             yield
@@ -56,10 +80,25 @@ def create_app() -> FastAPI:
         summary="COVID-19 pneumonia from chest CT: async jobs, tus uploads, signed callbacks.",
         lifespan=lifespan,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, settings.gateway_retry_after_s)
     install_upload_lifecycle(app, settings)
+    # Outermost of the app's middleware, so a slot covers the upload lifecycle hooks too.
+    app.add_middleware(
+        InFlightLimit,
+        classes=[
+            RouteClass("jobs", jobs.router.prefix, settings.gateway_max_in_flight),
+            RouteClass("uploads", UPLOADS_PREFIX, settings.gateway_max_uploads_in_flight),
+        ],
+        queue_timeout_s=settings.gateway_queue_timeout_s,
+        retry_after_s=settings.gateway_retry_after_s,
+    )
     app.include_router(jobs.router)
-    # Authenticate tus requests before any route dependency reads the body.
-    app.include_router(create_upload_router(settings), dependencies=[Depends(tus_auth)])
+    # Authenticate tus requests before any route dependency reads the body; the bearer
+    # scheme only documents the key (it never rejects by itself).
+    app.include_router(
+        create_upload_router(settings),
+        dependencies=[Depends(tus_auth), Security(bearer_scheme)],
+        responses=error_responses(400, 401, 404, 409, 410, 412, 413, 415, 503),
+    )
     app.include_router(health.router)
     return app

@@ -80,6 +80,19 @@ class Settings(BaseSettings):
     def ensemble_model_dir(self) -> Path:
         return self.models_dir / "ensemble" / self.ensemble_model_version
 
+    # Web process under load (gateway). Every database session of the web process is opened
+    # and closed inside one call on one thread, so at most gateway_threads + 1 (the event
+    # loop) connections are ever checked out: create_app refuses a pool smaller than that,
+    # so a checkout never waits for another thread (no deadlock, no pool timeout).
+    db_pool_size: int = 10  # connections kept open per process
+    db_max_overflow: int = 30  # more, opened on demand and closed when returned
+    db_pool_timeout_s: float = 10.0  # a checkout waiting longer is a 503, never a hang
+    gateway_threads: int = 32  # AnyIO worker threads (sync routes and dependencies)
+    gateway_max_in_flight: int = 24  # /v1/jobs requests served at once
+    gateway_max_uploads_in_flight: int = 32  # /v1/uploads requests (a PATCH holds its slot)
+    gateway_queue_timeout_s: float = 0.5  # wait this long for a slot, then 503
+    gateway_retry_after_s: int = 1  # Retry-After of a 503
+
 
 @process_cache
 def get_settings() -> Settings:

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.caches import process_cache
-from services.common.config import REPO_ROOT, get_settings
+from services.common.config import REPO_ROOT, Settings, get_settings
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -22,22 +22,42 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(
+    url: str, pool_size: int = 5, max_overflow: int = 10, pool_timeout_s: float = 30.0
+) -> Engine:
+    """One engine; the pool's size and checkout timeout apply to SQLite files too."""
+    pool: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": max_overflow,
+        "pool_timeout": pool_timeout_s,
+    }
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        if url in ("sqlite://", "sqlite:///:memory:"):
+            pool = {}  # one connection per thread (SingletonThreadPool): no queue to size
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": 30}, **pool
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_pre_ping=True, **pool)
 
 
 @process_cache
 def _engine_for(url: str) -> Engine:
-    return make_engine(url)
+    settings = get_settings()
+    return make_engine(
+        url, settings.db_pool_size, settings.db_max_overflow, settings.db_pool_timeout_s
+    )
 
 
 @process_cache
 def _sessionmaker_for(url: str) -> sessionmaker[Session]:
     return sessionmaker(bind=_engine_for(url), expire_on_commit=False)
+
+
+def pool_capacity(settings: Settings) -> int:
+    """Connections one process's engine may hold at once."""
+    return settings.db_pool_size + settings.db_max_overflow
 
 
 def get_engine() -> Engine:

@@ -1,14 +1,28 @@
-"""``Authorization: Bearer <api_key>`` -> tenant; a missing or wrong key is 401."""
+"""``Authorization: Bearer <api_key>`` -> tenant; a missing or wrong key is 401.
+
+Session lifecycle (why the gateway cannot deadlock on its connection pool): no dependency
+holds a session. ``api_key`` is async and only reads the header (no database, no thread).
+Each route handler is a plain ``def`` that FastAPI runs as one call on one AnyIO worker
+thread; inside it, ``tenant_session`` opens a session, looks the key up, does the route's
+work and closes the session before the call returns. So a thread that holds a connection
+never waits for another thread (nor for the event loop): it only waits for the database,
+and it gives the connection back on that same thread. Every other user of the database in
+the web process does the same (``session_scope`` inside one threadpool call), so at most
+``gateway_threads`` (+1 for a hook on the event loop) connections are checked out at once,
+and ``create_app`` refuses a pool smaller than that: a checkout never waits at all.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from services.common.db import get_sessionmaker
+from services.common.db import session_scope
 from services.common.orm import Tenant
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
@@ -16,26 +30,35 @@ from services.gateway.errors import ApiError
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
+# Documents the scheme in OpenAPI (components.securitySchemes); never raises by itself, so
+# the 401 bodies stay ours.
+bearer_scheme = HTTPBearer(
+    scheme_name="ApiKey",
+    bearerFormat="cct_...",
+    description="The tenant's API key: `Authorization: Bearer <api_key>`.",
+    auto_error=False,
+)
+BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 
-def get_session() -> Iterator[Session]:
-    session = get_sessionmaker()()
-    try:
-        yield session
-    finally:
-        session.close()
 
-
-SessionDep = Annotated[Session, Depends(get_session)]
-
-
-def current_tenant(request: Request, session: SessionDep) -> Tenant:
-    api_key = bearer_token(request.headers.get("authorization"))
-    if api_key is None:
+async def api_key(request: Request, _documented: BearerDoc) -> str:
+    """The caller's key from the header, or 401; touches neither database nor threadpool."""
+    key = bearer_token(request.headers.get("authorization"))
+    if key is None:
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <api_key>", UNAUTHORIZED)
-    tenant = tenant_by_api_key(session, api_key)
-    if tenant is None:
-        raise ApiError(401, "unauthorized", "unknown API key", UNAUTHORIZED)
-    return tenant
+    return key
 
 
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
+ApiKeyDep = Annotated[str, Depends(api_key)]
+
+
+@contextmanager
+def tenant_session(key: str) -> Iterator[tuple[Session, Tenant]]:
+    """A session (committed on success, rolled back on error, always closed here) and the
+    key's tenant; 401 for an unknown key. Use it inside a sync handler, never across an
+    ``await``: the session must be closed by the thread that opened it."""
+    with session_scope() as session:
+        tenant = tenant_by_api_key(session, key)
+        if tenant is None:
+            raise ApiError(401, "unauthorized", "unknown API key", UNAUTHORIZED)
+        yield session, tenant

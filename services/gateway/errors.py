@@ -8,7 +8,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.gateway.schemas import Problem
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,31 @@ HTTP_CODES = {
     412: "precondition_failed",
     413: "too_large",
     415: "unsupported_media_type",
+    503: "unavailable",
 }
+
+DESCRIPTIONS = {
+    400: "Bad request (e.g. missing tus metadata)",
+    401: "Missing or unknown API key (`Authorization: Bearer <api_key>`)",
+    404: "No such job or upload for this API key",
+    409: "Conflict (Idempotency-Key reused with another body; the job already has an upload)",
+    410: "The upload expired",
+    412: "Unsupported `Tus-Resumable` version",
+    413: "The upload exceeds the size limit",
+    415: "Wrong `Content-Type` (tus PATCH needs application/offset+octet-stream)",
+    422: "The request is not valid (body, path or query)",
+    503: "The gateway is at capacity or the database is unavailable: retry after "
+    "`Retry-After` seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses=`` for these error statuses, all with the ``Problem`` body."""
+    return {code: {"model": Problem, "description": DESCRIPTIONS[code]} for code in codes}
+
+
+def retry_after(seconds: int) -> dict[str, str]:
+    return {"Retry-After": str(max(1, seconds))}
 
 
 class ApiError(Exception):
@@ -45,7 +73,7 @@ def problem(status_code: int, code: str, message: str, details: Any = None) -> J
     return JSONResponse(body, status_code=status_code)
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         response = problem(exc.status_code, exc.code, exc.message)
@@ -65,6 +93,16 @@ def install_error_handlers(app: FastAPI) -> None:
         response = problem(exc.status_code, code, message)
         if exc.headers:
             response.headers.update(exc.headers)
+        return response
+
+    # The pool had no connection within db_pool_timeout_s, or the database is down or
+    # locked: the request did nothing, so the client may retry (503, not 500).
+    @app.exception_handler(PoolTimeout)
+    @app.exception_handler(OperationalError)
+    async def _database_unavailable(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("database unavailable: %s", exc)
+        response = problem(503, "database_unavailable", "the database is busy; retry later")
+        response.headers.update(retry_after(retry_after_s))
         return response
 
     @app.exception_handler(Exception)

@@ -38,8 +38,10 @@ def _scorer_ready() -> bool:
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz() -> JSONResponse:
+    """Liveness: answered on the event loop, touching neither the database nor the
+    threadpool, so it answers at once however loaded the gateway is."""
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz")

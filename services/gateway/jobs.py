@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -24,9 +24,11 @@ from services.common.orm import (
     SliceScore,
 )
 from services.common.storage import make_storage
-from services.gateway.auth import SessionDep, TenantDep
-from services.gateway.errors import ApiError
+from services.gateway.auth import ApiKeyDep, tenant_session
+from services.gateway.errors import ApiError, error_responses
 from services.gateway.schemas import (
+    MAX_INT,
+    NO_CONTROL_CHARS,
     JobCreate,
     JobCreated,
     JobOut,
@@ -35,7 +37,14 @@ from services.gateway.schemas import (
     SlicesOut,
 )
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# Every route: 401 without a valid key, 422 for invalid input, 503 when the gateway is at
+# capacity (services.gateway.limits) or the database is unavailable.
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422, 503))
+
+# Handlers are sync on purpose: each runs as one threadpool call that opens and closes its
+# own session (services.gateway.auth explains why that cannot deadlock).
+JobId = Annotated[str, Path(min_length=1, max_length=64, pattern=NO_CONTROL_CHARS)]
+NOT_FOUND = error_responses(404)
 
 UPLOADS_PATH = "/v1/uploads"
 
@@ -61,41 +70,45 @@ def get_tenant_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobCreated)
+@router.post("", status_code=201, response_model=JobCreated, responses=error_responses(409))
 def create_job(
     body: JobCreate,
-    tenant: TenantDep,
-    session: SessionDep,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    key: ApiKeyDep,
+    idempotency_key: Annotated[str | None, Header(max_length=200, pattern=NO_CONTROL_CHARS)] = None,
 ) -> Any:
     request_hash = _request_hash(body)
-    if idempotency_key:
-        existing = session.scalar(
-            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
+    with tenant_session(key) as (session, tenant):
+        if idempotency_key:
+            existing = session.scalar(
+                select(Job).where(
+                    Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key
+                )
+            )
+            if existing is not None:
+                return _replay(existing, request_hash)
+        job = Job(
+            tenant_id=tenant.id,
+            external_id=body.external_id,
+            callback_url=str(body.callback_url) if body.callback_url else None,
+            idempotency_key=idempotency_key or None,
+            request_hash=request_hash,
         )
-        if existing is not None:
+        session.add(job)
+        try:
+            session.flush()
+        except IntegrityError:  # the same key raced in from a parallel request
+            session.rollback()
+            existing = session.scalar(
+                select(Job).where(
+                    Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key
+                )
+            )
+            if existing is None:
+                raise
             return _replay(existing, request_hash)
-    job = Job(
-        tenant_id=tenant.id,
-        external_id=body.external_id,
-        callback_url=str(body.callback_url) if body.callback_url else None,
-        idempotency_key=idempotency_key or None,
-        request_hash=request_hash,
-    )
-    session.add(job)
-    try:
-        session.flush()
-    except IntegrityError:  # the same key raced in from a parallel request
-        session.rollback()
-        existing = session.scalar(
-            select(Job).where(Job.tenant_id == tenant.id, Job.idempotency_key == idempotency_key)
-        )
-        if existing is None:
-            raise
-        return _replay(existing, request_hash)
-    session.add(JobEvent(job_id=job.id, status=JobStatus.AWAITING_UPLOAD.value))
-    session.commit()
-    return _created_body(job)
+        session.add(JobEvent(job_id=job.id, status=JobStatus.AWAITING_UPLOAD.value))
+        session.commit()
+        return _created_body(job)
 
 
 def _replay(job: Job, request_hash: str) -> JSONResponse:
@@ -108,30 +121,37 @@ def _replay(job: Job, request_hash: str) -> JSONResponse:
 
 @router.get("", response_model=JobPage)
 def list_jobs(
-    tenant: TenantDep,
-    session: SessionDep,
+    key: ApiKeyDep,
     status: Annotated[JobStatusName | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> Any:
-    query = select(Job).where(Job.tenant_id == tenant.id)
-    if status:
-        query = query.where(Job.status == status)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    jobs = session.scalars(
-        query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
-    ).all()
-    return {"items": [job_view(j) for j in jobs], "total": total, "limit": limit, "offset": offset}
+    with tenant_session(key) as (session, tenant):
+        query = select(Job).where(Job.tenant_id == tenant.id)
+        if status:
+            query = query.where(Job.status == status)
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        jobs = session.scalars(
+            query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+        ).all()
+        items = [job_view(j) for j in jobs]
+    return {"items": items, "total": total, "limit": limit, "offset": offset}
 
 
-@router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Any:
-    return job_view(get_tenant_job(session, tenant.id, job_id))
+@router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
+def get_job(job_id: JobId, key: ApiKeyDep) -> Any:
+    with tenant_session(key) as (session, tenant):
+        return job_view(get_tenant_job(session, tenant.id, job_id))
 
 
-@router.get("/{job_id}/slices", response_model=SlicesOut)
-def get_slices(job_id: str, request: Request, tenant: TenantDep, session: SessionDep) -> Any:
-    job = get_tenant_job(session, tenant.id, job_id)
+@router.get("/{job_id}/slices", response_model=SlicesOut, responses=NOT_FOUND)
+def get_slices(job_id: JobId, key: ApiKeyDep) -> Any:
+    with tenant_session(key) as (session, tenant):
+        return _slices(session, get_tenant_job(session, tenant.id, job_id))
+
+
+def _slices(session: Session, job: Job) -> dict[str, Any]:
+    job_id = job.id
     version = job.result.model_versions.get("slice_cnn") if job.result else None
     score_query = select(SliceScore).where(SliceScore.job_id == job_id)
     if version:
@@ -175,17 +195,20 @@ def get_slices(job_id: str, request: Request, tenant: TenantDep, session: Sessio
 @router.get(
     "/{job_id}/heatmaps/{slice_index}",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}},
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
 )
-def get_heatmap(slice_index: int, job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
-    get_tenant_job(session, tenant.id, job_id)
-    blob = session.scalar(
-        select(SliceScore.heatmap_blob).where(
-            SliceScore.job_id == job_id,
-            SliceScore.slice_index == slice_index,
-            SliceScore.heatmap_blob.is_not(None),
+def get_heatmap(
+    slice_index: Annotated[int, Path(ge=0, le=MAX_INT)], job_id: JobId, key: ApiKeyDep
+) -> Response:
+    with tenant_session(key) as (session, tenant):
+        get_tenant_job(session, tenant.id, job_id)
+        blob = session.scalar(
+            select(SliceScore.heatmap_blob).where(
+                SliceScore.job_id == job_id,
+                SliceScore.slice_index == slice_index,
+                SliceScore.heatmap_blob.is_not(None),
+            )
         )
-    )
     if blob is None:
         raise ApiError(404, "heatmap_not_found", f"no heatmap for slice {slice_index}")
     try:
@@ -195,19 +218,19 @@ def get_heatmap(slice_index: int, job_id: str, tenant: TenantDep, session: Sessi
     return Response(data, media_type="image/png")
 
 
-@router.delete("/{job_id}", status_code=204, responses={202: {"model": JobOut}})
-def delete_job(job_id: str, tenant: TenantDep, session: SessionDep) -> Response:
+@router.delete("/{job_id}", status_code=204, responses={202: {"model": JobOut}, **NOT_FOUND})
+def delete_job(job_id: JobId, key: ApiKeyDep) -> Response:
     """Cancel a job that has not ended (202), or delete an ended one and its blobs (204)."""
-    job = get_tenant_job(session, tenant.id, job_id)
-    if JobStatus(job.status) not in TERMINAL_STATUSES:
-        running = [s for s in JobStatus if s not in TERMINAL_STATUSES]
-        if transition(session, job_id, JobStatus.CANCELLED, running, detail={"by": "client"}):
-            session.commit()
+    with tenant_session(key) as (session, tenant):
+        job = get_tenant_job(session, tenant.id, job_id)
+        if JobStatus(job.status) not in TERMINAL_STATUSES:
+            running = [s for s in JobStatus if s not in TERMINAL_STATUSES]
+            if transition(session, job_id, JobStatus.CANCELLED, running, detail={"by": "client"}):
+                session.commit()
+                session.refresh(job)
+                return JSONResponse(job_view(job), status_code=202)
+            session.rollback()  # it ended meanwhile: delete it below
             session.refresh(job)
-            return JSONResponse(job_view(job), status_code=202)
-        session.rollback()  # it ended meanwhile: delete it below
-        session.refresh(job)
-    make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")
-    session.delete(job)
-    session.commit()
+        make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")
+        session.delete(job)
     return Response(status_code=204)

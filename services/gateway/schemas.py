@@ -21,11 +21,31 @@ JobStatusName = Literal[
 ]
 
 
+# No C0/C1 control character (NUL, newline, escape...) in a free-text field.
+NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f-\x9f]*$"
+
+# Bounds of integers in the API: what a signed 32-bit database column holds.
+MAX_INT = 2**31 - 1
+
+
+class Problem(BaseModel):
+    """The body of every error response."""
+
+    code: str = Field(description="stable machine-readable code, e.g. job_not_found")
+    message: str
+    details: Any = None
+
+
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     callback_url: HttpUrl | None = None
-    external_id: str | None = Field(default=None, max_length=200)
+    external_id: str | None = Field(
+        default=None,
+        max_length=200,
+        pattern=NO_CONTROL_CHARS,
+        description="Your reference for the study (no control characters).",
+    )
 
     @field_validator("callback_url")
     @classmethod
