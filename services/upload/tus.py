@@ -77,10 +77,22 @@ def tus_auth(request: Request) -> None:
         raise HTTPException(404, "Upload not found")
 
 
+# Bounds of what is stored from the metadata (jobs.upload_filename is String(300)).
+MAX_FILENAME_CHARS = 255
+MAX_METADATA_VALUE_CHARS = 1000
+
+
 def _validate_creation(tenant_id: str, metadata: dict[str, str], size: int | None) -> None:
     missing = [k for k in REQUIRED_METADATA if not metadata.get(k)]
     if missing:
         raise HTTPException(400, f"missing upload metadata: {', '.join(missing)}")
+    for key, value in metadata.items():
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            raise HTTPException(400, f"metadata {key} is longer than {MAX_METADATA_VALUE_CHARS}")
+        if any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise HTTPException(400, f"metadata {key} holds control characters")
+    if len(metadata["filename"]) > MAX_FILENAME_CHARS:
+        raise HTTPException(400, f"metadata filename is longer than {MAX_FILENAME_CHARS}")
     if metadata.get("sha256") and not SHA256_RE.match(metadata["sha256"]):
         raise HTTPException(400, "metadata sha256 must be 64 hex digits")
     limit = get_settings().max_upload_bytes

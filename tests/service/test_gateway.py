@@ -259,6 +259,22 @@ def test_missing_tus_metadata_is_400(
     assert missing in response.json()["message"]
 
 
+@pytest.mark.parametrize(
+    ("filename", "word"), [("a" * 5000 + ".zip", "longer"), ("s\x00.zip", "control")]
+)
+def test_overlong_or_control_character_filename_is_400_and_frees_the_job(
+    client: TestClient, alice: dict[str, str], filename: str, word: str
+) -> None:
+    job = new_job(client, alice)
+    headers = tus_headers(alice, **{"Upload-Length": "3"})
+    headers["Upload-Metadata"] = tus_metadata(
+        job_id=job["id"], filename=filename, filetype="application/zip"
+    )
+    response = client.post("/v1/uploads", headers=headers)
+    assert response.status_code == 400 and word in response.json()["message"]
+    assert create_upload(client, alice, job["id"], 3, body=b"abc").status_code == 201
+
+
 def test_bad_sha256_metadata_is_400(client: TestClient, alice: dict[str, str]) -> None:
     job = new_job(client, alice)
     assert create_upload(client, alice, job["id"], 10, sha256="xyz").status_code == 400
