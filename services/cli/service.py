@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from services.common.config import get_settings
+from services.common.config import ensure_directories, get_settings
 from services.common.queue import QUEUES
 
 
@@ -123,6 +123,8 @@ def migrate_cmd() -> None:
     """Apply the Alembic migrations to COVIDCT_DATABASE_URL (SQLite by default)."""
     from services.common.db import migrate
 
-    url = get_settings().sqlalchemy_url
+    settings = get_settings()
+    ensure_directories(settings)
+    url = settings.sqlalchemy_url
     migrate(url)
     typer.echo(f"migrated {url.split('@')[-1]}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -101,6 +102,13 @@ def get_settings() -> Settings:
 
 
 def ensure_directories(settings: Settings) -> None:
-    """Create the working directories once, at process start (not on every request)."""
+    """Create the working directories once, at process start (not on every request).
+
+    They hold raw uploads (PHI: patient names in DICOM headers), the SQLite database and
+    blobs, so they and everything this process creates later are owner-only: umask 077,
+    directories 0700 (an existing var dir is tightened too).
+    """
+    os.umask(0o077)
     for directory in (settings.var_dir, settings.upload_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)

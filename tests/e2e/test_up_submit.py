@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+import redis
 from pydicom.data import get_testdata_file
 
 from services.cli.runtime import free_port, wait_ready
@@ -81,6 +84,21 @@ def test_up_submit_and_sigterm_stops_every_child(tmp_path: Path) -> None:
         )  # fmt: skip
         assert wrong_key.returncode == 2
         assert "401" in wrong_key.stderr
+
+        # PHI at rest: the var dir, the database and stored uploads are owner-only.
+        var = tmp_path / "var"
+        assert stat.S_IMODE(var.stat().st_mode) == 0o700
+        assert stat.S_IMODE((var / "covidct.db").stat().st_mode) == 0o600
+        blobs = [f for f in (var / "blobs").rglob("*") if f.is_file()]
+        assert blobs and all(stat.S_IMODE(f.stat().st_mode) & 0o077 == 0 for f in blobs)
+        # The embedded Redis wants its password (kept in an owner-only file, not in argv).
+        config = var / "redis" / "redis.conf"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        settings = dict(line.split(" ", 1) for line in config.read_text().splitlines())
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=int(settings["port"]), socket_timeout=5).get("x")
+        authed = redis.Redis(port=int(settings["port"]), password=settings["requirepass"])
+        assert authed.ping()
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(120)
