@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from services.common.config import Settings, ensure_directories, get_settings
 from services.common.db import pool_capacity
+from services.common.logging import configure_logging
 from services.common.queue import configure
 from services.gateway import health, jobs
 from services.gateway.auth import bearer_scheme
@@ -60,6 +61,7 @@ def check_pool(settings: Settings) -> None:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_json)  # JSON, as every process
     check_pool(settings)
     ensure_directories(settings)
     configure(settings)  # the broker named by these settings, not import-time ones

@@ -36,3 +36,9 @@ def configure_logging(level: str = "INFO", as_json: bool = True) -> None:
     # One line per HTTP request from clients is noise at INFO (polling would flood the log).
     for chatty in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+    # uvicorn installs plain-text handlers of its own before the app exists: route its
+    # records (startup lines, tracebacks of 500s) through the same JSON handler instead.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server_logger = logging.getLogger(name)
+        server_logger.handlers[:] = []
+        server_logger.propagate = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -402,3 +403,26 @@ def test_streamed_sha256_matches_the_file(
         )
     body = client.get(f"/v1/jobs/{job['id']}", headers=auth(alice)).json()
     assert body["status"] == "queued", body
+
+
+def test_gateway_logs_are_json_uvicorn_included(client: TestClient) -> None:
+    import json
+    import logging
+
+    from services.common.logging import JsonFormatter
+
+    # pytest adds capture handlers of its own; ours is the one stderr handler.
+    (handler,) = [h for h in logging.getLogger().handlers if type(h) is logging.StreamHandler]
+    assert isinstance(handler.formatter, JsonFormatter)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        server_logger = logging.getLogger(name)
+        assert server_logger.handlers == [] and server_logger.propagate
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("uvicorn.error").makeRecord(
+            "uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application", (),
+            sys.exc_info(),
+        )  # fmt: skip
+    line = json.loads(handler.format(record))
+    assert line["logger"] == "uvicorn.error" and "ValueError: boom" in line["exc"]
