@@ -411,6 +411,61 @@ def train_realct_slice_model(
     return report
 
 
+def merge_members(
+    run_dirs: list[Path],
+    out_dir: Path,
+    version: str,
+    data_dir: Path,
+    cache_dir: Path | None = Path("cache"),
+    command: str = "",
+) -> dict[str, Any]:
+    """One artefact averaging the members of several runs of the SAME recipe (seeds).
+
+    The threshold is re-chosen on the pooled selection splits for the averaged model; the
+    per-run reports (learning curves, configs) are kept under ``runs``.
+    """
+    from services.inference.artifacts import load_slice_model
+
+    runs = [json.loads((d / "metrics.json").read_text()) for d in run_dirs]
+    bundles = [load_slice_model(d) for d in run_dirs]
+    sizes = {b.image_size for b in bundles}
+    enhancements = {b.enhancement for b in bundles}
+    if len(sizes) != 1 or len(enhancements) != 1:
+        raise ValueError("members must share image size and enhancement")
+    members = [m for b in bundles for m in b.members]
+    size, enhancement = sizes.pop(), enhancements.pop()
+    cfg_dict = runs[0]["train_config"]
+    cfg = RealCTConfig(image_size=size, include_ucsd=cfg_dict.get("include_ucsd", True))
+    data = build_realct_set(data_dir, size, cache_dir, include_ucsd=cfg.include_ucsd)
+    sets = selection_sets(data, cfg)
+    sel_idx = np.concatenate(list(sets.values()))
+    x_sel = data.data.prepared(enhancement, sel_idx)
+    p_sel = np.mean([predict_proba(m, x_sel, tta=bundles[0].tta)[:, 1] for m in members], axis=0)
+    threshold = choose_threshold(data.labels(sel_idx), p_sel)
+    save_slice_model(
+        out_dir,
+        version,
+        members,
+        enhancement,
+        tta=bundles[0].tta,
+        threshold=threshold,
+        metadata={
+            **{k: v for k, v in bundles[0].metadata.items()},
+            "threshold_chosen_on": "pooled selection splits (Youden), averaged members",
+        },
+    )
+    report = {
+        "version": version,
+        "command": command,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "members_from": [str(d) for d in run_dirs],
+        "threshold": threshold,
+        "runs": runs,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
@@ -425,8 +480,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, default=RealCTConfig.max_minutes)
     parser.add_argument("--no-ucsd", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--group-shares",
+        help="sampling shares per source group, e.g. 'sarscov2-ct=0.6,ucsd-covid-ct=0.4'",
+    )
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", help="merge these run artefacts into --out, no training"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
+    command = "python -m services.training.realct_train " + shlex.join(sys.argv[1:])
+    if args.merge:
+        torch.set_num_threads(1)
+        report = merge_members(
+            args.merge, args.out, args.version, args.data_dir, args.cache_dir, command
+        )
+        print(json.dumps({"threshold": report["threshold"], "members": args.merge}, default=str))
+        return
     cfg = RealCTConfig(
         image_size=args.image_size,
         epochs=args.epochs,
@@ -439,7 +509,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     if not cfg.include_ucsd:
         cfg.group_shares = {"sarscov2-ct": 0.6, "mosmed+masked-normal": 0.4}
-    command = "python -m services.training.realct_train " + shlex.join(sys.argv[1:])
+    if args.group_shares:
+        pairs = [part.split("=") for part in args.group_shares.split(",")]
+        cfg.group_shares = {name.strip(): float(share) for name, share in pairs}
     report = train_realct_slice_model(
         args.data_dir, args.out, args.version, cfg, args.cache_dir, command=command
     )
