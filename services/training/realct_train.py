@@ -36,7 +36,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -49,7 +49,7 @@ from services.inference.artifacts import save_slice_model
 from services.inference.augment import AugmentConfig, augment_batch
 from services.inference.model import SliceCNN, SliceCNNConfig, build_model
 from services.inference.predict import predict_proba
-from services.preprocess.enhance import enhance
+from services.preprocess.enhance import Enhancement, enhance
 from services.training.realct_data import GROUP_OF, RealCTSet, build_realct_set
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def render_augment(
     crop: NDArray[np.uint8], mask: NDArray[np.bool_], cfg: RenderAugment, rng: np.random.Generator
 ) -> NDArray[np.uint8]:
     """One rendering-jittered copy of an un-enhanced lung crop (uint8 in, uint8 out)."""
-    x = crop.astype(np.float32)
+    x: NDArray[Any] = crop.astype(np.float32)
     if rng.random() < cfg.p_mask_outside and mask.mean() > 0.02:
         x = np.where(mask, x, 0.0)
     if rng.random() < cfg.p_window:
@@ -148,7 +148,7 @@ def render_augment(
         q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, q])
         if ok:
-            out = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+            out = np.asarray(cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE), dtype=np.uint8)
     return out
 
 
@@ -162,8 +162,9 @@ def make_batch(
     """Augmented, enhanced (as served), geometry-jittered batch (N, 1, S, S) float [0, 255]."""
     slices = [
         enhance(
-            render_augment(data.data.crops[i], data.data.masks[i], cfg.render, rng), cfg.enhancement
-        )  # type: ignore[arg-type]
+            render_augment(data.data.crops[i], data.data.masks[i], cfg.render, rng),
+            cast(Enhancement, cfg.enhancement),
+        )
         for i in index
     ]
     x = torch.from_numpy(np.stack(slices)).unsqueeze(1)

@@ -124,7 +124,8 @@ def test_dedup_pairs_catch_reencoded_copy() -> None:
     other = cv2.GaussianBlur(rng.integers(0, 255, (128, 128), dtype=np.uint8), (0, 0), 3)
     _, buf = cv2.imencode(".jpg", base, [cv2.IMWRITE_JPEG_QUALITY, 60])
     copy = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
-    pairs = near_duplicate_pairs(hash_bits([base, other, copy]))
+    images = [np.asarray(im, dtype=np.uint8) for im in (base, other, copy)]
+    pairs = near_duplicate_pairs(hash_bits(images))
     assert [(i, j) for i, j, _ in pairs] == [(0, 2)]
 
 
@@ -192,7 +193,7 @@ def test_training_loss_falls_on_tiny_real_subset(data_dir: Path, tmp_path: Path)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     before, after = losses[0], losses[-1]
     assert after < before * 0.8, (before, after)
 
