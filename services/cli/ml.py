@@ -224,3 +224,24 @@ def train_ensemble(
         command="covidct " + shlex.join(sys.argv[1:]),
     )
     _print_metrics(report["cv"], as_json=False)
+
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@train_app.command("realct", context_settings=_PASS_THROUGH)
+def train_realct(ctx: typer.Context) -> None:
+    """Slice CNN on real CT slices (the v2 recipe); options as
+    `python -m services.training.realct_train --help`."""
+    from services.training.realct_train import main as realct_train
+
+    realct_train(list(ctx.args))
+
+
+@evaluate_app.command("realct", context_settings=_PASS_THROUGH)
+def evaluate_realct(ctx: typer.Context) -> None:
+    """Per-source metrics with bootstrap CIs, COVID-CT-MD per band; options as
+    `python -m services.training.realct_eval --help`."""
+    from services.training.realct_eval import main as realct_eval
+
+    realct_eval(list(ctx.args))

@@ -38,11 +38,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from services.common.metrics import binary_metrics, bootstrap_cis
+from services.common.config import get_settings
 from services.inference.artifacts import SliceModel, load_slice_model
 from services.preprocess.pipeline import PreprocessOptions, prepare_slice, preprocess_study
 from services.preprocess.readers import read_study
 from services.preprocess.segmentation import segment_lungs
+from services.training.metrics import binary_metrics, bootstrap_cis
 from services.training.realct_data import RealCTSet, build_realct_set
 
 BANDS = ("inferior", "mid", "superior")  # by SliceLocation: inferior ~ base, superior ~ apex
@@ -121,7 +122,7 @@ def ctmd_scores(model: SliceModel, data_dir: Path) -> dict[str, dict[str, list[A
         studies = list(csv.DictReader(handle))
     for row in studies:
         name = row["study"]
-        study = read_study(root / name)
+        study = read_study(root / name, get_settings())
         locs = [info.get("slice_location") for info in study.slice_info]
         # index into the series sorted by SliceLocation (the infected_slices.csv indexing)
         rank = np.empty(len(locs), np.int64)

@@ -9,7 +9,7 @@ the disease. This recipe
   ``prepare_slice``): window/level and gamma shifts, Gaussian blur, down/up-sampling, JPEG
   re-encoding at random quality, noise, and, for any source, blanking everything outside
   the segmented lungs (the ``masked-normal`` look) so that no rendering trait carries a label;
-  then position/scale/rotation jitter and flips (``services.inference.augment``);
+  then position/scale/rotation jitter and flips (``services.training.augment``);
 * samples every epoch with equal weight per (source group, class, lung-fill bin) cell,
   with capped group shares (``mosmed`` COVID is only ever drawn together with
   ``masked-normal`` NonCOVID, each half of that group);
@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
-from services.common.metrics import roc_auc
 from services.inference.artifacts import save_slice_model
-from services.inference.augment import AugmentConfig, augment_batch
 from services.inference.model import SliceCNN, SliceCNNConfig, build_model
 from services.inference.predict import predict_proba
 from services.preprocess.enhance import Enhancement, enhance
+from services.training.augment import AugmentConfig, augment_batch
+from services.training.metrics import roc_auc
 from services.training.realct_data import GROUP_OF, RealCTSet, build_realct_set
 
 log = logging.getLogger(__name__)

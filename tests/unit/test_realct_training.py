@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from services.inference.artifacts import load_slice_model, save_slice_model
-from services.inference.augment import AugmentConfig
 from services.inference.model import build_model
 from services.preprocess.pipeline import prepare_slice
 from services.preprocess.readers import load_gray_image
+from services.training.augment import AugmentConfig
 from services.training.realct_data import (
     GROUP_OF,
     Item,
