@@ -100,7 +100,7 @@ def create_app() -> FastAPI:
     app.include_router(
         create_upload_router(settings),
         dependencies=[Depends(tus_auth), Security(bearer_scheme)],
-        responses=error_responses(400, 401, 404, 409, 410, 412, 413, 415, 503),
+        responses=error_responses(400, 401, 404, 409, 410, 412, 413, 415, 429, 503),
     )
     app.include_router(health.router)
     return app

@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     task_time_limit_s: int = 900  # hard Celery limit per task
     broker_visibility_timeout_s: int = 1800  # must exceed the longest task, or it runs twice
 
+    # Failed authentications per client address / key prefix before a 429 (per process).
+    auth_failure_limit: int = 20
+    auth_failure_window_s: float = 60.0
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -14,8 +14,10 @@ and ``create_app`` refuses a pool smaller than that: a checkout never waits at a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request, Security
@@ -26,6 +28,7 @@ from services.common.db import session_scope
 from services.common.orm import Tenant
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
+from services.common.throttle import auth_failures, identities
 from services.gateway.errors import ApiError
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
@@ -41,24 +44,40 @@ bearer_scheme = HTTPBearer(
 BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
 
 
-async def api_key(request: Request, _documented: BearerDoc) -> str:
-    """The caller's key from the header, or 401; touches neither database nor threadpool."""
+@dataclass(frozen=True)
+class Credentials:
+    key: str
+    throttled_as: tuple[str, ...]  # what a failure counts against (address, key prefix)
+
+
+async def api_key(request: Request, _documented: BearerDoc) -> Credentials:
+    """The caller's key from the header, or 401 (429 while its address or key prefix has
+    failed too often); touches neither database nor threadpool."""
     key = bearer_token(request.headers.get("authorization"))
+    throttled_as = identities(request.client.host if request.client else None, key)
+    wait = auth_failures().retry_after(*throttled_as)
+    if wait is not None:
+        raise ApiError(
+            429, "too_many_failed_auth", "too many failed authentications; retry later",
+            {"Retry-After": str(math.ceil(wait))},
+        )  # fmt: skip
     if key is None:
+        auth_failures().record_failure(*throttled_as)
         raise ApiError(401, "unauthorized", "missing Authorization: Bearer <api_key>", UNAUTHORIZED)
-    return key
+    return Credentials(key, throttled_as)
 
 
-ApiKeyDep = Annotated[str, Depends(api_key)]
+ApiKeyDep = Annotated[Credentials, Depends(api_key)]
 
 
 @contextmanager
-def tenant_session(key: str) -> Iterator[tuple[Session, Tenant]]:
+def tenant_session(credentials: Credentials) -> Iterator[tuple[Session, Tenant]]:
     """A session (committed on success, rolled back on error, always closed here) and the
     key's tenant; 401 for an unknown key. Use it inside a sync handler, never across an
     ``await``: the session must be closed by the thread that opened it."""
     with session_scope() as session:
-        tenant = tenant_by_api_key(session, key)
+        tenant = tenant_by_api_key(session, credentials.key)
         if tenant is None:
+            auth_failures().record_failure(*credentials.throttled_as)
             raise ApiError(401, "unauthorized", "unknown API key", UNAUTHORIZED)
         yield session, tenant

@@ -28,6 +28,7 @@ HTTP_CODES = {
     412: "precondition_failed",
     413: "too_large",
     415: "unsupported_media_type",
+    429: "too_many_failed_auth",
     503: "unavailable",
 }
 
@@ -41,6 +42,8 @@ DESCRIPTIONS = {
     413: "The upload exceeds the size limit",
     415: "Wrong `Content-Type` (tus PATCH needs application/offset+octet-stream)",
     422: "The request is not valid (body, path or query)",
+    429: "Too many failed authentications from this address or for this key prefix: retry "
+    "after `Retry-After` seconds",
     503: "The gateway is at capacity or the database is unavailable: retry after "
     "`Retry-After` seconds",
 }

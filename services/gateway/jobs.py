@@ -39,7 +39,7 @@ from services.gateway.schemas import (
 
 # Every route: 401 without a valid key, 422 for invalid input, 503 when the gateway is at
 # capacity (services.gateway.limits) or the database is unavailable.
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422, 503))
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(401, 422, 429, 503))
 
 # Handlers are sync on purpose: each runs as one threadpool call that opens and closes its
 # own session (services.gateway.auth explains why that cannot deadlock).

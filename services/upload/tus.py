@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ from services.common.db import session_scope
 from services.common.orm import Job, JobStatus, utcnow
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
+from services.common.throttle import auth_failures, identities
 from services.upload.ingest import SHA256_RE, complete_upload, release_upload
 from services.upload.storage import (
     CHECKSUM_MISMATCH_STATUS,
@@ -62,12 +64,20 @@ def tus_auth(request: Request) -> None:
     One session for both lookups: this runs on every PATCH of every upload.
     """
     api_key = bearer_token(request.headers.get("authorization"))
+    throttled_as = identities(request.client.host if request.client else None, api_key)
+    wait = auth_failures().retry_after(*throttled_as)
+    if wait is not None:
+        raise HTTPException(
+            429, "too many failed authentications", {"Retry-After": str(math.ceil(wait))}
+        )
     if api_key is None:
+        auth_failures().record_failure(*throttled_as)
         raise HTTPException(401, "missing Authorization: Bearer <api_key>")
     upload_id = request.path_params.get("uuid")
     with session_scope() as session:
         tenant = tenant_by_api_key(session, api_key)
         if tenant is None:
+            auth_failures().record_failure(*throttled_as)
             raise HTTPException(401, "unknown API key")
         request.state.tenant_id = tenant.id
         if upload_id is None:

@@ -426,3 +426,27 @@ def test_gateway_logs_are_json_uvicorn_included(client: TestClient) -> None:
         )  # fmt: skip
     line = json.loads(handler.format(record))
     assert line["logger"] == "uvicorn.error" and "ValueError: boom" in line["exc"]
+
+
+def test_failed_authentication_is_throttled_per_address_and_key_prefix(
+    isolated_settings: Callable[..., Settings], started: list[str]
+) -> None:
+    isolated_settings(
+        broker_url="redis://127.0.0.1:1/0", auth_failure_limit=3, auth_failure_window_s=60
+    )
+    alice_key = make_tenant("alice")["api_key"]
+    with TestClient(create_app()) as test_client:
+        bad = {"Authorization": "Bearer cct_guessing_this_key"}
+        assert [test_client.get("/v1/jobs", headers=bad).status_code for _ in range(3)] == [401] * 3
+        blocked = test_client.get("/v1/jobs", headers=bad)
+        assert blocked.status_code == 429 and blocked.json()["code"] == "too_many_failed_auth"
+        assert 1 <= int(blocked.headers["Retry-After"]) <= 60
+        # The address is blocked for tus too, before any byte or database lookup.
+        tus = test_client.post(
+            "/v1/uploads", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3", **bad}
+        )
+        assert tus.status_code == 429
+    # Another address (a fresh client) with a right key is served.
+    with TestClient(create_app(), client=("10.9.8.7", 50000)) as other:
+        ok = other.get("/v1/jobs", headers={"Authorization": f"Bearer {alice_key}"})
+        assert ok.status_code == 200
