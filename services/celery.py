@@ -39,7 +39,15 @@ def _directories(**_kwargs: Any) -> None:
 
 @signals.worker_ready.connect
 def _requeue_on_start(**_kwargs: Any) -> None:
-    from services.common.tasks import requeue_stale_jobs, resend_stranded_webhooks
+    from services.common.queue import active_job_ids
+    from services.common.tasks import (
+        requeue_orphaned_jobs,
+        requeue_stale_jobs,
+        resend_stranded_webhooks,
+    )
 
     requeue_stale_jobs()
+    active = active_job_ids()
+    if active is not None:
+        requeue_orphaned_jobs(active, older_than_s=0)  # a fresh node: none of them is its own
     resend_stranded_webhooks()

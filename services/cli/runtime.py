@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -54,6 +54,12 @@ class Stack:
     broker_url: str
     env: dict[str, str]
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # How to start each child again, same command, port and password (for supervision).
+    starters: dict[str, Callable[[], subprocess.Popen[bytes]]] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    def start(self, name: str) -> None:
+        self.processes[name] = self.starters[name]()
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.processes.values())
@@ -147,24 +153,31 @@ def start_stack(
             env[f"COVIDCT_{name}"] = value
         else:
             env.pop(f"COVIDCT_{name}", None)
-    processes: dict[str, subprocess.Popen[bytes]] = {}
+    starters: dict[str, Callable[[], subprocess.Popen[bytes]]] = {}
     if settings.broker_url:
         broker = settings.broker_url
     else:
         redis_port, password = free_port(), secrets.token_urlsafe(24)
-        processes["redis"] = start_redis(settings, redis_port, password)
+        starters["redis"] = lambda: start_redis(settings, redis_port, password)
         broker = f"redis://:{password}@127.0.0.1:{redis_port}/0"
     env["COVIDCT_BROKER_URL"] = broker
-    stack = Stack(url=f"http://127.0.0.1:{port}", broker_url=broker, env=env, processes=processes)
+    starters["worker"] = lambda: subprocess.Popen(
+        worker_command(concurrency), env=env, start_new_session=True
+    )
+
+    def start_gateway() -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(gateway_command(port), env=env, start_new_session=True)
+        _wait_for_port(port, process, 60)
+        return process
+
+    starters["gateway"] = start_gateway
+    stack = Stack(url=f"http://127.0.0.1:{port}", broker_url=broker, env=env, starters=starters)
     try:
+        if "redis" in starters:
+            stack.start("redis")
         migrate(env["COVIDCT_DATABASE_URL"])
-        processes["worker"] = subprocess.Popen(
-            worker_command(concurrency), env=env, start_new_session=True
-        )
-        processes["gateway"] = subprocess.Popen(
-            gateway_command(port), env=env, start_new_session=True
-        )
-        _wait_for_port(port, processes["gateway"], 60)
+        stack.start("worker")
+        stack.start("gateway")
     except BaseException:
         stack.stop()
         raise
@@ -187,8 +200,17 @@ def wait_ready(url: str, timeout_s: float = 120.0) -> dict[str, object]:
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s: {last}")
 
 
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # then every 30 s
+STABLE_AFTER_S = 60.0  # a child that ran this long starts its back-off from the beginning
+
+
 def run_until_stopped(stack: Stack) -> int:
-    """Block until Ctrl-C / SIGTERM or a child dies; then stop every child."""
+    """Supervise the children until Ctrl-C / SIGTERM: a child that dies (killed, crashed)
+    is started again with back-off and the event logged; then stop every child.
+
+    Jobs survive it: the broker keeps its queue on disk, and a worker that starts re-queues
+    the jobs its dead predecessor left running (``requeue_orphaned_jobs``).
+    """
     stopping = False
 
     def _stop(_signum: int, _frame: object) -> None:
@@ -196,15 +218,39 @@ def run_until_stopped(stack: Stack) -> int:
         stopping = True
 
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    started_at = {name: time.monotonic() for name in stack.processes}
+    due: dict[str, float] = {}  # name -> when to start it again
     try:
-        while not stopping and stack.alive():
+        while not stopping:
+            now = time.monotonic()
+            for name, process in list(stack.processes.items()):
+                if name in due or process.poll() is None:
+                    continue
+                if now - started_at[name] > STABLE_AFTER_S:
+                    stack.restarts[name] = 0
+                attempt = stack.restarts.get(name, 0)
+                delay = RESTART_BACKOFF_S[min(attempt, len(RESTART_BACKOFF_S) - 1)]
+                log.error(
+                    "%s exited with %s; starting it again in %.0f s",
+                    name, process.returncode, delay, extra={"child": name},
+                )  # fmt: skip
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)  # orphans of its group too
+                due[name] = now + delay
+            for name, when in list(due.items()):
+                if now >= when and not stopping:
+                    del due[name]
+                    stack.restarts[name] = stack.restarts.get(name, 0) + 1
+                    try:
+                        stack.start(name)
+                        started_at[name] = time.monotonic()
+                        log.warning("%s started again (restart %d)", name, stack.restarts[name])
+                    except Exception:
+                        log.exception("could not start %s again", name)
+                        due[name] = time.monotonic() + RESTART_BACKOFF_S[-1]
             time.sleep(0.3)
     finally:
-        dead = [n for n, p in stack.processes.items() if p.poll() is not None]
         stack.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if dead and not stopping:
-        log.error("stopped because %s exited", ", ".join(dead))
-        return 1
     return 0

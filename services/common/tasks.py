@@ -70,6 +70,34 @@ def requeue_stale_jobs(older_than_s: float = 60.0) -> list[str]:
     return stale
 
 
+RUNNING_STATUSES = (JobStatus.PREPROCESSING, JobStatus.SCORING, JobStatus.ENSEMBLING)
+
+
+def requeue_orphaned_jobs(active_job_ids: set[str], older_than_s: float = 10.0) -> list[str]:
+    """Queue the pipeline again for jobs left in a running state by a worker that died.
+
+    Run when a worker starts, with the job ids that live workers report running
+    (``active_job_ids``): any other job in a running state lost its worker (killed with
+    its pool, or its message is held unacked by a dead node until the broker's visibility
+    timeout). Re-sending the whole chain is safe: each task checks the job's status and
+    skips stages already done, so the job resumes at the stage it was in.
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with session_scope() as session:
+        running = list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.status.in_([s.value for s in RUNNING_STATUSES]), Job.updated_at < cutoff
+                )
+            )
+        )
+    orphaned = [job_id for job_id in running if job_id not in active_job_ids]
+    for job_id in orphaned:
+        log.warning("job %s was left running by a lost worker; queued again", job_id)
+        enqueue(job_id)
+    return orphaned
+
+
 def resend_stranded_webhooks(older_than_s: float = 60.0) -> list[str]:
     """Queue callbacks recorded but never attempted (a crash between commit and sending).
 

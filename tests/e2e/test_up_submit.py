@@ -107,3 +107,71 @@ def test_up_submit_and_sigterm_stops_every_child(tmp_path: Path) -> None:
     while _processes_with_env(str(tmp_path / "var")) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _processes_with_env(str(tmp_path / "var")) == []
+
+
+def _children_of(parent: int) -> dict[int, str]:
+    """pid -> command line of the direct children of ``parent``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            found[int(entry.name)] = cmdline
+    return found
+
+
+def _child(parent: int, word: str) -> int:
+    pids = [pid for pid, cmd in _children_of(parent).items() if word in cmd]
+    assert len(pids) == 1, _children_of(parent)
+    return pids[0]
+
+
+def test_up_restarts_a_killed_worker_and_redis_and_the_job_still_succeeds(
+    tmp_path: Path,
+) -> None:
+    """Supervision: SIGKILL of the Celery main process mid-job and of Redis; `covidct up`
+    starts each again, and the job left running is queued again by the new worker."""
+    from services.cli.client import ApiClient, UploadState, submit
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}
+    env.update(COVIDCT_VAR_DIR=str(tmp_path / "var"))
+    port = free_port()
+    server = f"http://127.0.0.1:{port}"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_ready(server, timeout_s=300)
+        tenant = json.loads(_covidct("tenants", "create", "sup", "--json", env=env).stdout)
+        client = ApiClient(server, tenant["api_key"])
+        demo = Path(__file__).resolve().parents[2] / "demo" / "covid-ct-md-P002"
+        job, _ = submit(client, demo, state=UploadState(tmp_path / "state.json"))
+        deadline = time.monotonic() + 240
+        while client.get_job(job["id"])["status"] in ("queued", "preprocessing"):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        worker = _child(up.pid, "celery")
+        os.kill(worker, signal.SIGKILL)
+        redis_server = _child(up.pid, "redis-server")
+        os.kill(redis_server, signal.SIGKILL)
+        recovered_by = time.monotonic() + 240
+        while _children_of(up.pid).keys() & {worker, redis_server} or not (
+            any("celery" in c for c in _children_of(up.pid).values())
+            and any("redis-server" in c for c in _children_of(up.pid).values())
+        ):
+            assert time.monotonic() < recovered_by, _children_of(up.pid)
+            time.sleep(0.5)
+        assert up.poll() is None  # `covidct up` kept running
+        final = client.wait(job["id"], timeout_s=300)
+        assert final["status"] == "succeeded", final
+        assert final["result"]["slices_used"] > 0
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(120)
+    assert up.returncode == 0

@@ -116,3 +116,35 @@ def test_stranded_deliveries_and_queued_jobs_are_sent_again(
     assert tasks.resend_stranded_webhooks() == [delivery_id]
     assert tasks.requeue_stale_jobs() == [queued_id]
     assert (sent, started) == ([delivery_id], [queued_id])
+
+
+def test_jobs_left_running_by_a_lost_worker_are_queued_again(
+    database: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that starts re-sends the chain of running jobs no live worker runs."""
+    from datetime import timedelta
+
+    from services.common import tasks
+    from services.common.orm import utcnow
+
+    started: list[str] = []
+    monkeypatch.setattr(tasks, "start_pipeline", started.append)
+    tenant = make_tenant("r")
+    with session_scope() as session:
+        jobs = {
+            status: Job(tenant_id=tenant["id"], status=status)
+            for status in ("preprocessing", "scoring", "ensembling", "succeeded", "queued")
+        }
+        session.add_all(jobs.values())
+        session.flush()
+        ids = {status: job.id for status, job in jobs.items()}
+    assert tasks.requeue_orphaned_jobs(set()) == []  # just moved: its worker may be alive
+    with session_scope() as session:
+        for job_id in ids.values():
+            job = session.get(Job, job_id)
+            assert job is not None
+            job.updated_at = utcnow() - timedelta(minutes=1)
+    alive = {ids["scoring"]}  # a live worker reports this one running
+    orphaned = tasks.requeue_orphaned_jobs(alive)
+    assert sorted(orphaned) == sorted([ids["preprocessing"], ids["ensembling"]])
+    assert sorted(started) == sorted(orphaned)
