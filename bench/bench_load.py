@@ -25,7 +25,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import os
 import random
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 import httpx
 from sqlalchemy.orm import Session
 
-from bench.common import flush_redis, report
+from bench.common import children_output, flush_redis, report
 from harness.stacks import fresh_postgres_database
 from services.cli.runtime import Stack, free_port, start_stack
 from services.common.config import Settings
@@ -58,31 +57,13 @@ CLIENT_CONNECTIONS = 10  # connections per httpx client in phase 2
 BODY = b"not a real study, " * 56  # ~1 KiB
 
 
-@contextmanager
-def _children_output(log: Path) -> Iterator[None]:
-    """Children started inside write their output to ``log``, not to the report."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for handle in (fd, *saved):
-            os.close(handle)
-
-
 def _progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
 def _stack(settings: Settings, log: Path, extra_env: dict[str, str]) -> Iterator[Stack]:
-    with _children_output(log):
+    with children_output(log):
         stack = start_stack(settings, free_port(), concurrency=1, extra_env=extra_env)
     try:
         deadline = time.monotonic() + 60
@@ -92,7 +73,7 @@ def _stack(settings: Settings, log: Path, extra_env: dict[str, str]) -> Iterator
             time.sleep(0.2)
         yield stack
     finally:
-        with _children_output(log):
+        with children_output(log):
             stack.stop()
 
 

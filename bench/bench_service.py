@@ -21,7 +21,6 @@ and ensemble (-> succeeded).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.common import best_of, flush_redis, report, sample_series
+from bench.common import best_of, children_output, flush_redis, report, sample_series
 from harness.stacks import fresh_postgres_database
 from harness.torchserve import shipped_model_torchserve
 from services.cli.client import ApiClient, UploadState, submit
@@ -49,26 +48,6 @@ PROD_BROKER = "redis://127.0.0.1:6379/14"
 QUIET_ENV = {"COVIDCT_LOG_LEVEL": "WARNING"}
 STAGES = ("queued", "preprocessing", "scoring", "ensembling", "succeeded")
 STAGE_NAMES = ("queue_wait", "preprocess", "score", "ensemble")
-
-
-@contextmanager
-def _children_output(log: Path) -> Iterator[None]:
-    """Processes started inside write their stdout/stderr to ``log``, not to the report."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.dup2(fd, 1)
-        os.dup2(fd, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for handle in (fd, *saved):
-            os.close(handle)
 
 
 def _progress(message: str) -> None:
@@ -90,13 +69,13 @@ def _diagnose_floor(series: Path) -> tuple[float, dict[str, float]]:
 
 @contextmanager
 def _stack(settings: Settings, log: Path, extra_env: dict[str, str]) -> Iterator[Stack]:
-    with _children_output(log):
+    with children_output(log):
         stack = start_stack(settings, free_port(), extra_env={**QUIET_ENV, **extra_env})
     try:
         wait_ready(stack.url, timeout_s=180)
         yield stack
     finally:
-        with _children_output(log):
+        with children_output(log):
             stack.stop()
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,23 @@ def report(result: dict[str, float]) -> dict[str, float]:
     for key, value in result.items():
         print(f"{key:40s} {value:10.3f}")
     return result
+
+
+@contextmanager
+def children_output(log: Path) -> Iterator[None]:
+    """Processes started inside write their stdout/stderr to ``log``, not to the report."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for handle in (fd, *saved):
+            os.close(handle)

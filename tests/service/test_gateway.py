@@ -12,22 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.asgi import create_app
-from services.common import tasks as common_tasks
 from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.orm import JobEvent, WebhookDelivery
-from tests.support.service import auth, make_tenant, tus_headers, tus_metadata
+from tests.support.service import auth, make_tenant, new_job, tus_headers, tus_metadata
 
 JOB_KEYS = {"id", "status", "stage", "external_id", "created_at", "updated_at", "error", "result"}
-
-
-@pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Jobs whose pipeline was started (no broker in these tests)."""
-    calls: list[str] = []
-    monkeypatch.setattr(common_tasks, "start_pipeline", calls.append)
-    monkeypatch.setattr(common_tasks, "send_webhook", lambda _id: None)
-    return calls
 
 
 @pytest.fixture
@@ -38,19 +28,8 @@ def client(isolated_settings: Callable[..., Settings], started: list[str]) -> It
 
 
 @pytest.fixture
-def alice(client: TestClient) -> dict[str, str]:
-    return make_tenant("alice")
-
-
-@pytest.fixture
 def bob(client: TestClient) -> dict[str, str]:
     return make_tenant("bob")
-
-
-def new_job(client: TestClient, tenant: dict[str, str], **body: Any) -> dict[str, Any]:
-    response = client.post("/v1/jobs", json=body, headers=auth(tenant))
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 def create_upload(

@@ -26,7 +26,7 @@ from services.common.db import session_scope
 from services.common.orm import Job
 from services.gateway import auth as gateway_auth
 from services.gateway.limits import InFlightLimit, RouteClass
-from tests.support.service import auth, make_tenant
+from tests.support.service import auth, make_tenant, new_job
 
 
 @pytest.fixture
@@ -37,17 +37,6 @@ def client(
     isolated_settings(broker_url="redis://127.0.0.1:1/0")  # no broker
     with TestClient(create_app()) as test_client:
         yield test_client
-
-
-@pytest.fixture
-def alice(client: TestClient) -> dict[str, str]:
-    return make_tenant("alice")
-
-
-def new_job(client: TestClient, tenant: dict[str, str], **body: Any) -> dict[str, Any]:
-    response = client.post("/v1/jobs", json=body, headers=auth(tenant))
-    assert response.status_code == 201, response.text
-    return dict(response.json())
 
 
 # --- every integer and string in the API is bounded: 422, never 500 ------------------------

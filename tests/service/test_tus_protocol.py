@@ -28,7 +28,6 @@ from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from services.asgi import create_app
-from services.common import tasks as common_tasks
 from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.orm import Job
@@ -40,14 +39,6 @@ ASGI_CHUNK = 65_536  # what uvicorn hands the app per receive() on a fast socket
 
 
 @pytest.fixture
-def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    monkeypatch.setattr(common_tasks, "start_pipeline", calls.append)
-    monkeypatch.setattr(common_tasks, "send_webhook", lambda _id: None)
-    return calls
-
-
-@pytest.fixture
 def settings(isolated_settings: Callable[..., Settings]) -> Settings:
     return isolated_settings(broker_url="redis://127.0.0.1:1/0", max_upload_bytes=MAX_BYTES)
 
@@ -56,11 +47,6 @@ def settings(isolated_settings: Callable[..., Settings]) -> Settings:
 def client(settings: Settings, started: list[str]) -> Iterator[TestClient]:
     with TestClient(create_app()) as test_client:
         yield test_client
-
-
-@pytest.fixture
-def alice(client: TestClient) -> dict[str, str]:
-    return make_tenant("alice")
 
 
 @pytest.fixture

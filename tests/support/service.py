@@ -25,6 +25,13 @@ def auth(tenant: dict[str, str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {tenant['api_key']}"}
 
 
+def new_job(client: Any, tenant: dict[str, str], **body: Any) -> dict[str, Any]:
+    """``POST /v1/jobs`` through a TestClient; asserts 201."""
+    response = client.post("/v1/jobs", json=body, headers=auth(tenant))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
 def tus_metadata(**values: str) -> str:
     return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
 
