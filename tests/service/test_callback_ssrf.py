@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,8 +25,7 @@ from services.asgi import create_app
 from services.common import tasks as common_tasks
 from services.common.config import Settings
 from services.common.db import session_scope
-from services.common.jobs import create_webhook_delivery, transition
-from services.common.orm import Job, JobStatus, WebhookAttempt, WebhookDelivery
+from services.common.orm import WebhookAttempt, WebhookDelivery
 from services.common.urls import (
     CallbackRefused,
     check_callback_url,
@@ -37,7 +35,14 @@ from services.common.urls import (
 from services.webhooks import delivery as delivery_module
 from services.webhooks import transport as transport_module
 from services.webhooks.delivery import deliver_webhook
-from tests.support.service import Callback, CallbackReceiver, auth, callback_receiver, make_tenant
+from tests.support.service import (
+    Callback,
+    CallbackReceiver,
+    auth,
+    callback_receiver,
+    finished_job_with_callback,
+    make_tenant,
+)
 
 NO_EXCEPTIONS = "[]"  # webhook_allowed_networks as a production deployment sets it
 
@@ -209,18 +214,7 @@ def test_production_settings_refuse_plain_http(
 
 
 def _delivery_for(callback_url: str) -> str:
-    """A finished job and its pending callback, written straight to the database (as if the
-    URL had never passed the API)."""
-    tenant = make_tenant(f"t-{uuid.uuid4().hex}")
-    with session_scope() as session:
-        job = Job(tenant_id=tenant["id"], callback_url=callback_url, status="ensembling")
-        session.add(job)
-        session.flush()
-        transition(session, job.id, JobStatus.FAILED, [JobStatus.ENSEMBLING], error=("x", "y"))
-        session.flush()
-        delivery_id = create_webhook_delivery(session, job.id)
-    assert delivery_id is not None
-    return delivery_id
+    return finished_job_with_callback(callback_url)[1]
 
 
 def _attempts(delivery_id: str) -> tuple[str, list[tuple[int | None, str | None]]]:

@@ -9,10 +9,9 @@ import pytest
 
 from services.common.config import Settings
 from services.common.db import session_scope
-from services.common.jobs import create_webhook_delivery, transition
-from services.common.orm import Job, JobStatus, WebhookAttempt, WebhookDelivery
+from services.common.orm import Job, WebhookAttempt, WebhookDelivery
 from services.webhooks.delivery import deliver_webhook, sign, signed_request, verify
-from tests.support.service import callback_receiver, make_tenant
+from tests.support.service import callback_receiver, finished_job_with_callback, make_tenant
 
 
 def test_signature_matches_the_standard_webhooks_test_vector() -> None:
@@ -39,23 +38,9 @@ def database(isolated_settings: Callable[..., Settings]) -> Iterator[None]:
     yield
 
 
-def _finished_job(callback_url: str) -> tuple[str, str, str]:
-    tenant = make_tenant("t")
-    with session_scope() as session:
-        job = Job(tenant_id=tenant["id"], callback_url=callback_url, status="ensembling")
-        session.add(job)
-        session.flush()
-        transition(session, job.id, JobStatus.FAILED, [JobStatus.ENSEMBLING], error=("x", "y"))
-        session.flush()
-        delivery_id = create_webhook_delivery(session, job.id)
-        assert create_webhook_delivery(session, job.id) is None  # one per job and event type
-    assert delivery_id is not None
-    return job.id, delivery_id, tenant["webhook_secret"]
-
-
 def test_delivery_retries_then_succeeds_once(database: None) -> None:
     with callback_receiver(fail_first=2) as receiver:
-        job_id, delivery_id, secret = _finished_job(receiver.url)
+        job_id, delivery_id, secret = finished_job_with_callback(receiver.url)
         deliver_webhook.apply(args=(delivery_id,))  # eager: retries run inline
         assert len(receiver.received) == 1
         callback = receiver.received[0]
@@ -75,7 +60,7 @@ def test_delivery_retries_then_succeeds_once(database: None) -> None:
 
 def test_delivery_gives_up_after_max_attempts(database: None) -> None:
     with callback_receiver(fail_first=10) as receiver:
-        _job_id, delivery_id, _secret = _finished_job(receiver.url)
+        _job_id, delivery_id, _secret = finished_job_with_callback(receiver.url)
         deliver_webhook.apply(args=(delivery_id,))
         assert receiver.received == []
     with session_scope() as session:
@@ -97,7 +82,7 @@ def test_stranded_deliveries_and_queued_jobs_are_sent_again(
     started: list[str] = []
     monkeypatch.setattr(tasks, "send_webhook", sent.append)
     monkeypatch.setattr(tasks, "start_pipeline", started.append)
-    _job_id, delivery_id, _secret = _finished_job("http://127.0.0.1:9/never")
+    _job_id, delivery_id, _secret = finished_job_with_callback("http://127.0.0.1:9/never")
     tenant = make_tenant("q")
     with session_scope() as session:
         queued = Job(tenant_id=tenant["id"], status="queued")

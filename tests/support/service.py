@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -13,12 +14,31 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from services.common.db import session_scope
+from services.common.jobs import create_webhook_delivery, transition
+from services.common.orm import Job, JobStatus
 from services.common.tenants import create_tenant
 
 
 def make_tenant(name: str) -> dict[str, str]:
     with session_scope() as session:
         return create_tenant(session, name)
+
+
+def finished_job_with_callback(callback_url: str) -> tuple[str, str, str]:
+    """A job that just ended (failed) with its pending callback, written straight to the
+    database (as if ``callback_url`` had never passed the API): (job id, delivery id,
+    the tenant's webhook secret)."""
+    tenant = make_tenant(f"t-{uuid.uuid4().hex}")
+    with session_scope() as session:
+        job = Job(tenant_id=tenant["id"], callback_url=callback_url, status="ensembling")
+        session.add(job)
+        session.flush()
+        transition(session, job.id, JobStatus.FAILED, [JobStatus.ENSEMBLING], error=("x", "y"))
+        session.flush()
+        delivery_id = create_webhook_delivery(session, job.id)
+        assert create_webhook_delivery(session, job.id) is None  # one per job and event type
+    assert delivery_id is not None
+    return job.id, delivery_id, tenant["webhook_secret"]
 
 
 def auth(tenant: dict[str, str]) -> dict[str, str]:
