@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean compose-test
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -26,6 +26,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check services tests bench harness scripts migrations
 	$(BIN)/ruff format --check services tests bench harness scripts migrations
 	$(BIN)/mypy
+
+# The Docker Compose stack end to end (a private dockerd, offline images, ~15 min cold): see
+# tests/deploy/test_compose_stack.py. Needs root (dockerd, apt-get for missing tools).
+compose-test: $(STAMP)
+	PYTHON=$(BIN)/python scripts/compose/install-host-tools.sh
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/deploy/test_compose_stack.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -78,7 +78,11 @@ class CallbackReceiver:
 
 
 @contextmanager
-def callback_receiver(fail_first: int = 0) -> Iterator[CallbackReceiver]:
+def callback_receiver(
+    fail_first: int = 0, bind: str = "127.0.0.1", url_host: str | None = None
+) -> Iterator[CallbackReceiver]:
+    """A receiver listening on ``bind``; its ``url`` names ``url_host`` (default: ``bind``),
+    e.g. ``host.docker.internal`` for callbacks sent from containers to this host."""
     receiver = CallbackReceiver(url="", fail_first=fail_first)
 
     class Handler(BaseHTTPRequestHandler):
@@ -97,8 +101,8 @@ def callback_receiver(fail_first: int = 0) -> Iterator[CallbackReceiver]:
         def log_message(self, *_args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    receiver.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server = ThreadingHTTPServer((bind, 0), Handler)
+    receiver.url = f"http://{url_host or bind}:{server.server_address[1]}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

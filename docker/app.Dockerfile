@@ -1,0 +1,83 @@
+# The one application image: gateway, every Celery worker, migrations and the CLI share it;
+# the command picks the role (`gateway`, `worker --queues inference`, `migrate`, ...).
+#
+# Production default: FROM python:3.11-slim-bookworm, Python packages from PyPI with the
+# PyTorch CPU index as an extra index (torch==2.13.0 -> the +cpu build, not the multi-GB CUDA one).
+# CI: BASE_IMAGE=covidct-ci-base:bookworm (debootstrapped Debian, no registry) and
+# WHEELHOUSE_URL=http://127.0.0.1:PORT/ (a wheelhouse made on the host and served over
+# loopback to the build, which runs with `network: host`): pip then installs with
+# --no-index, so no certificate of the CI machine is needed and none enters the image.
+# (Debian's docker.io 20.10 BuildKit has no named build contexts, hence HTTP, not
+# --build-context.)  Only the built-in Dockerfile frontend is used: nothing is pulled.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+FROM ${BASE_IMAGE} AS python
+# Python 3.11 from the base (python:3.11-slim) or, on a plain Debian/Ubuntu base, the
+# distribution's python3.11; tini as PID 1 (forwards SIGTERM, reaps), libgomp for
+# torch/xgboost, ca-certificates (the distribution's) for https callbacks.
+RUN set -eux; \
+    packages="tini libgomp1 ca-certificates"; \
+    command -v python3.11 >/dev/null || packages="$packages python3.11 python3.11-venv"; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $packages; \
+    rm -rf /var/lib/apt/lists/*
+
+FROM python AS build
+ARG WHEELHOUSE_URL=
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+RUN python3.11 -m venv /opt/venv
+# Dependencies first (their layer survives code changes): the [project] dependencies of
+# pyproject.toml, nothing else of the project.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN set -eux; \
+    python3.11 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt; \
+    if [ -n "$WHEELHOUSE_URL" ]; then \
+        set -- --no-index --find-links "$WHEELHOUSE_URL"; \
+    else \
+        set -- --extra-index-url "$TORCH_INDEX_URL"; \
+    fi; \
+    /opt/venv/bin/pip install "$@" -r /tmp/requirements.txt; \
+    /opt/venv/bin/python -c 'import torch, cv2, xgboost, psycopg; assert "+cpu" in torch.__version__ or torch.version.cuda, torch.__version__'; \
+    find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM python AS app
+ARG VERSION=0.1.0
+ARG SLICE_MODEL_VERSION=v1
+ARG ENSEMBLE_MODEL_VERSION=v1
+LABEL org.opencontainers.image.title="covidct-app" \
+      org.opencontainers.image.description="covidct gateway, Celery workers, migrations and CLI" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.covidct.slice-model-version="${SLICE_MODEL_VERSION}" \
+      io.covidct.ensemble-model-version="${ENSEMBLE_MODEL_VERSION}"
+RUN groupadd --system --gid 10001 covidct \
+    && useradd --system --uid 10001 --gid covidct --home-dir /home/covidct --create-home covidct \
+    && install -d -o covidct -g covidct -m 0700 /var/lib/covidct
+COPY --from=build /opt/venv /opt/venv
+WORKDIR /app
+COPY alembic.ini pyproject.toml ./
+COPY migrations ./migrations
+COPY models ./models
+COPY services ./services
+COPY docker/healthcheck.py /usr/local/bin/covidct-healthcheck
+# `covidct` runs this checkout's code (its paths - models/, migrations/ - are relative to it).
+RUN printf '#!/bin/sh\nexec /opt/venv/bin/python -m services.cli "$@"\n' > /usr/local/bin/covidct \
+    && chmod 0755 /usr/local/bin/covidct /usr/local/bin/covidct-healthcheck \
+    && /opt/venv/bin/python -m compileall -q /app/services /app/migrations
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    COVIDCT_VAR_DIR=/var/lib/covidct \
+    COVIDCT_MODELS_DIR=/app/models \
+    COVIDCT_SLICE_MODEL_VERSION=${SLICE_MODEL_VERSION} \
+    COVIDCT_ENSEMBLE_MODEL_VERSION=${ENSEMBLE_MODEL_VERSION}
+USER 10001:10001
+EXPOSE 8000
+# The role is read from PID 1's command line: gateway -> GET /healthz, worker -> Celery ping
+# of this container's node, anything else (migrate, CLI) -> healthy.
+HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
+    CMD ["/opt/venv/bin/python", "/usr/local/bin/covidct-healthcheck"]
+ENTRYPOINT ["/usr/bin/tini", "--", "covidct"]
+CMD ["gateway"]

@@ -1,0 +1,235 @@
+"""The Docker Compose deployment end to end: ``make compose-test`` (not part of ``make test``:
+``tests/deploy`` is in ``norecursedirs``; this file is run by name).
+
+A private dockerd (cached data root), the offline CI images (debootstrapped base, host
+wheelhouse), ``docker compose up --wait``; then a tenant made with ``docker compose exec``,
+the shared COVID-CT-MD series P002 uploaded as a zip with tus from the host (stopped at half,
+resumed by a new client), the inference worker SIGKILLed while the job is scoring and started
+again, and the job must still succeed exactly once: one result row, one signed callback, a
+verdict equal to ``covidct diagnose`` of the same zip, slice scores from TorchServe.
+``docker compose down -v`` and the daemon stopped by pid, whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from harness.compose import (
+    COMPOSE_FILE,
+    Compose,
+    ensure_base_image,
+    ensure_wheelhouse,
+    image_sizes,
+    log,
+    private_dockerd,
+    serve_directory,
+)
+from harness.stacks import wait_for
+from services.cli.client import ApiClient, UploadState, submit, zip_directory
+from services.common.config import REPO_ROOT
+from services.webhooks.delivery import verify
+from tests.support.service import callback_receiver
+
+pytestmark = pytest.mark.data
+
+FILES = (COMPOSE_FILE, "docker-compose.ci.yml", "tests/deploy/docker-compose.test.yml")
+IMAGES = (
+    "covidct-app:0.1.0",
+    "covidct-torchserve:0.1.0",
+    "covidct-ci-postgres:15",
+    "covidct-ci-redis:7",
+    "covidct-ci-base:bookworm",
+)
+JOB_TIMEOUT_S = 900
+ARTIFACTS = REPO_ROOT / "var" / "compose-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env_file(path: Path) -> Path:
+    """The stack's .env: random passwords, callbacks allowed to this host (http)."""
+    path.write_text(
+        "\n".join(
+            [
+                "POSTGRES_USER=covidct",
+                f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
+                "POSTGRES_DB=covidct",
+                f"REDIS_PASSWORD={secrets.token_hex(16)}",
+                "COVIDCT_GATEWAY_BIND=127.0.0.1",
+                f"COVIDCT_GATEWAY_PORT={_free_port()}",
+                "COVIDCT_WEBHOOK_ALLOW_HTTP=true",
+                'COVIDCT_WEBHOOK_ALLOWED_NETWORKS=["host.docker.internal"]',
+            ]
+        )
+        + "\n"
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def study_zip(covid_series: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return zip_directory(covid_series, tmp_path_factory.mktemp("study"))
+
+
+@pytest.fixture(scope="module")
+def floor(study_zip: Path) -> dict[str, Any]:
+    """``covidct diagnose --json`` of the same zip, on the host, before the stack starts."""
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "services.cli", "diagnose", str(study_zip), "--json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    log(f"phase covidct diagnose (host): {time.monotonic() - start:.1f} s")
+    return dict(json.loads(out))
+
+
+@pytest.fixture(scope="module")
+def stack(floor: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Compose]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    env_file = _env_file(tmp_path_factory.mktemp("compose") / "ci.env")
+    started = time.monotonic()
+    with private_dockerd() as daemon:
+        # Only the --env-file configures the stack, never this process's COVIDCT_* variables.
+        env = {k: v for k, v in daemon.env.items() if not k.startswith(("COVIDCT_", "POSTGRES_"))}
+        compose = Compose(env=env, files=FILES, env_file=env_file)
+        try:
+            compose.down()  # a project left by an interrupted run
+            with compose.phase("base image"):
+                env["COVIDCT_CI_BASE_IMAGE"] = ensure_base_image(env)
+            with compose.phase("wheelhouse"):
+                wheelhouse = ensure_wheelhouse()
+            with serve_directory(wheelhouse) as url, compose.phase("build images"):
+                env["COVIDCT_CI_WHEELHOUSE_URL"] = url
+                compose.run("build", "--progress", "plain", capture_output=True)
+            sizes = image_sizes(env, IMAGES)
+            log("image sizes: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()))
+            with compose.phase("up --wait"):
+                compose.run("up", "--detach", "--wait", "--wait-timeout", "600")
+            yield compose
+        finally:
+            (ARTIFACTS / "ps.txt").write_text(compose.output("ps", "--all") if _ok(compose) else "")
+            (ARTIFACTS / "logs.txt").write_text(compose.logs_tail(400))
+            with compose.phase("down -v"):
+                compose.down()
+            compose.phases["total (stack fixture)"] = time.monotonic() - started
+            summary = "\n".join(f"  {k:45s} {v:7.1f} s" for k, v in compose.phases.items())
+            log(f"wall time per phase:\n{summary}\n  logs: {ARTIFACTS}")
+            (ARTIFACTS / "phases.json").write_text(json.dumps(compose.phases, indent=2))
+
+
+def _ok(compose: Compose) -> bool:
+    return compose.run("ps", capture_output=True, check=False).returncode == 0
+
+
+def test_compose_stack_end_to_end(
+    floor: dict[str, Any], study_zip: Path, stack: Compose, tmp_path: Path
+) -> None:
+    url = f"http://127.0.0.1:{stack.published_port('gateway', 8000)}"
+    with stack.phase("tenant (compose exec)"):
+        out = stack.exec("gateway", "covidct", "tenants", "create", "hospital-ci", "--json")
+        tenant = json.loads(out.strip().splitlines()[-1])
+    with callback_receiver(bind="0.0.0.0", url_host="host.docker.internal") as receiver:
+        with stack.phase("tus upload, interrupted at half and resumed"):
+            state = tmp_path / "client-state.json"
+            half = study_zip.stat().st_size // 2
+            client = ApiClient(url, tenant["api_key"])
+            job, done = submit(
+                client,
+                study_zip,
+                UploadState(state),
+                receiver.url,
+                chunk_size=1 << 20,
+                stop_at=half,
+            )
+            assert not done and client.get_job(job["id"])["status"] == "awaiting_upload"
+            sent: list[int] = []
+            client = ApiClient(url, tenant["api_key"])  # a new client process resumes
+            resumed, done = submit(
+                client,
+                study_zip,
+                UploadState(state),
+                receiver.url,
+                chunk_size=1 << 20,
+                progress=lambda offset, _total: sent.append(offset),
+            )
+            assert done and resumed["id"] == job["id"] and sent[0] >= half
+        job_id = job["id"]
+
+        with stack.phase("SIGKILL the inference worker while scoring, start it again"):
+            status = wait_for(
+                lambda: _status_once_past_preprocessing(client, job_id), 600, interval_s=0.1
+            )
+            assert status == "scoring", f"the job was {status} before the worker could be killed"
+            stack.run("kill", "--signal", "KILL", "worker-inference")
+            killed_while = client.get_job(job_id)["status"]
+            stack.run("up", "--detach", "--no-deps", "--wait", "worker-inference")
+        assert killed_while == "scoring"
+
+        with stack.phase("job to verdict after the restart"):
+            final = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
+        assert final["status"] == "succeeded", final
+        result = final["result"]
+        assert result["label"] == floor["label"]
+        for name, p in floor["probabilities"].items():
+            assert result["probabilities"][name] == pytest.approx(p, abs=1e-4)
+        assert (result["slices_total"], result["slices_used"]) == (
+            floor["slices_total"],
+            floor["slices_used"],
+        )
+        assert result["model_versions"] == floor["model_versions"]
+
+        wait_for(lambda: list(receiver.received), timeout_s=60)
+        time.sleep(5)  # room for a duplicate to show up, were there one
+        callbacks = list(receiver.received)
+    assert len(callbacks) == 1
+    assert verify(tenant["webhook_secret"], callbacks[0].headers, callbacks[0].body)
+    assert callbacks[0].json() == {"type": "job.succeeded", "data": final}
+
+    def count(table: str) -> int:
+        return int(stack.sql(f"SELECT count(*) FROM {table} WHERE job_id = '{job_id}'")[0][0])
+
+    assert count("results") == 1
+    assert count("webhook_deliveries") == 1
+    assert count("slice_scores") == floor["slices_used"]
+    models = stack.sql(
+        f"SELECT DISTINCT model_name, model_version FROM slice_scores WHERE job_id = '{job_id}'"
+    )
+    assert models == [["slice-cnn", "v1"]]
+    # Both scorers name the model slice-cnn: TorchServe's own access log shows it scored.
+    access_log = stack.exec("torchserve", "cat", "/home/model-server/logs/access_log.log")
+    assert "/predictions/slice-cnn" in access_log, access_log[-2000:]
+    events = [row[0] for row in stack.sql(
+        f"SELECT status FROM job_events WHERE job_id = '{job_id}' ORDER BY id"
+    )]  # fmt: skip
+    assert events[-1] == "succeeded" and events.count("succeeded") == 1
+
+    ready = httpx.get(f"{url}/readyz", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"database": True, "broker": True, "scorer": True}
+    metrics = httpx.get(f"{url}/metrics", timeout=30)
+    assert metrics.status_code == 200 and "# TYPE" in metrics.text
+    covid = result["probabilities"]["COVID"]
+    log(f"job {job_id}: {result['label']} P(COVID) {covid:.4f}, events {events}")
+
+
+def _status_once_past_preprocessing(client: ApiClient, job_id: str) -> str | None:
+    status = str(client.get_job(job_id)["status"])
+    return None if status in {"awaiting_upload", "queued", "preprocessing"} else status
