@@ -22,16 +22,19 @@ RUN set -eux; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $packages; \
     rm -rf /var/lib/apt/lists/*
 
+# The [project] dependencies of pyproject.toml, nothing else of it: the install below is
+# redone only when this list changes (COPY --from is cached by content).
+FROM python AS requirements
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3.11 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt
+
 FROM python AS build
 ARG WHEELHOUSE_URL=
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3.11 -m venv /opt/venv
-# Dependencies first (their layer survives code changes): the [project] dependencies of
-# pyproject.toml, nothing else of the project.
-COPY pyproject.toml /tmp/pyproject.toml
+COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
 RUN set -eux; \
-    python3.11 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt; \
     if [ -n "$WHEELHOUSE_URL" ]; then \
         set -- --no-index --find-links "$WHEELHOUSE_URL"; \
     else \

@@ -341,7 +341,7 @@ def ensure_wheelhouse(directory: Path = CACHE_DIR / "wheelhouse") -> Path:
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as listing:
         listing.write("\n".join(requirements) + "\n")
         listing.flush()
-        subprocess.run(
+        result = subprocess.run(
             [
                 sys.executable,
                 "-m",
@@ -355,15 +355,24 @@ def ensure_wheelhouse(directory: Path = CACHE_DIR / "wheelhouse") -> Path:
                 "-r",
                 listing.name,
             ],
-            check=True,
+            capture_output=True,
+            text=True,
+            check=False,
         )
+    if result.returncode != 0:
+        raise RuntimeError(f"pip download failed:\n{result.stdout}{result.stderr[-4000:]}")
     stamp.touch()
     log(f"wheelhouse {directory}: {sum(1 for _ in directory.glob('*.whl'))} wheels")
     return directory
 
 
+# A fixed port: the wheelhouse URL is a build argument, so a new port each run would miss the
+# build cache of the dependency layer. Another port (cache miss, still correct) if it is taken.
+WHEELHOUSE_PORT = int(os.environ.get("COVIDCT_CI_WHEELHOUSE_PORT", "38111"))
+
+
 @contextlib.contextmanager
-def serve_directory(directory: Path) -> Iterator[str]:
+def serve_directory(directory: Path, port: int = WHEELHOUSE_PORT) -> Iterator[str]:
     """``http://127.0.0.1:PORT/`` listing ``directory`` (pip's --find-links), in a thread."""
 
     class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -371,7 +380,11 @@ def serve_directory(directory: Path) -> Iterator[str]:
             pass
 
     handler = functools.partial(Quiet, directory=str(directory))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+    except OSError:
+        log(f"port {port} is taken: the wheelhouse goes on another one (no build cache)")
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
