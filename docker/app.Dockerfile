@@ -42,6 +42,12 @@ RUN set -eux; \
     fi; \
     /opt/venv/bin/pip install "$@" -r /tmp/requirements.txt; \
     /opt/venv/bin/python -c 'import torch, cv2, xgboost, psycopg; assert "+cpu" in torch.__version__ or torch.version.cuda, torch.__version__'; \
+    # xgboost pulls NCCL (~470 MB) for multi-GPU training only; it is dlopen-ed on demand,
+    # never on the CPU, so a CPU image drops it.
+    if /opt/venv/bin/python -c 'import sys, torch; sys.exit(torch.version.cuda is not None)'; then \
+        /opt/venv/bin/pip uninstall -y nvidia-nccl-cu12; \
+        /opt/venv/bin/python -c 'import numpy, xgboost; xgboost.XGBClassifier(n_estimators=2).fit(numpy.eye(4), [0, 1, 0, 1])'; \
+    fi; \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM python AS app

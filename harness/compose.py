@@ -144,8 +144,9 @@ def client_env(socket_path: Path | None = None) -> dict[str, str]:
 
 
 def compose_config(files: Sequence[str], env_file: Path, *extra: str) -> str:
-    """``docker compose -f ... --env-file ENV config EXTRA``: needs no daemon."""
-    command = [docker_client(), "compose", "--project-directory", str(REPO_ROOT)]
+    """``docker compose -f ... --env-file ENV config EXTRA``: needs no daemon, nor the docker
+    client (the plugin binary runs on its own)."""
+    command = [str(install_compose_plugin()), "--project-directory", str(REPO_ROOT)]
     for name in files:
         command += ["-f", str(REPO_ROOT / name)]
     command += ["--env-file", str(env_file), "config", *extra]
