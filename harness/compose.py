@@ -461,6 +461,11 @@ class Compose:
         return result.stdout + result.stderr
 
 
+def prune_dangling_images(env: dict[str, str]) -> None:
+    """Images a rebuild left untagged: gone, so the cached data root does not grow per run."""
+    docker(env, "image", "prune", "--force", capture_output=True, check=False)
+
+
 def image_sizes(env: dict[str, str], names: Sequence[str]) -> dict[str, int]:
     sizes = {}
     for name in names:

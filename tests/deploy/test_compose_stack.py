@@ -33,6 +33,7 @@ from harness.compose import (
     image_sizes,
     log,
     private_dockerd,
+    prune_dangling_images,
     serve_directory,
 )
 from harness.stacks import wait_for
@@ -133,6 +134,7 @@ def stack(
             with serve_directory(wheelhouse) as url, compose.phase("build images"):
                 env["COVIDCT_CI_WHEELHOUSE_URL"] = url
                 compose.run("build", "--progress", "plain", capture_output=True)
+            prune_dangling_images(env)
             sizes = image_sizes(env, IMAGES)
             log("image sizes: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()))
             with compose.phase("up --wait"):
