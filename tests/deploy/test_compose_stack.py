@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ import pytest
 from harness.compose import (
     COMPOSE_FILE,
     Compose,
+    Daemon,
     ensure_base_image,
     ensure_wheelhouse,
     image_sizes,
@@ -121,34 +123,51 @@ def stack(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     env_file = _env_file(tmp_path_factory.mktemp("compose") / "ci.env")
     started = time.monotonic()
-    with private_dockerd() as daemon:
-        # Only the --env-file configures the stack, never this process's COVIDCT_* variables.
-        env = {k: v for k, v in daemon.env.items() if not k.startswith(("COVIDCT_", "POSTGRES_"))}
-        compose = Compose(env=env, files=FILES, env_file=env_file)
-        try:
-            compose.down()  # a project left by an interrupted run
-            with compose.phase("base image"):
-                env["COVIDCT_CI_BASE_IMAGE"] = ensure_base_image(env)
-            with compose.phase("wheelhouse"):
-                wheelhouse = ensure_wheelhouse()
-            with serve_directory(wheelhouse) as url, compose.phase("build images"):
-                env["COVIDCT_CI_WHEELHOUSE_URL"] = url
-                compose.run("build", "--progress", "plain", capture_output=True)
-            prune_dangling_images(env)
-            sizes = image_sizes(env, IMAGES)
-            log("image sizes: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()))
-            with compose.phase("up --wait"):
-                compose.run("up", "--detach", "--wait", "--wait-timeout", "600")
-            yield compose
-        finally:
-            (ARTIFACTS / "ps.txt").write_text(compose.output("ps", "--all") if _ok(compose) else "")
-            (ARTIFACTS / "logs.txt").write_text(compose.logs_tail(400))
-            with compose.phase("down -v"):
-                compose.down()
-            compose.phases["total (stack fixture)"] = time.monotonic() - started
-            summary = "\n".join(f"  {k:62s} {v:7.1f} s" for k, v in compose.phases.items())
-            log(f"wall time per phase:\n{summary}\n  logs: {ARTIFACTS}")
-            (ARTIFACTS / "phases.json").write_text(json.dumps(compose.phases, indent=2))
+    # A CI timeout's SIGTERM unwinds like Ctrl-C, so the finally blocks below still take the
+    # stack down and stop the daemon.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with private_dockerd() as daemon:
+            yield from _stack(daemon, env_file, started)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _stack(daemon: Daemon, env_file: Path, started: float) -> Iterator[Compose]:
+    # Only the --env-file configures the stack, never this process's COVIDCT_* variables.
+    env = {k: v for k, v in daemon.env.items() if not k.startswith(("COVIDCT_", "POSTGRES_"))}
+    compose = Compose(env=env, files=FILES, env_file=env_file)
+    try:
+        compose.down()  # a project left by an interrupted run
+        with compose.phase("base image"):
+            env["COVIDCT_CI_BASE_IMAGE"] = ensure_base_image(env)
+        with compose.phase("wheelhouse"):
+            wheelhouse = ensure_wheelhouse()
+        with serve_directory(wheelhouse) as url, compose.phase("build images"):
+            env["COVIDCT_CI_WHEELHOUSE_URL"] = url
+            build = compose.run("build", "--progress", "plain", capture_output=True, check=False)
+            (ARTIFACTS / "build.txt").write_text(build.stdout + build.stderr)
+            if build.returncode != 0:
+                raise RuntimeError(f"docker compose build failed:\n{build.stderr[-6000:]}")
+        prune_dangling_images(env)
+        sizes = image_sizes(env, IMAGES)
+        log("image sizes: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()))
+        with compose.phase("up --wait"):
+            compose.run("up", "--detach", "--wait", "--wait-timeout", "600")
+        yield compose
+    finally:
+        (ARTIFACTS / "ps.txt").write_text(compose.output("ps", "--all") if _ok(compose) else "")
+        (ARTIFACTS / "logs.txt").write_text(compose.logs_tail(400))
+        with compose.phase("down -v"):
+            compose.down()
+        compose.phases["total (stack fixture)"] = time.monotonic() - started
+        summary = "\n".join(f"  {k:62s} {v:7.1f} s" for k, v in compose.phases.items())
+        log(f"wall time per phase:\n{summary}\n  logs: {ARTIFACTS}")
+        (ARTIFACTS / "phases.json").write_text(json.dumps(compose.phases, indent=2))
 
 
 def _ok(compose: Compose) -> bool:
