@@ -12,7 +12,9 @@ verdict equal to ``covidct diagnose`` of the same zip, slice scores from TorchSe
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import secrets
 import signal
 import socket
@@ -73,6 +75,7 @@ def _env_file(path: Path) -> Path:
                 f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
                 "POSTGRES_DB=covidct",
                 f"REDIS_PASSWORD={secrets.token_hex(16)}",
+                f'COVIDCT_SECRET_KEYS=["{base64.urlsafe_b64encode(os.urandom(32)).decode()}"]',
                 "COVIDCT_GATEWAY_BIND=127.0.0.1",
                 f"COVIDCT_GATEWAY_PORT={_free_port()}",
                 "COVIDCT_WEBHOOK_ALLOW_HTTP=true",
