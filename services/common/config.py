@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.caches import process_cache
@@ -64,6 +65,21 @@ class Settings(BaseSettings):
     # Failed authentications per client address / key prefix before a 429 (per process).
     auth_failure_limit: int = 20
     auth_failure_window_s: float = 60.0
+
+    # Keys (Fernet, urlsafe base64 of 32 bytes) that encrypt webhook secrets at rest. The first
+    # encrypts; all decrypt, so a key is rotated by putting a new one first, running
+    # `covidct tenants reencrypt-secrets`, then dropping the old one. Empty: one key is made
+    # once in <var_dir>/secret.key (owner-only) -- fine for one machine; a deployment with
+    # several (compose, Kubernetes) must set COVIDCT_SECRET_KEYS, the same on every process.
+    secret_keys: list[SecretStr] = []
+
+    # Retention (a periodic sweep on the webhooks worker, `services.common.retention`). The raw
+    # upload (PHI in DICOM headers) is deleted when its job ends; derived data (prepared slices,
+    # heatmaps, per-slice rows and the result) is deleted this many days after the job ended
+    # (0: keep them for ever). The job row itself stays so clients see what happened.
+    retention_keep_raw_upload: bool = False
+    retention_derived_days: int = 30
+    retention_sweep_interval_s: int = 3600
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -70,13 +70,15 @@ def test_missing_or_wrong_key_is_401(client: TestClient, alice: dict[str, str]) 
 
 
 def test_only_a_hash_of_the_key_is_stored(client: TestClient, alice: dict[str, str]) -> None:
-    from services.common.orm import Tenant
+    from sqlalchemy import select
+
+    from services.common.orm import ApiKey
 
     with session_scope() as session:
-        tenant = session.get(Tenant, alice["id"])
-        assert tenant is not None
-        assert tenant.api_key_hash == hashlib.sha256(alice["api_key"].encode()).hexdigest()
-        assert alice["api_key"] not in tenant.api_key_hash
+        key = session.scalar(select(ApiKey).where(ApiKey.tenant_id == alice["id"]))
+        assert key is not None
+        assert key.key_hash == hashlib.sha256(alice["api_key"].encode()).hexdigest()
+        assert key.prefix == alice["api_key"][:12]
     assert alice["webhook_secret"].startswith("whsec_")
 
 
