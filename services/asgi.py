@@ -19,6 +19,7 @@ from services.common.config import Settings, ensure_directories, get_settings
 from services.common.db import pool_capacity
 from services.common.logging import configure_logging
 from services.common.queue import configure
+from services.common.retention import sweep_retention
 from services.gateway import health, jobs
 from services.gateway.auth import bearer_scheme
 from services.gateway.errors import error_responses, install_error_handlers
@@ -33,10 +34,9 @@ from services.upload.tus import (
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL_S = 3600
-
 
 async def _sweep_forever(settings: Settings) -> None:
+    """Expired tus uploads and the retention policy, on every gateway (both are idempotent)."""
     while True:
         try:
             removed = await run_in_threadpool(sweep_expired_uploads, settings.upload_dir)
@@ -44,7 +44,11 @@ async def _sweep_forever(settings: Settings) -> None:
                 log.info("removed %d expired uploads", removed)
         except Exception:
             log.exception("expired-upload sweep failed")
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+        try:
+            await run_in_threadpool(sweep_retention, settings)
+        except Exception:
+            log.exception("retention sweep failed")
+        await asyncio.sleep(settings.retention_sweep_interval_s)
 
 
 def check_pool(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""api_keys and webhook_secrets: rotatable credentials, webhook secrets encrypted at rest
+"""api_keys and webhook_secrets (rotatable credentials, secrets encrypted), jobs.purged_at
 
 Moves tenants.api_key_hash into api_keys and tenants.webhook_secret, encrypted with the
 configured key (services.common.secretbox), into webhook_secrets.
@@ -53,6 +53,9 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_webhook_secrets_tenant_id"), ["tenant_id"], unique=False
         )
+
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True))
 
     bind = op.get_bind()
     settings = get_settings()
@@ -115,3 +118,5 @@ def downgrade() -> None:
         batch_op.create_index(batch_op.f("ix_tenants_api_key_hash"), ["api_key_hash"], unique=True)
     op.drop_table("webhook_secrets")
     op.drop_table("api_keys")
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("purged_at")

@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     # several (compose, Kubernetes) must set COVIDCT_SECRET_KEYS, the same on every process.
     secret_keys: list[SecretStr] = []
 
-    # Retention (a periodic sweep on the webhooks worker, `services.common.retention`). The raw
+    # Retention (`services.common.retention`, swept by every gateway at this interval). The raw
     # upload (PHI in DICOM headers) is deleted when its job ends; derived data (prepared slices,
     # heatmaps, per-slice rows and the result) is deleted this many days after the job ended
     # (0: keep them for ever). The job row itself stays so clients see what happened.

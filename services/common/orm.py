@@ -133,6 +133,8 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the retention sweep removed the job's derived data (services/common/retention.py).
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
 
     result: Mapped[Result | None] = relationship(
         back_populates="job", cascade="all, delete-orphan", uselist=False

@@ -231,6 +231,8 @@ def delete_job(job_id: JobId, key: ApiKeyDep) -> Response:
                 return JSONResponse(job_view(job), status_code=202)
             session.rollback()  # it ended meanwhile: delete it below
             session.refresh(job)
-        make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")
         session.delete(job)
+    # After the commit: a stage still running stores nothing that survives this
+    # (common.retention.discard_if_deleted).
+    make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")
     return Response(status_code=204)

@@ -17,7 +17,8 @@ from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.hashing import file_sha256
 from services.common.jobs import create_webhook_delivery, transition
-from services.common.orm import Job, JobStatus, utcnow
+from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from services.common.retention import raw_upload_prefix
 from services.common.storage import make_storage
 from services.common.tasks import enqueue, send_pending_webhooks
 
@@ -83,12 +84,22 @@ def complete_upload(
             )
             status = JobStatus.QUEUED
     if not moved:
+        _discard_if_ended(job_id)
         return None
     if status == JobStatus.FAILED:
         send_pending_webhooks(job_id)
     else:
         enqueue(job_id)
     return status.value
+
+
+def _discard_if_ended(job_id: str) -> None:
+    """The job ended (cancelled or deleted) while its last bytes arrived: keep none of them.
+    (Not when another completion call moved it on: that one owns the blob.)"""
+    with session_scope() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None or JobStatus(status) in TERMINAL_STATUSES:
+        make_storage(get_settings()).delete_prefix(raw_upload_prefix(job_id))
 
 
 def sweep_expired_uploads(upload_dir: Path) -> int:

@@ -195,7 +195,7 @@ def test_upload_finished_in_creation_starts_the_job(
     assert started == [job["id"]]
 
 
-def test_checksum_mismatch_fails_the_job_and_keeps_the_bytes(
+def test_checksum_mismatch_fails_the_job_and_deletes_the_bytes(
     client: TestClient, alice: dict[str, str], started: list[str], tmp_path: Path
 ) -> None:
     job = new_job(client, alice, callback_url="https://h.example/cb")
@@ -206,8 +206,8 @@ def test_checksum_mismatch_fails_the_job_and_keeps_the_bytes(
     assert body["status"] == "failed"
     assert body["error"]["code"] == "checksum_mismatch"
     assert started == []
-    stored = list((tmp_path / "blobs" / "jobs" / job["id"] / "upload").iterdir())
-    assert [p.read_bytes() for p in stored] == [data]
+    # The job ended: its raw upload is not kept (retention_keep_raw_upload keeps it).
+    assert not (tmp_path / "blobs" / "jobs" / job["id"] / "upload").exists()
     with session_scope() as session:
         deliveries = session.query(WebhookDelivery).filter_by(job_id=job["id"]).all()
         assert [d.event_type for d in deliveries] == ["job.failed"]
