@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     retention_derived_days: int = 30
     retention_sweep_interval_s: int = 3600
 
+    # De-identify DICOM uploads (services/upload/deidentify.py) before they are stored:
+    # PS3.15 basic profile via dicognito, pseudonyms keyed per tenant.
+    deidentify_uploads: bool = False
+
     log_level: str = "INFO"
     log_json: bool = True
 

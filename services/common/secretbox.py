@@ -7,6 +7,8 @@ token under the first key, so the key itself can be changed without losing a sec
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from pathlib import Path
 
@@ -67,3 +69,10 @@ def reencrypt(settings: Settings, token: str) -> str:
         return secret_box(settings).rotate(token.encode()).decode()
     except InvalidToken:
         raise SecretKeyError("no configured key decrypts a stored secret") from None
+
+
+def derived_key(settings: Settings, purpose: str) -> bytes:
+    """A key for ``purpose`` (e.g. a tenant's pseudonyms) derived from the first secret key,
+    so one setting protects everything; HMAC-SHA256, never the key itself."""
+    keys = [k.get_secret_value().encode() for k in settings.secret_keys] or [_key_file(settings)]
+    return hmac.new(keys[0], purpose.encode(), hashlib.sha256).digest()

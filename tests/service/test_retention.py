@@ -1,5 +1,6 @@
-"""Retention: the raw upload goes when its job ends, derived data after N days, and a DELETE
-racing a running stage leaves no blob behind."""
+"""PHI in the service: the raw upload goes when its job ends, derived data after N days, a
+DELETE racing a running stage leaves no blob behind, and de-identification at ingest stores
+no identifying header."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from sqlalchemy import func, select
 
+import services.ensemble.tasks  # noqa: F401  (registers the task the eager pipeline runs last)
 from services.asgi import create_app
 from services.common.config import Settings
 from services.common.db import session_scope
@@ -51,8 +53,8 @@ def stepwise(
     yield from _service(isolated_settings, eager=False)
 
 
-def _submit(client: TestClient, tenant: dict[str, str]) -> str:
-    data = STUDY.read_bytes()
+def _submit(client: TestClient, tenant: dict[str, str], data: bytes | None = None) -> str:
+    data = STUDY.read_bytes() if data is None else data
     job = client.post("/v1/jobs", json={}, headers=auth(tenant)).json()
     headers = tus_headers(
         tenant,
@@ -149,3 +151,29 @@ def test_delete_racing_a_running_stage_leaves_no_blob(
     assert _blobs(settings, job_id) == []
     with session_scope() as session:
         assert session.get(Job, job_id) is None
+
+
+def test_deidentified_uploads_keep_no_identifying_header(
+    isolated_settings: Callable[..., Settings],
+) -> None:
+    for client, settings in _service(
+        isolated_settings, eager=True, deidentify_uploads="true", retention_keep_raw_upload="true"
+    ):
+        tenant = make_tenant("deid")
+        job_id = _submit(client, tenant)
+        body = client.get(f"/v1/jobs/{job_id}", headers=auth(tenant)).json()
+        assert body["status"] == "succeeded", body
+        stored = [p for p in (settings.var_dir / "blobs" / "jobs" / job_id).rglob("*.dcm")]
+        assert len(stored) == 1
+        assert b"CompressedSamples^CT1" in STUDY.read_bytes()
+        assert b"CompressedSamples^CT1" not in stored[0].read_bytes()
+        with session_scope() as session:
+            details = session.scalars(select(JobEvent.detail).where(JobEvent.job_id == job_id))
+            assert any((d or {}).get("deidentified_dicom_files") == 1 for d in details)
+        # What cannot be de-identified fails the job and stores none of its bytes.
+        broken = _submit(client, tenant, b"\0" * 128 + b"DICM" + b"\xff" * 10)
+        body = client.get(f"/v1/jobs/{broken}", headers=auth(tenant)).json()
+        assert body["status"] == "failed"
+        assert body["error"]["code"] == "corrupt_file"
+        assert "de-identified" in body["error"]["message"]
+        assert _blobs(settings, broken) == []
