@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Security
@@ -107,4 +108,33 @@ def create_app() -> FastAPI:
         responses=error_responses(400, 401, 404, 409, 410, 412, 413, 415, 429, 503),
     )
     app.include_router(health.router)
+    _hide_upload_internals(app)
     return app
+
+
+# Parameters of tuspyserver's route functions that are not part of our API: its internal
+# ``post_request`` flag, Content-Length (the HTTP server owns it), and the concatenation and
+# deferred-length headers of extensions we refuse (documenting them invites requests we 400).
+HIDDEN_UPLOAD_PARAMETERS = {
+    "post_request", "content-length", "upload-concat", "upload-defer-length",
+}  # fmt: skip
+
+
+def _hide_upload_internals(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path, operations in schema["paths"].items():
+                if not path.startswith(UPLOADS_PREFIX):
+                    continue
+                for operation in operations.values():
+                    kept = [
+                        p for p in operation.get("parameters", [])
+                        if p["name"].lower() not in HIDDEN_UPLOAD_PARAMETERS
+                    ]  # fmt: skip
+                    operation["parameters"] = kept
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]

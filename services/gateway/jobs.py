@@ -70,7 +70,15 @@ def get_tenant_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobCreated, responses=error_responses(409))
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobCreated,
+    responses={
+        200: {"model": JobCreated, "description": "The job made earlier with this Idempotency-Key"},
+        **error_responses(400, 409),
+    },
+)
 def create_job(
     body: JobCreate,
     key: ApiKeyDep,
