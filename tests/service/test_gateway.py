@@ -431,3 +431,10 @@ def test_failed_authentication_is_throttled_per_address_and_key_prefix(
     with TestClient(create_app(), client=("10.9.8.7", 50000)) as other:
         ok = other.get("/v1/jobs", headers={"Authorization": f"Bearer {alice_key}"})
         assert ok.status_code == 200
+
+
+def test_405_names_every_method_of_the_path(client: TestClient, alice: dict[str, str]) -> None:
+    response = client.put("/v1/jobs", headers=auth(alice))
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+    assert response.headers["allow"] == "GET, POST"
