@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -11,7 +12,6 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from services.gateway.schemas import Problem
 
@@ -78,13 +78,14 @@ def problem(status_code: int, code: str, message: str, details: Any = None) -> J
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (Starlette's 405 names only the first
-    matching route's, and a path like /v1/jobs has one route per method)."""
+    """Every documented method at this path (Starlette's 405 names only the first matching
+    route's, and a path like /v1/jobs has one route per method)."""
+    path = request.url.path
     methods: set[str] = set()
-    for route in request.app.routes:
-        match, _ = route.matches({**request.scope, "method": "__NONE__"})
-        if match is Match.PARTIAL and getattr(route, "methods", None):
-            methods |= set(route.methods)
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in operations}
     return sorted(methods)
 
 
