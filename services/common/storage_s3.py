@@ -106,11 +106,12 @@ class S3Storage:
     def from_settings(cls, settings: Settings) -> S3Storage:
         parsed = urlparse(settings.storage_url or "")
         secret = settings.storage_secret_access_key
+        # An empty value (a blank key in a Kubernetes Secret) counts as unset.
         client = _client(
-            settings.storage_endpoint_url,
-            settings.storage_region,
-            settings.storage_access_key_id,
-            secret.get_secret_value() if secret is not None else None,
+            settings.storage_endpoint_url or None,
+            settings.storage_region or None,
+            settings.storage_access_key_id or None,
+            (secret.get_secret_value() if secret is not None else None) or None,
         )
         transfer = TransferConfig(
             multipart_threshold=settings.storage_multipart_threshold_bytes,
