@@ -180,8 +180,9 @@ def test_a_file_much_larger_than_a_part_streams_both_ways(s3_endpoint: str, tmp_
     finally:
         tracemalloc.stop()
     assert path.stat().st_size == size
-    assert peak_up < size / 2, f"upload peaked at {peak_up / MiB:.1f} MiB"
-    assert peak_down < size / 2, f"download peaked at {peak_down / MiB:.1f} MiB"
+    # A few parts at most (measured: about 5 MiB each way), never the 64 MiB file.
+    assert peak_up < size / 4, f"upload peaked at {peak_up / MiB:.1f} MiB"
+    assert peak_down < size / 4, f"download peaked at {peak_down / MiB:.1f} MiB"
 
 
 def test_delete_prefix_pages_and_batches(s3_endpoint: str, tmp_path: Path) -> None:
