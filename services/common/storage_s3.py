@@ -215,6 +215,9 @@ class S3Storage:
                 shutil.rmtree(child, ignore_errors=True)
 
     def _evict(self, directory: Path, keep: Path) -> None:
+        """Oldest first, never ``keep``. The directory is this process's alone, and a worker
+        process runs one task at a time (Celery prefork), so no other task is reading what
+        goes; a file still open is readable until closed anyway (POSIX unlink)."""
         files = sorted(
             (p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_mtime
         )
