@@ -222,12 +222,16 @@ def test_local_copies_are_bounded_and_dead_processes_swept(
 # --- through the service: a job's blobs live in S3 and go with the job ------------------------
 
 
+@pytest.mark.parametrize("keep_raw", [True, False], ids=["raw-kept", "raw-deleted-at-end"])
 def test_a_jobs_blobs_land_in_s3_and_deletion_sweeps_them(
-    isolated_settings: Callable[..., Settings], s3_endpoint: str, tmp_path: Path
+    isolated_settings: Callable[..., Settings], s3_endpoint: str, keep_raw: bool
 ) -> None:
+    """Upload, slice stack and heatmaps in S3; the raw upload removed from S3 when the job
+    ends (retention) unless kept; DELETE removes everything under the job."""
     bucket = new_bucket(s3_endpoint)
     settings = isolated_settings(
         broker_url="memory://",
+        retention_keep_raw_upload=str(keep_raw).lower(),
         storage_url=f"s3://{bucket}/covidct",
         storage_endpoint_url=s3_endpoint,
         storage_region=REGION,
@@ -266,7 +270,7 @@ def test_a_jobs_blobs_land_in_s3_and_deletion_sweeps_them(
 
             base = f"covidct/jobs/{job['id']}"
             stored = keys()
-            assert f"{base}/upload/CT_small.dcm" in stored
+            assert (f"{base}/upload/CT_small.dcm" in stored) is keep_raw
             assert f"{base}/slices.npy" in stored
             heatmaps = sorted(k for k in stored if k.startswith(f"{base}/heatmaps/"))
             assert heatmaps, stored

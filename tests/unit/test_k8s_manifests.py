@@ -348,7 +348,9 @@ def test_gpu_only_in_the_gpu_overlay(overlay: str, docs: list[Doc]) -> None:
         assert "nvidia.com/gpu" not in render_text(overlay)
 
 
-def test_settings_are_settings_fields_and_point_at_the_cluster(docs: list[Doc]) -> None:
+def test_settings_are_settings_fields_and_point_at_the_cluster(
+    overlay: str, docs: list[Doc]
+) -> None:
     fields = {f"COVIDCT_{name.upper()}" for name in Settings.model_fields}
     for workload in app_workloads(docs):
         for container in containers(pod_spec(workload) or {}):
@@ -358,7 +360,14 @@ def test_settings_are_settings_fields_and_point_at_the_cluster(docs: list[Doc]) 
     assert config["COVIDCT_STORAGE_URL"].startswith("s3://")  # blobs shared by all pods
     assert config["COVIDCT_SCORER_URL"] == "http://covidct-torchserve:8080"
     secret = by_kind(docs, "Secret")["covidct-secrets"]["stringData"]
-    assert {"COVIDCT_DATABASE_URL", "COVIDCT_BROKER_URL"} <= set(secret)
+    # Several pods: the same encryption keys everywhere, not a key file per pod.
+    assert {"COVIDCT_DATABASE_URL", "COVIDCT_BROKER_URL", "COVIDCT_SECRET_KEYS"} <= set(secret)
+    keys = json.loads(secret["COVIDCT_SECRET_KEYS"])
+    assert isinstance(keys, list) and keys
+    if overlay == "dev":  # a working (public, dev-only) key
+        from cryptography.fernet import Fernet
+
+        Fernet(keys[0].encode())
 
 
 def test_uploads_shared_by_gateway_replicas(overlay: str, docs: list[Doc]) -> None:
