@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU build from local disk / PyPI, never a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# checkov (k8s/ checks) in a venv of its own: it pins packaging<24 and urllib3 1.26.
+	test -x $(VENV)/tools/checkov/bin/python || $(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/pip install -q 'checkov>=3.2,<4'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -35,6 +35,21 @@ class Settings(BaseSettings):
     database_url: str | None = None  # None -> sqlite:///<var_dir>/covidct.db
     broker_url: str | None = None  # None -> the embedded Redis started by `covidct up`
     storage_url: str | None = None  # None -> <var_dir>/blobs (a directory or file:// URL)
+    # S3-compatible blob storage (storage_url=s3://bucket/prefix; the bucket must exist). Unset
+    # endpoint/region/keys fall back to boto3's default chain (AWS_* variables, web identity
+    # as with IRSA, instance profile). An endpoint URL (MinIO, Ceph) implies path-style URLs.
+    storage_endpoint_url: str | None = None
+    storage_region: str | None = None
+    storage_access_key_id: str | None = None
+    storage_secret_access_key: SecretStr | None = None
+    # Files above the threshold go up in parts of this size, several at once (an upload of
+    # many GB never sits in memory; S3 allows 10,000 parts, so 64 MiB parts reach 640 GB).
+    storage_multipart_threshold_bytes: int = 64 * 1024**2
+    storage_multipart_chunk_bytes: int = 64 * 1024**2
+    storage_max_concurrency: int = 4
+    # Local copies of S3 blobs a stage reads as a file (<var_dir>/blob-cache/<pid>/): the
+    # oldest are removed once they hold more than this (the newest one is always kept).
+    storage_cache_max_bytes: int = 4 * 1024**3
     scorer_url: str | None = None  # None -> in-process scorer; else TorchServe inference URL
     scorer_model_name: str = "slice-cnn"
     scorer_batch_size: int = 16  # slices per /predictions request
@@ -135,4 +150,7 @@ def ensure_directories(settings: Settings) -> None:
     os.umask(0o077)
     for directory in (settings.var_dir, settings.upload_dir):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory.chmod(0o700)
+        # A mounted volume's root (Kubernetes: a PVC or emptyDir made group-writable through
+        # fsGroup) belongs to root; only what this user owns can be tightened.
+        if directory.stat().st_uid == os.getuid():
+            directory.chmod(0o700)
