@@ -1,4 +1,4 @@
-"""api_keys and webhook_secrets (rotatable credentials, secrets encrypted), jobs.purged_at
+"""api_keys, webhook_secrets (rotatable, encrypted), jobs.purged_at and jobs.heartbeat_at
 
 Moves tenants.api_key_hash into api_keys and tenants.webhook_secret, encrypted with the
 configured key (services.common.secretbox), into webhook_secrets.
@@ -56,6 +56,7 @@ def upgrade() -> None:
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("purged_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=True))
 
     bind = op.get_bind()
     settings = get_settings()
@@ -119,4 +120,5 @@ def downgrade() -> None:
     op.drop_table("webhook_secrets")
     op.drop_table("api_keys")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("heartbeat_at")
         batch_op.drop_column("purged_at")

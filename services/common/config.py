@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     webhook_allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     webhook_max_response_bytes: int = 64 * 1024  # read no more of a receiver's answer
     task_time_limit_s: int = 900  # hard Celery limit per task
+    # Crash recovery without waiting for the broker's visibility timeout: a running stage
+    # renews its job's lease every job_heartbeat_s; every worker checks every
+    # recovery_interval_s for leases older than job_lease_s (their worker died) and queues
+    # those jobs again (re-running a stage is safe).
+    job_heartbeat_s: float = 10.0
+    job_lease_s: float = 60.0
+    recovery_interval_s: float = 30.0
     broker_visibility_timeout_s: int = 1800  # must exceed the longest task, or it runs twice
 
     # Failed authentications per client address / key prefix before a 429 (per process).

@@ -135,6 +135,9 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     # When the retention sweep removed the job's derived data (services/common/retention.py).
     purged_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The lease of the task running one of its stages: renewed while it runs, cleared when it
+    # returns; a stale one means its worker died (services/common/tasks.py).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
     result: Mapped[Result | None] = relationship(
         back_populates="job", cascade="all, delete-orphan", uselist=False
