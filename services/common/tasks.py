@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from celery.exceptions import Retry
 from sqlalchemy import select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from services.common.config import get_settings
 from services.common.db import session_scope
@@ -41,10 +43,30 @@ def send_pending_webhooks(job_id: str) -> None:
         send_webhook(delivery_id)
 
 
+# A dropped database connection (server restart, failover, a killed backend) is retried,
+# not turned into a failed job: the stage is idempotent and the pool reconnects.
+DB_RETRIES = 3
+
+
+def _with_db_retries(job_id: str, stage: str, work: Callable[[], str]) -> str:
+    for attempt in range(DB_RETRIES + 1):
+        try:
+            return work()
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == DB_RETRIES:
+                raise
+            log.warning(
+                "%s of job %s lost its database connection (%s); retrying",
+                stage, job_id, type(exc).__name__, extra={"job_id": job_id},
+            )  # fmt: skip
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
 def run_guarded(job_id: str, stage: str, work: Callable[[], str]) -> str:
     try:
         with job_lease(job_id, get_settings().job_heartbeat_s):
-            return work()
+            return _with_db_retries(job_id, stage, work)
     except Retry:
         raise
     except Exception as exc:
@@ -71,7 +93,10 @@ def job_lease(job_id: str, interval_s: float) -> Iterator[None]:
             except Exception:  # the database is away for a moment: the next beat retries
                 log.warning("could not renew the lease of job %s", job_id, exc_info=True)
 
-    _set_heartbeat(job_id, utcnow())
+    try:
+        _set_heartbeat(job_id, utcnow())
+    except Exception:  # the stage itself retries a dropped connection
+        log.warning("could not take the lease of job %s", job_id, exc_info=True)
     beater = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
     beater.start()
     try:

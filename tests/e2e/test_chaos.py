@@ -1,5 +1,12 @@
-"""Chaos on the embedded stack: 30 small jobs while a pool child, the worker main process,
-Redis and the gateway are SIGKILLed at random moments (seeded: the same schedule every run).
+"""Chaos on both stacks, supervised by `covidct up`: small jobs while processes are killed at
+random moments (seeded: the same schedule every run).
+
+- embedded (SQLite, embedded Redis, in-process scorer), 30 jobs: SIGKILL of a pool child, the
+  worker main process, Redis and the gateway;
+- production (PostgreSQL, Redis, TorchServe), 15 jobs: SIGKILL of a pool child, the worker
+  and the gateway, TorchServe killed and started again, and every PostgreSQL connection of
+  the service terminated (`pg_terminate_backend`). The machine's shared Redis is not killed
+  here; the embedded run covers a Redis kill.
 
 Asserts every job ends `succeeded`, with exactly one result and one `job.succeeded` callback
 (by webhook-id) each, events that follow the state machine, and no blob left that belongs to
@@ -18,20 +25,26 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from pydicom.data import get_testdata_file
 from sqlalchemy import create_engine, text
 
+from harness.stacks import POSTGRES_ADMIN_URL, fresh_postgres_database, fresh_redis_db
+from harness.torchserve import require_java, running_torchserve
 from services.cli.client import ApiClient, UploadState, submit
 from services.cli.runtime import free_port, wait_ready
+from services.common.config import get_settings
+from services.inference.mar import build_mar
 from tests.support.processes import children_of
 from tests.support.service import callback_receiver
 
-JOBS = 30
-KILLS = ("pool child", "worker", "redis", "gateway")
 SEED = 20261126
 JOBS_DEADLINE_S = 420.0
 # Tight recovery for the test; the defaults are 10 s / 60 s / 30 s.
@@ -42,6 +55,94 @@ ENV = {
     "COVIDCT_LOG_LEVEL": "WARNING",
 }
 ORDER = ["awaiting_upload", "queued", "preprocessing", "scoring", "ensembling", "succeeded"]
+
+
+@dataclass
+class Chaos:
+    """One stack under test: how to reach its parts and what to kill."""
+
+    jobs: int
+    kills: tuple[str, ...]
+    env: dict[str, str]
+    database_url: str
+    torchserve: Callable[[], None] | None = None  # kill TorchServe and start it again
+    extras: list[Any] = field(default_factory=list)
+
+
+@pytest.fixture(params=["embedded", "production"])
+def chaos(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chaos]:
+    var_dir = tmp_path / "var"
+    if request.param == "embedded":
+        yield Chaos(
+            jobs=30,
+            kills=("pool child", "worker", "redis", "gateway"),
+            env={"COVIDCT_VAR_DIR": str(var_dir)},
+            database_url=f"sqlite:///{var_dir / 'covidct.db'}",
+        )
+        return
+    require_java()
+    settings = get_settings()
+    mar = build_mar(settings.slice_model_dir, tmp_path / "model-store", settings.scorer_model_name)
+    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    with fresh_postgres_database("covidct_chaos") as database_url, ExitStack() as torchserve:
+        generation = [0]
+
+        def start_torchserve() -> str:
+            generation[0] += 1
+            server_dir = tmp_path / f"torchserve-{generation[0]}"
+            return torchserve.enter_context(running_torchserve(mar, server_dir, ports))
+
+        def restart_torchserve() -> None:
+            _kill_process_group_in(tmp_path / f"torchserve-{generation[0]}")
+            start_torchserve()
+
+        url = start_torchserve()
+        yield Chaos(
+            jobs=15,
+            kills=("pool child", "worker", "gateway", "torchserve", "postgres"),
+            env={
+                "COVIDCT_VAR_DIR": str(var_dir),
+                "COVIDCT_DATABASE_URL": database_url,
+                "COVIDCT_BROKER_URL": fresh_redis_db(14),
+                "COVIDCT_SCORER_URL": url,
+            },
+            database_url=database_url,
+            torchserve=restart_torchserve,
+        )
+
+
+def _kill_process_group_in(directory: Path) -> None:
+    """SIGKILL the process group of whatever runs with ``directory`` as its working dir."""
+    groups = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == directory.resolve():
+                    groups.add(os.getpgid(int(entry.name)))
+            except OSError:
+                continue
+    assert groups, f"nothing runs in {directory}"
+    for group in groups:
+        os.killpg(group, signal.SIGKILL)
+
+
+def _drop_database_connections(database_url: str) -> int:
+    """Terminate every PostgreSQL backend of the service's database (a failover, say)."""
+    name = database_url.rsplit("/", 1)[1]
+    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as db:
+            return len(
+                db.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                ).all()
+            )
+    finally:
+        engine.dispose()
 
 
 def _target(up: int, kind: str) -> int | None:
@@ -57,16 +158,36 @@ def _target(up: int, kind: str) -> int | None:
     return found[0] if found else None
 
 
-def _recovered(up: int, kind: str, killed: int, server: str) -> bool:
-    pid = _target(up, kind)
-    if pid is None or pid == killed:
+def _gateway_answers(server: str) -> bool:
+    try:
+        return httpx.get(f"{server}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
         return False
-    if kind == "gateway":
-        try:
-            return httpx.get(f"{server}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-    return True
+
+
+def _strike(chaos: Chaos, up: int, kind: str, server: str) -> float:
+    """Do one kind of damage; returns the seconds until that part works again."""
+    started = time.monotonic()
+    if kind == "torchserve":
+        assert chaos.torchserve is not None
+        chaos.torchserve()  # returns once the new TorchServe serves the model
+        return time.monotonic() - started
+    if kind == "postgres":
+        assert _drop_database_connections(chaos.database_url) > 0
+        return 0.0  # nothing to restart: the pools reconnect on their next checkout
+    pid = _target(up, kind)
+    while pid is None:  # a child still starting after the previous kill
+        assert time.monotonic() - started < 60, (kind, children_of(up))
+        time.sleep(0.5)
+        pid = _target(up, kind)
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    while True:
+        now = _target(up, kind)
+        if now is not None and now != pid and (kind != "gateway" or _gateway_answers(server)):
+            return time.monotonic() - killed_at
+        assert time.monotonic() - killed_at < 120, f"{kind} did not come back"
+        time.sleep(0.2)
 
 
 def _submit_with_retries(client: ApiClient, study: Path, state: UploadState, url: str) -> str:
@@ -93,9 +214,9 @@ def _study(directory: Path, index: int) -> Path:
     return path
 
 
-def test_thirty_jobs_survive_random_kills(tmp_path: Path) -> None:
+def test_jobs_survive_random_kills(chaos: Chaos, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}
-    env.update(ENV, COVIDCT_VAR_DIR=str(tmp_path / "var"))
+    env.update(ENV, **chaos.env)
     port = free_port()
     server = f"http://127.0.0.1:{port}"
     up = subprocess.Popen(
@@ -116,47 +237,36 @@ def test_thirty_jobs_survive_random_kills(tmp_path: Path) -> None:
         with callback_receiver() as receiver:
 
             def submit_all() -> None:
-                for i in range(JOBS):
+                for i in range(chaos.jobs):
                     state = UploadState(tmp_path / f"state-{i}.json")
                     study = _study(tmp_path, i)
                     job_ids.append(_submit_with_retries(client, study, state, receiver.url))
 
             submitter = threading.Thread(target=submit_all)
             submitter.start()
-            for kind in rng.sample(KILLS, len(KILLS)):
+            for kind in rng.sample(chaos.kills, len(chaos.kills)):
                 time.sleep(rng.uniform(3, 8))
-                pid = _target(up.pid, kind)
-                waited = time.monotonic()
-                while pid is None:  # a child still starting after the previous kill
-                    assert time.monotonic() - waited < 60, (kind, children_of(up.pid))
-                    time.sleep(0.5)
-                    pid = _target(up.pid, kind)
-                os.kill(pid, signal.SIGKILL)
-                killed_at = time.monotonic()
-                while not _recovered(up.pid, kind, pid, server):
-                    assert time.monotonic() - killed_at < 120, f"{kind} did not come back"
-                    time.sleep(0.2)
-                recoveries.append((kind, time.monotonic() - killed_at))
+                recoveries.append((kind, _strike(chaos, up.pid, kind, server)))
             submitter.join(timeout=300)
-            assert not submitter.is_alive() and len(job_ids) == JOBS
+            assert not submitter.is_alive() and len(job_ids) == chaos.jobs
             chaos_over = time.monotonic()
             final = {job_id: client.wait(job_id, timeout_s=JOBS_DEADLINE_S) for job_id in job_ids}
             all_done_s = time.monotonic() - chaos_over
             deadline = time.monotonic() + 60  # callbacks follow their job's end
-            while len({c.headers["webhook-id"] for c in receiver.received}) < JOBS:
+            while len({c.headers["webhook-id"] for c in receiver.received}) < chaos.jobs:
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
             time.sleep(3)  # a duplicate would arrive now
             callbacks = list(receiver.received)
-        print(f"\nrecovery after SIGKILL: {', '.join(f'{k} {s:.1f} s' for k, s in recoveries)}")
-        print(f"every job ended {all_done_s:.1f} s after the last kill")
+        print(f"\nrecovery after each kill: {', '.join(f'{k} {s:.1f} s' for k, s in recoveries)}")
+        print(f"all {chaos.jobs} jobs ended {all_done_s:.1f} s after the last kill")
         assert up.poll() is None  # `covidct up` itself never went down
         statuses = Counter(job["status"] for job in final.values())
-        assert statuses == {"succeeded": JOBS}, {
+        assert statuses == {"succeeded": chaos.jobs}, {
             j: (job["status"], job.get("error")) for j, job in final.items()
         }
         _check_callbacks(callbacks, set(job_ids))
-        _check_database(tmp_path / "var", set(job_ids))
+        _check_database(chaos.database_url, tmp_path / "var", set(job_ids))
     finally:
         up.send_signal(signal.SIGTERM)
         try:
@@ -175,8 +285,8 @@ def _check_callbacks(callbacks: list[Any], job_ids: set[str]) -> None:
     assert all(len(ids) == 1 for ids in per_job.values()), per_job
 
 
-def _check_database(var_dir: Path, job_ids: set[str]) -> None:
-    engine = create_engine(f"sqlite:///{var_dir / 'covidct.db'}")
+def _check_database(database_url: str, var_dir: Path, job_ids: set[str]) -> None:
+    engine = create_engine(database_url)
     try:
         with engine.connect() as db:
             results = Counter(r[0] for r in db.execute(text("SELECT job_id FROM results")))

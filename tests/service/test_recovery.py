@@ -69,3 +69,26 @@ def test_only_stale_leases_are_requeued_and_only_once(
     assert queued == [lost]
     assert {_heartbeat(j) is None for j in (lost, waiting)} == {True}
     assert _heartbeat(alive) is not None and _heartbeat(ended) is not None
+
+
+def test_a_dropped_database_connection_is_retried_not_a_failed_job(
+    isolated_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    isolated_settings()
+    monkeypatch.setattr(tasks.time, "sleep", lambda _s: None)
+    job_id = _job(JobStatus.SCORING, None)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+        return "done"
+
+    assert run_guarded(job_id, "inference", flaky) == "done"
+    assert len(calls) == 3
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == JobStatus.SCORING  # not failed
