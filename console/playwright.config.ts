@@ -8,7 +8,7 @@ export default defineConfig({
   workers: 1,
   fullyParallel: false,
   retries: 0,
-  timeout: 300_000,
+  timeout: 600_000, // test 3 waits for the whole pipeline on a shared 2-core machine
   expect: { timeout: 15_000 },
   reporter: [['list']],
   outputDir: process.env.ARTIFACT_DIR ? `${process.env.ARTIFACT_DIR}/playwright` : 'test-results',

@@ -18,7 +18,7 @@ const STUDY = env('STUDY_ZIP');
 const EXPECTED_LABEL = env('EXPECTED_LABEL');
 const EXPECTED_P_COVID = Number(env('EXPECTED_P_COVID'));
 const ARTIFACTS = process.env.ARTIFACT_DIR ?? 'test-results';
-const JOB_TIMEOUT_MS = Number(process.env.JOB_TIMEOUT_MS ?? 240_000);
+const JOB_TIMEOUT_MS = Number(process.env.JOB_TIMEOUT_MS ?? 480_000);
 
 test.describe.configure({ mode: 'serial' });
 

@@ -10,7 +10,7 @@ const queryClient = new QueryClient({
 
 createRoot(document.getElementById('root')!).render(
   <StrictMode>
-    <ConfigProvider theme={{ token: { colorPrimary: '#0b5cad', colorTextDescription: 'rgba(0,0,0,0.65)', colorTextTertiary: 'rgba(0,0,0,0.6)' } }}>
+    <ConfigProvider theme={{ token: { colorPrimary: '#0b5cad', colorLink: '#0b5cad', colorInfo: '#0b5cad', colorSuccess: '#237804', colorError: '#b3261e', colorWarning: '#ad5a00', colorTextDescription: 'rgba(0,0,0,0.65)', colorTextTertiary: 'rgba(0,0,0,0.62)', colorTextPlaceholder: 'rgba(0,0,0,0.62)' } }}>
       <AntApp>
         <QueryClientProvider client={queryClient}>
           <App />

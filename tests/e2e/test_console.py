@@ -29,7 +29,7 @@ CONSOLE = REPO_ROOT / "console"
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 ARTIFACTS = REPO_ROOT / "var" / "test-artifacts" / "console"
 VITEST_TIMEOUT_S = 120
-PLAYWRIGHT_TIMEOUT_S = 600
+PLAYWRIGHT_TIMEOUT_S = 900
 
 
 def _require_console() -> str:

@@ -99,7 +99,7 @@ export function JobsPage() {
           loading={jobs.isLoading}
           columns={columns}
           dataSource={jobs.data?.items ?? []}
-          locale={{ emptyText: 'No jobs yet. Upload a study above to start one.' }}
+          locale={{ emptyText: <Typography.Text>No jobs yet. Upload a study above to start one.</Typography.Text> }}
           pagination={{
             current: page,
             pageSize: PAGE_SIZE,
