@@ -17,6 +17,7 @@ const KEY_B = env('KEY_B');
 const STUDY = env('STUDY_ZIP');
 const EXPECTED_LABEL = env('EXPECTED_LABEL');
 const EXPECTED_P_COVID = Number(env('EXPECTED_P_COVID'));
+const STUDY_DIR = process.env.STUDY_DIR;
 const ARTIFACTS = process.env.ARTIFACT_DIR ?? 'test-results';
 const JOB_TIMEOUT_MS = Number(process.env.JOB_TIMEOUT_MS ?? 480_000);
 
@@ -94,6 +95,7 @@ test('2. an upload closed at about half resumes from the server offset', async (
   });
   await startUpload(page);
   await half;
+  await page.screenshot({ path: join(ARTIFACTS, 'upload-progress.png') });
   await page.close(); // the tab goes away mid-upload
 
   // The job is still waiting for its study; the server kept the bytes acknowledged so far.
@@ -202,5 +204,16 @@ test('6. a job is deleted after a confirmation', async () => {
   await expect(page.getByText('Job deleted')).toBeVisible();
   await expect(page.getByTestId('jobs-table')).not.toContainText('corrupt-study.zip');
   await expect(page.getByTestId('jobs-table')).toContainText('P002');
+  await page.close();
+});
+
+test('7. a dropped DICOM folder is zipped in the browser into one study', async () => {
+  test.skip(!STUDY_DIR, 'STUDY_DIR not set');
+  const page = await context.newPage();
+  await signIn(page, KEY_B);
+  await page.locator('.uppy-Dashboard-input[webkitdirectory]').setInputFiles(STUDY_DIR!);
+  await expect(page.locator('.uppy-Dashboard-Item')).toHaveCount(1, { timeout: 60_000 });
+  await expect(page.locator('.uppy-Dashboard-Item-name')).toContainText('.zip');
+  expect(await seriousViolations(page)).toEqual([]);
   await page.close();
 });

@@ -94,6 +94,7 @@ def test_console_in_chromium(console_stack: Stack, covid_series: Path, tmp_path:
         KEY_A=alice["api_key"],
         KEY_B=bob["api_key"],
         STUDY_ZIP=str(study),
+        STUDY_DIR=str(covid_series),
         EXPECTED_LABEL=floor.label,
         EXPECTED_P_COVID=repr(floor.probabilities["COVID"]),
         ARTIFACT_DIR=str(ARTIFACTS),

@@ -36,6 +36,22 @@ function keyOf(file: UppyFile<Meta, Body>): string {
   });
 }
 
+/** Uppy's file list puts role-less wrapper divs between its role="list" and its items
+ * (virtual list), which assistive technology reads as items outside any list: mark the
+ * wrappers presentational (or drop the item role where there is no list at all). */
+function fixListRoles(root: HTMLElement): void {
+  root.querySelectorAll('[role="listitem"]').forEach((item) => {
+    const list = item.closest('[role="list"]');
+    if (!list) {
+      item.removeAttribute('role');
+      return;
+    }
+    for (let el = item.parentElement; el && el !== list; el = el.parentElement) {
+      if (!el.getAttribute('role')) el.setAttribute('role', 'presentation');
+    }
+  });
+}
+
 export function Uploader() {
   const { client, apiKey } = useApi();
   const { message } = AntApp.useApp();
@@ -144,7 +160,12 @@ export function Uploader() {
     });
     uppy.on('upload', () => void queryClient.invalidateQueries({ queryKey: ['jobs'] }));
 
+    const root = target.current;
+    const observer = new MutationObserver(() => fixListRoles(root));
+    observer.observe(root, { childList: true, subtree: true });
+
     return () => {
+      observer.disconnect();
       uppy.destroy();
     };
   }, [apiKey, client, message, queryClient]);
@@ -152,7 +173,8 @@ export function Uploader() {
   return (
     <>
       <Typography.Paragraph>
-        Drop a study below (or browse). Each file becomes one job. You can pause and resume; if the tab is closed
+        Drop a study below, or browse: a zip or tar of DICOM files, a NIfTI file, PNG/JPEG slices, or a whole DICOM
+        folder (zipped here before upload). Each file becomes one job. You can pause and resume; if the tab is closed
         mid-upload, add the same file again and it continues where it stopped.
       </Typography.Paragraph>
       <div ref={target} data-testid="uploader" />
