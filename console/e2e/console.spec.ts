@@ -141,6 +141,10 @@ test('2. an upload closed at about half resumes from the server offset', async (
 
 test('3. the job reaches succeeded without a reload, with the floor verdict, plot and heatmap', async () => {
   const page = await context.newPage();
+  const cspViolations: string[] = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
   await signIn(page, KEY_A);
   await page.getByRole('link', { name: /P002/ }).click();
   await expect(page.getByTestId('verdict')).toHaveText(EXPECTED_LABEL, { timeout: JOB_TIMEOUT_MS });
@@ -166,6 +170,8 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await page.goto('/#/');
   await expect(page.getByTestId('jobs-table')).toContainText('succeeded');
   await page.screenshot({ path: join(ARTIFACTS, 'job-list.png'), fullPage: true });
+  expect(await seriousViolations(page)).toEqual([]);
+  expect(cspViolations).toEqual([]); // the strict CSP blocks nothing the console needs
   await page.close();
 });
 
