@@ -95,6 +95,7 @@ test('2. an upload closed at about half resumes from the server offset', async (
   });
   await startUpload(page);
   await half;
+  await expect(page.getByTestId('upload-speed')).toContainText(/at .+\/s, about .+ left/);
   await page.screenshot({ path: join(ARTIFACTS, 'upload-progress.png') });
   await page.close(); // the tab goes away mid-upload
 

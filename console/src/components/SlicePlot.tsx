@@ -16,6 +16,7 @@ export function SlicePlot({ data }: { data: PlotData }) {
         width: Math.max(320, el.clientWidth || 800),
         height: 240,
         scales: { x: { time: false }, y: { range: [0, 1] } },
+        legend: { live: false },
         axes: [{ label: 'slice index' }, { label: 'P(COVID)' }],
         series: [
           { label: 'slice' },

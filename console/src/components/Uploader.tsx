@@ -3,7 +3,7 @@
 // the file's sha256 as metadata. tus keeps each upload's URL in localStorage (fingerprint
 // = Uppy's file id, stable for the same file), so a reopened console resumes the same upload
 // from the server's offset. A dropped folder is zipped into one study first.
-import { useEffect, useRef } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import { App as AntApp, Typography } from 'antd';
 import { useQueryClient } from '@tanstack/react-query';
 import Uppy, { type UppyFile } from '@uppy/core';
@@ -17,6 +17,7 @@ import { fileKey, ResumeStore } from '../lib/resume';
 import { sha256Hex } from '../lib/sha256';
 import { groupByFolder, newest, zipFiles, type LocalFile } from '../lib/zipFolder';
 import { ApiFailure } from '../lib/errors';
+import { formatBytes, formatDuration, RateMeter } from '../lib/rate';
 
 // Small enough that a closed tab loses little (each acknowledged chunk is an offset the
 // server keeps), large enough to keep requests few.
@@ -57,6 +58,7 @@ export function Uploader() {
   const { message } = AntApp.useApp();
   const queryClient = useQueryClient();
   const target = useRef<HTMLDivElement>(null);
+  const [progress, setProgress] = useState<string>('');
 
   useEffect(() => {
     if (!target.current) return;
@@ -160,6 +162,24 @@ export function Uploader() {
     });
     uppy.on('upload', () => void queryClient.invalidateQueries({ queryKey: ['jobs'] }));
 
+    // Speed and time left of the whole batch (Uppy's bar shows the bytes and its own ETA).
+    const meter = new RateMeter();
+    uppy.on('upload-progress', () => {
+      const files = uppy.getFiles().filter((f) => f.progress.uploadStarted && !f.progress.uploadComplete);
+      const sent = files.reduce((n, f) => n + (f.progress.bytesUploaded || 0), 0);
+      const total = files.reduce((n, f) => n + (Number(f.progress.bytesTotal) || 0), 0);
+      meter.add(sent, performance.now());
+      const rate = meter.rate();
+      const left = meter.secondsLeft(total);
+      setProgress(
+        total > 0 && rate
+          ? `${formatBytes(sent)} of ${formatBytes(total)} at ${formatBytes(rate)}/s, about ${formatDuration(left ?? 0)} left`
+          : '',
+      );
+    });
+    uppy.on('complete', () => setProgress(''));
+    uppy.on('pause-all', () => setProgress('Paused'));
+
     const root = target.current;
     const observer = new MutationObserver(() => fixListRoles(root));
     observer.observe(root, { childList: true, subtree: true });
@@ -178,6 +198,9 @@ export function Uploader() {
         mid-upload, add the same file again and it continues where it stopped.
       </Typography.Paragraph>
       <div ref={target} data-testid="uploader" />
+      <div role="status" aria-live="polite" data-testid="upload-speed" style={{ minHeight: 22, marginTop: 8 }}>
+        {progress}
+      </div>
     </>
   );
 }
