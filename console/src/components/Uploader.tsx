@@ -140,6 +140,7 @@ export function Uploader() {
           );
         }
         store.attachJob(key, job.id);
+        void queryClient.invalidateQueries({ queryKey: ['jobs'] }); // the list shows it waiting
         uppy.setFileMeta(id, {
           job_id: job.id,
           filename: file.name ?? 'study',
