@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     scorer_concurrency: int = 4  # parallel requests, so TorchServe can batch them
     scorer_timeout_s: float = 120.0
     public_url: str | None = None  # absolute base for upload_url; None -> a path
+    # Origins (scheme://host[:port]) of a console or web app served elsewhere that may call
+    # the API and tus from a browser (CORS). Empty: same origin only (the console at /).
+    cors_allowed_origins: list[str] = []
+    # The built web console (console/ -> npm run build), served by the gateway at /.
+    console_dir: Path = REPO_ROOT / "console" / "dist"
     max_upload_bytes: int = 2 * 1024**3
     upload_expiry_days: int = 2  # unfinished tus uploads are removed after this
     # fsync every PATCH before its offset is acknowledged, so acknowledged bytes survive a
