@@ -38,7 +38,7 @@ export function JobsPage() {
 
   const columns = [
     {
-      title: 'Study',
+      title: 'Study (external id)',
       key: 'study',
       render: (_: unknown, job: Job) => <a href={`#/jobs/${job.id}`}>{job.external_id || job.id}</a>,
     },
