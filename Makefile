@@ -3,7 +3,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean compose-test
+CONSOLE_STAMP := console/.stamp
+CONSOLE_INPUTS := console/package.json console/package-lock.json console/index.html \
+	console/vite.config.ts console/tsconfig.json $(shell find console/src -type f 2>/dev/null)
+
+.PHONY: install console demo test lint bench clean compose-test
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -12,14 +16,28 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU build from local disk / PyPI, never a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# checkov (k8s/ checks) in a venv of its own: it pins packaging<24 and urllib3 1.26.
+	test -x $(VENV)/tools/checkov/bin/python || $(PYTHON) -m venv $(VENV)/tools/checkov
+	$(VENV)/tools/checkov/bin/pip install -q 'checkov>=3.2,<4'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The web console (console/ -> console/dist, served by the gateway at /), built when Node.js
+# is here; without it the gateway serves a page that says how to build it.
+$(CONSOLE_STAMP): $(CONSOLE_INPUTS)
+	@if command -v node >/dev/null 2>&1; then \
+		cd console && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund && npm run build && touch .stamp; \
+	else \
+		echo "node not found: the web console is not built (install Node.js 20+, then make install)"; \
+	fi
+
+console: $(CONSOLE_STAMP)
+
+install: $(STAMP) $(CONSOLE_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m services.cli.demo
 
-test: $(STAMP)
+test: $(STAMP) $(CONSOLE_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
@@ -37,4 +55,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache console/node_modules console/dist $(CONSOLE_STAMP)

@@ -77,11 +77,11 @@ def _stack(settings: Settings, log: Path, extra_env: dict[str, str]) -> Iterator
             stack.stop()
 
 
-def _api_key(database_url: str) -> str:
-    engine = make_engine(database_url)
+def _api_key(settings: Settings) -> str:
+    engine = make_engine(settings.sqlalchemy_url)
     try:
         with Session(engine) as session:
-            key = create_tenant(session, f"bench-load-{time.time_ns()}")["api_key"]
+            key = create_tenant(session, settings, f"bench-load-{time.time_ns()}")["api_key"]
             session.commit()
         return key
     finally:
@@ -267,7 +267,7 @@ def _measure_stack(
     extra_env: dict[str, str] | None = None,
 ) -> dict[str, float]:
     with _stack(settings, tmp / f"{prefix}.log", {**QUIET_ENV, **(extra_env or {})}) as stack:
-        headers = {"Authorization": f"Bearer {_api_key(settings.sqlalchemy_url)}"}
+        headers = {"Authorization": f"Bearer {_api_key(settings)}"}
         _progress(f"{prefix}: phase 1, {args.clients} clients creating a job and an upload")
         with HealthProbe(stack.url) as probe1:
             started = time.monotonic()

@@ -67,8 +67,8 @@ def fresh_redis_db(index: int) -> str:
 
 
 @contextmanager
-def running_stack(settings: Settings) -> Iterator[Stack]:
-    stack = start_stack(settings, port=free_port(), concurrency=2)
+def running_stack(settings: Settings, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
+    stack = start_stack(settings, port=free_port(), concurrency=2, extra_env=extra_env)
     try:
         wait_ready(stack.url, timeout_s=180)
         yield stack

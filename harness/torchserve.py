@@ -87,8 +87,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running_torchserve(mar_path: Path, tmp_dir: Path) -> Iterator[str]:
-    """Serve ``mar_path`` from a private TorchServe; yield its inference base URL."""
+def running_torchserve(
+    mar_path: Path, tmp_dir: Path, ports: dict[str, int] | None = None
+) -> Iterator[str]:
+    """Serve ``mar_path`` from a private TorchServe; yield its inference base URL.
+
+    ``ports`` (inference, management, metrics) pins the addresses, so a test can start it
+    again where its clients expect it; its processes all carry ``tmp_dir`` on their
+    command line or in their process group (``start_new_session``)."""
     require_java()
     torchserve = Path(sys.executable).parent / "torchserve"
     if not torchserve.is_file():
@@ -100,7 +106,7 @@ def running_torchserve(mar_path: Path, tmp_dir: Path) -> Iterator[str]:
     # socket paths are limited to 107 bytes and CI temp directories can be long.
     java_tmp = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp" if Path("/tmp").is_dir() else None))
     model_name = mar_path.stem
-    ports = {name: _free_port() for name in ("inference", "management", "metrics")}
+    ports = ports or {name: _free_port() for name in ("inference", "management", "metrics")}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     config = tmp_dir / "config.properties"
     config.write_text(

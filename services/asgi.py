@@ -10,21 +10,27 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Security
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 
 from services.common.config import Settings, ensure_directories, get_settings
 from services.common.db import pool_capacity
 from services.common.logging import configure_logging
 from services.common.queue import configure
-from services.gateway import health, jobs
+from services.common.retention import sweep_retention
+from services.gateway import health, jobs, slices
 from services.gateway.auth import bearer_scheme
+from services.gateway.console import install_console
 from services.gateway.errors import error_responses, install_error_handlers
 from services.gateway.limits import InFlightLimit, RouteClass
 from services.upload.ingest import sweep_expired_uploads
 from services.upload.tus import (
+    TUS_ALLOW_HEADERS,
+    TUS_EXPOSE_HEADERS,
     UPLOADS_PREFIX,
     create_upload_router,
     install_upload_lifecycle,
@@ -33,10 +39,9 @@ from services.upload.tus import (
 
 log = logging.getLogger(__name__)
 
-SWEEP_INTERVAL_S = 3600
-
 
 async def _sweep_forever(settings: Settings) -> None:
+    """Expired tus uploads and the retention policy, on every gateway (both are idempotent)."""
     while True:
         try:
             removed = await run_in_threadpool(sweep_expired_uploads, settings.upload_dir)
@@ -44,7 +49,11 @@ async def _sweep_forever(settings: Settings) -> None:
                 log.info("removed %d expired uploads", removed)
         except Exception:
             log.exception("expired-upload sweep failed")
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+        try:
+            await run_in_threadpool(sweep_retention, settings)
+        except Exception:
+            log.exception("retention sweep failed")
+        await asyncio.sleep(settings.retention_sweep_interval_s)
 
 
 def check_pool(settings: Settings) -> None:
@@ -94,7 +103,22 @@ def create_app() -> FastAPI:
         queue_timeout_s=settings.gateway_queue_timeout_s,
         retry_after_s=settings.gateway_retry_after_s,
     )
+    # CORS for a console on another origin (settings.cors_allowed_origins). A preflight
+    # (OPTIONS with Origin and Access-Control-Request-Method) is answered here, before any
+    # route, so it needs no key: browsers send preflights without credentials. Every other
+    # request, a tus OPTIONS included, still goes through the routes' authentication.
+    # Outermost, so a preflight takes no in-flight slot.
+    if settings.cors_allowed_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allowed_origins,
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", *TUS_ALLOW_HEADERS],
+            expose_headers=["Location", "Retry-After", *TUS_EXPOSE_HEADERS],
+            max_age=600,
+        )
     app.include_router(jobs.router)
+    app.include_router(slices.router)
     # Authenticate tus requests before any route dependency reads the body; the bearer
     # scheme only documents the key (it never rejects by itself).
     app.include_router(
@@ -103,4 +127,36 @@ def create_app() -> FastAPI:
         responses=error_responses(400, 401, 404, 409, 410, 412, 413, 415, 429, 503),
     )
     app.include_router(health.router)
+    # Last: its routes must not shadow the API's.
+    cards = [d / "MODEL_CARD.md" for d in (settings.ensemble_model_dir, settings.slice_model_dir)]
+    install_console(app, settings.console_dir, cards)
+    _hide_upload_internals(app)
     return app
+
+
+# Parameters of tuspyserver's route functions that are not part of our API: its internal
+# ``post_request`` flag, Content-Length (the HTTP server owns it), and the concatenation and
+# deferred-length headers of extensions we refuse (documenting them invites requests we 400).
+HIDDEN_UPLOAD_PARAMETERS = {
+    "post_request", "content-length", "upload-concat", "upload-defer-length",
+}  # fmt: skip
+
+
+def _hide_upload_internals(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path, operations in schema["paths"].items():
+                if not path.startswith(UPLOADS_PREFIX):
+                    continue
+                for operation in operations.values():
+                    kept = [
+                        p for p in operation.get("parameters", [])
+                        if p["name"].lower() not in HIDDEN_UPLOAD_PARAMETERS
+                    ]  # fmt: skip
+                    operation["parameters"] = kept
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -6,6 +6,9 @@ to consume; the rooms themselves only know :mod:`services.common.queue`.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from typing import Any
 
 from celery import signals
@@ -22,6 +25,7 @@ TASK_MODULES = [
 
 celery_app.conf.include = TASK_MODULES
 app = celery_app
+log = logging.getLogger(__name__)
 
 
 @signals.setup_logging.connect
@@ -51,3 +55,18 @@ def _requeue_on_start(**_kwargs: Any) -> None:
     if active is not None:
         requeue_orphaned_jobs(active, older_than_s=0)  # a fresh node: none of them is its own
     resend_stranded_webhooks()
+    threading.Thread(target=_recover_forever, name="lease-sweeper", daemon=True).start()
+
+
+def _recover_forever() -> None:
+    """While this worker lives: queue again the jobs whose stage lost its worker (a stale
+    lease), so recovery takes about job_lease_s, not the broker's visibility timeout."""
+    from services.common.tasks import requeue_expired_leases
+
+    settings = get_settings()
+    while True:
+        time.sleep(settings.recovery_interval_s)
+        try:
+            requeue_expired_leases(settings.job_lease_s)
+        except Exception:  # the database or broker is away: the next round retries
+            log.warning("lease sweep failed", exc_info=True)

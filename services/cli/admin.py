@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from services.common.config import REPO_ROOT, ensure_directories, get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from services.common.orm import Tenant
 
 tenants_app = typer.Typer(no_args_is_help=True, help="Manage tenants (API keys, secrets).")
 models_app = typer.Typer(no_args_is_help=True, help="Package the shipped models.")
@@ -30,7 +36,7 @@ def tenants_create(
     migrate(settings.sqlalchemy_url)
     try:
         with session_scope() as session:
-            body = create_tenant(session, name)
+            body = create_tenant(session, settings, name)
     except IntegrityError:
         typer.echo(f"error: tenant_exists: a tenant named {name!r} exists", err=True)
         raise typer.Exit(2) from None
@@ -39,6 +45,91 @@ def tenants_create(
     else:
         for key, value in body.items():
             typer.echo(f"{key:15s} {value}")
+
+
+def _tenant_command(name: str, action: Callable[[Session, Tenant], object]) -> object:
+    """Run ``action`` on tenant ``name`` in one transaction; clear errors, exit 2."""
+    from services.common.db import migrate, session_scope
+    from services.common.tenants import LastActive, TenantNotFound, TooManyActive, tenant_by_name
+
+    settings = get_settings()
+    ensure_directories(settings)
+    migrate(settings.sqlalchemy_url)
+    try:
+        with session_scope() as session:
+            return action(session, tenant_by_name(session, name))
+    except TenantNotFound:
+        typer.echo(f"error: tenant_not_found: no tenant named {name!r}", err=True)
+    except (TooManyActive, LastActive) as exc:
+        typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@tenants_app.command("add-key")
+def tenants_add_key(name: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """Add a second API key (printed once); the old one works until `revoke-key`."""
+    from services.common.tenants import add_api_key
+
+    typer.echo(_tenant_command(name, add_api_key))
+
+
+@tenants_app.command("revoke-key")
+def tenants_revoke_key(
+    name: Annotated[str, typer.Argument(help="Tenant name.")],
+    prefix: Annotated[str, typer.Argument(help="The key's prefix, as `list-keys` shows it.")],
+) -> None:
+    """Revoke an API key at once (refused if it is the tenant's last active key)."""
+    from services.common.tenants import revoke_api_key
+
+    count = _tenant_command(name, lambda s, t: revoke_api_key(s, t, prefix))
+    typer.echo(f"revoked {count} key(s)")
+    if not count:
+        raise typer.Exit(1)
+
+
+@tenants_app.command("list-keys")
+def tenants_list_keys(name: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """The tenant's API keys (prefix, created, revoked); never the keys themselves."""
+    from services.common.tenants import list_api_keys
+
+    keys = _tenant_command(name, list_api_keys)
+    assert isinstance(keys, list)
+    for key in keys:
+        state = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "active"
+        typer.echo(f"{key.prefix:16s} created {key.created_at:%Y-%m-%d %H:%M}  {state}")
+
+
+@tenants_app.command("add-webhook-secret")
+def tenants_add_webhook_secret(name: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """Add a new signing secret (printed once); callbacks carry both signatures until
+    `retire-webhook-secrets`."""
+    from services.common.tenants import add_webhook_secret
+
+    typer.echo(_tenant_command(name, lambda s, t: add_webhook_secret(s, get_settings(), t)))
+
+
+@tenants_app.command("retire-webhook-secrets")
+def tenants_retire_webhook_secrets(
+    name: Annotated[str, typer.Argument(help="Tenant name.")],
+) -> None:
+    """Sign callbacks with the newest secret only."""
+    from services.common.tenants import retire_old_webhook_secrets
+
+    typer.echo(f"retired {_tenant_command(name, retire_old_webhook_secrets)} secret(s)")
+
+
+@tenants_app.command("reencrypt-secrets")
+def tenants_reencrypt_secrets() -> None:
+    """Re-encrypt every stored webhook secret under the first key of COVIDCT_SECRET_KEYS."""
+    from services.common.db import migrate, session_scope
+    from services.common.tenants import reencrypt_webhook_secrets
+
+    settings = get_settings()
+    ensure_directories(settings)
+    migrate(settings.sqlalchemy_url)
+    with session_scope() as session:
+        count = reencrypt_webhook_secrets(session, settings)
+    typer.echo(f"re-encrypted {count} secret(s)")
 
 
 @models_app.command("build-mar")

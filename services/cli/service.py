@@ -29,7 +29,12 @@ def up(
         stack.stop()
         typer.echo(f"error: not_ready: {exc}", err=True)
         raise typer.Exit(1) from None
+    settings = get_settings()
     typer.echo(f"covidct is up at {stack.url} (API docs at {stack.url}/docs); Ctrl-C stops it")
+    if (settings.console_dir / "index.html").is_file():
+        typer.echo(f"web console: {stack.url}/ (sign in with a key from `covidct tenants create`)")
+    else:
+        typer.echo("web console not built: install Node.js 20+, then run make install")
     raise typer.Exit(run_until_stopped(stack))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.caches import process_cache
@@ -34,12 +35,32 @@ class Settings(BaseSettings):
     database_url: str | None = None  # None -> sqlite:///<var_dir>/covidct.db
     broker_url: str | None = None  # None -> the embedded Redis started by `covidct up`
     storage_url: str | None = None  # None -> <var_dir>/blobs (a directory or file:// URL)
+    # S3-compatible blob storage (storage_url=s3://bucket/prefix; the bucket must exist). Unset
+    # endpoint/region/keys fall back to boto3's default chain (AWS_* variables, web identity
+    # as with IRSA, instance profile). An endpoint URL (MinIO, Ceph) implies path-style URLs.
+    storage_endpoint_url: str | None = None
+    storage_region: str | None = None
+    storage_access_key_id: str | None = None
+    storage_secret_access_key: SecretStr | None = None
+    # Files above the threshold go up in parts of this size, several at once (an upload of
+    # many GB never sits in memory; S3 allows 10,000 parts, so 64 MiB parts reach 640 GB).
+    storage_multipart_threshold_bytes: int = 64 * 1024**2
+    storage_multipart_chunk_bytes: int = 64 * 1024**2
+    storage_max_concurrency: int = 4
+    # Local copies of S3 blobs a stage reads as a file (<var_dir>/blob-cache/<pid>/): the
+    # oldest are removed once they hold more than this (the newest one is always kept).
+    storage_cache_max_bytes: int = 4 * 1024**3
     scorer_url: str | None = None  # None -> in-process scorer; else TorchServe inference URL
     scorer_model_name: str = "slice-cnn"
     scorer_batch_size: int = 16  # slices per /predictions request
     scorer_concurrency: int = 4  # parallel requests, so TorchServe can batch them
     scorer_timeout_s: float = 120.0
     public_url: str | None = None  # absolute base for upload_url; None -> a path
+    # Origins (scheme://host[:port]) of a console or web app served elsewhere that may call
+    # the API and tus from a browser (CORS). Empty: same origin only (the console at /).
+    cors_allowed_origins: list[str] = []
+    # The built web console (console/ -> npm run build), served by the gateway at /.
+    console_dir: Path = REPO_ROOT / "console" / "dist"
     max_upload_bytes: int = 2 * 1024**3
     upload_expiry_days: int = 2  # unfinished tus uploads are removed after this
     # fsync every PATCH before its offset is acknowledged, so acknowledged bytes survive a
@@ -59,11 +80,37 @@ class Settings(BaseSettings):
     webhook_allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     webhook_max_response_bytes: int = 64 * 1024  # read no more of a receiver's answer
     task_time_limit_s: int = 900  # hard Celery limit per task
+    # Crash recovery without waiting for the broker's visibility timeout: a running stage
+    # renews its job's lease every job_heartbeat_s; every worker checks every
+    # recovery_interval_s for leases older than job_lease_s (their worker died) and queues
+    # those jobs again (re-running a stage is safe).
+    job_heartbeat_s: float = 10.0
+    job_lease_s: float = 60.0
+    recovery_interval_s: float = 30.0
     broker_visibility_timeout_s: int = 1800  # must exceed the longest task, or it runs twice
 
     # Failed authentications per client address / key prefix before a 429 (per process).
     auth_failure_limit: int = 20
     auth_failure_window_s: float = 60.0
+
+    # Keys (Fernet, urlsafe base64 of 32 bytes) that encrypt webhook secrets at rest. The first
+    # encrypts; all decrypt, so a key is rotated by putting a new one first, running
+    # `covidct tenants reencrypt-secrets`, then dropping the old one. Empty: one key is made
+    # once in <var_dir>/secret.key (owner-only) -- fine for one machine; a deployment with
+    # several (compose, Kubernetes) must set COVIDCT_SECRET_KEYS, the same on every process.
+    secret_keys: list[SecretStr] = []
+
+    # Retention (`services.common.retention`, swept by every gateway at this interval). The raw
+    # upload (PHI in DICOM headers) is deleted when its job ends; derived data (prepared slices,
+    # heatmaps, per-slice rows and the result) is deleted this many days after the job ended
+    # (0: keep them for ever). The job row itself stays so clients see what happened.
+    retention_keep_raw_upload: bool = False
+    retention_derived_days: int = 30
+    retention_sweep_interval_s: int = 3600
+
+    # De-identify DICOM uploads (services/upload/deidentify.py) before they are stored:
+    # PS3.15 basic profile via dicognito, pseudonyms keyed per tenant.
+    deidentify_uploads: bool = False
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -115,4 +162,7 @@ def ensure_directories(settings: Settings) -> None:
     os.umask(0o077)
     for directory in (settings.var_dir, settings.upload_dir):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        directory.chmod(0o700)
+        # A mounted volume's root (Kubernetes: a PVC or emptyDir made group-writable through
+        # fsGroup) belongs to root; only what this user owns can be tightened.
+        if directory.stat().st_uid == os.getuid():
+            directory.chmod(0o700)

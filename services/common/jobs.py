@@ -25,6 +25,7 @@ from services.common.orm import (
     new_id,
     utcnow,
 )
+from services.common.retention import purge_raw_upload_after_commit
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ def transition(
     if error is not None:
         event_detail["error"] = {"code": error[0], "message": error[1]}
     session.add(JobEvent(job_id=job_id, status=new_status.value, stage=stage, detail=event_detail))
+    if new_status in TERMINAL_STATUSES:
+        purge_raw_upload_after_commit(session, job_id)  # PHI: kept no longer than needed
     log.info("job %s -> %s", job_id, new_status.value, extra={"job_id": job_id, "stage": stage})
     return True
 

@@ -75,10 +75,35 @@ class Tenant(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200), unique=True)
-    api_key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    # Kept in clear: it is the HMAC key the service signs callbacks with.
-    webhook_secret: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiKey(Base):
+    """A tenant's API key, as a SHA-256 hash. Up to two are active at once, so a key can be
+    rotated without downtime: add the new one, move clients over, revoke the old one."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    # The first characters of the key, so an admin can tell which one to revoke.
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class WebhookSecret(Base):
+    """A tenant's callback signing secret, encrypted at rest (``common.secretbox``). While two
+    are active every callback carries both signatures (Standard Webhooks allows a list)."""
+
+    __tablename__ = "webhook_secrets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    secret_encrypted: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class Job(Base):
@@ -108,6 +133,11 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # When the retention sweep removed the job's derived data (services/common/retention.py).
+    purged_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The lease of the task running one of its stages: renewed while it runs, cleared when it
+    # returns; a stale one means its worker died (services/common/tasks.py).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
     result: Mapped[Result | None] = relationship(
         back_populates="job", cascade="all, delete-orphan", uselist=False

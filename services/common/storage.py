@@ -1,7 +1,9 @@
 """Blob storage behind a small interface (uploads, slice stacks, heatmaps).
 
-Local directory first; an S3-compatible store can implement the same five methods.
-Keys are relative POSIX paths such as ``jobs/<id>/upload``.
+``LocalStorage`` (a directory: the embedded service, one machine) and ``S3Storage``
+(``storage_s3.py``: ``COVIDCT_STORAGE_URL=s3://bucket/prefix``, any number of machines).
+Keys are relative POSIX paths such as ``jobs/<id>/upload``; ``delete_prefix("jobs/<id>")``
+removes that key and everything below it, never ``jobs/<id>0``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ class BlobStorage(Protocol):
 
     def put_bytes(self, key: str, data: bytes) -> None: ...
 
-    def get_bytes(self, key: str) -> bytes: ...
+    def get_bytes(self, key: str) -> bytes:
+        """The whole blob; ``FileNotFoundError`` when there is none."""
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """At most ``length`` bytes from offset ``start`` (fewer at the end of the blob)."""
 
     def local_path(self, key: str) -> Path:
         """A readable local file for ``key`` (the blob itself for local storage)."""
@@ -32,16 +38,20 @@ class BlobStorage(Protocol):
         """Delete every blob under ``prefix``; returns how many were removed."""
 
 
+def check_key(key: str) -> PurePosixPath:
+    relative = PurePosixPath(key)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ValueError(f"invalid blob key {key!r}")
+    return relative
+
+
 class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:
-        relative = PurePosixPath(key)
-        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-            raise ValueError(f"invalid blob key {key!r}")
-        return self.root.joinpath(*relative.parts)
+        return self.root.joinpath(*check_key(key).parts)
 
     def put_file(self, key: str, source: Path) -> None:
         target = self._path(key)
@@ -57,6 +67,13 @@ class LocalStorage:
 
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError("start and length must not be negative")
+        with self._path(key).open("rb") as f:
+            f.seek(start)
+            return f.read(length)
 
     def local_path(self, key: str) -> Path:
         path = self._path(key)
@@ -86,4 +103,8 @@ def make_storage(settings: Settings) -> BlobStorage:
     parsed = urlparse(url)
     if parsed.scheme in ("", "file"):
         return LocalStorage(Path(parsed.path if parsed.scheme else url))
+    if parsed.scheme == "s3":
+        from services.common.storage_s3 import S3Storage  # boto3 only where S3 is used
+
+        return S3Storage.from_settings(settings)
     raise ValueError(f"unsupported storage URL scheme {parsed.scheme!r}")

@@ -5,12 +5,17 @@ in a finished transaction are sent once it has committed."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from datetime import timedelta
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 from celery.exceptions import Retry
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
+from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.jobs import fail, pending_deliveries
@@ -18,6 +23,8 @@ from services.common.orm import Job, JobStatus, utcnow
 from services.common.queue import send_webhook, start_pipeline
 
 log = logging.getLogger(__name__)
+
+RUNNING_STATUSES = (JobStatus.PREPROCESSING, JobStatus.SCORING, JobStatus.ENSEMBLING)
 
 
 def fail_job(job_id: str, code: ErrorCode, message: str, stage: str) -> str:
@@ -36,14 +43,101 @@ def send_pending_webhooks(job_id: str) -> None:
         send_webhook(delivery_id)
 
 
+# A dropped database connection (server restart, failover, a killed backend) is retried,
+# not turned into a failed job: the stage is idempotent and the pool reconnects.
+DB_RETRIES = 3
+
+
+def _with_db_retries(job_id: str, stage: str, work: Callable[[], str]) -> str:
+    for attempt in range(DB_RETRIES + 1):
+        try:
+            return work()
+        except (OperationalError, InterfaceError) as exc:
+            if attempt == DB_RETRIES:
+                raise
+            log.warning(
+                "%s of job %s lost its database connection (%s); retrying",
+                stage, job_id, type(exc).__name__, extra={"job_id": job_id},
+            )  # fmt: skip
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
 def run_guarded(job_id: str, stage: str, work: Callable[[], str]) -> str:
     try:
-        return work()
+        with job_lease(job_id, get_settings().job_heartbeat_s):
+            return _with_db_retries(job_id, stage, work)
     except Retry:
         raise
     except Exception as exc:
         log.exception("%s failed for job %s", stage, job_id, extra={"job_id": job_id})
         return fail_job(job_id, ErrorCode.INTERNAL_ERROR, f"{stage}: {type(exc).__name__}", stage)
+
+
+def _set_heartbeat(job_id: str, value: datetime | None) -> None:
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=value))
+
+
+@contextmanager
+def job_lease(job_id: str, interval_s: float) -> Iterator[None]:
+    """Hold the job's lease while a stage runs: renewed every ``interval_s`` by a thread,
+    cleared when the stage returns. If the process dies the lease goes stale and
+    ``requeue_expired_leases`` (any live worker) queues the job again."""
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(interval_s):
+            try:
+                _set_heartbeat(job_id, utcnow())
+            except Exception:  # the database is away for a moment: the next beat retries
+                log.warning("could not renew the lease of job %s", job_id, exc_info=True)
+
+    try:
+        _set_heartbeat(job_id, utcnow())
+    except Exception:  # the stage itself retries a dropped connection
+        log.warning("could not take the lease of job %s", job_id, exc_info=True)
+    beater = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join(timeout=interval_s + 5)
+        try:
+            _set_heartbeat(job_id, None)
+        except Exception:  # left set: the sweep finds the job ended or re-runs it harmlessly
+            log.warning("could not clear the lease of job %s", job_id, exc_info=True)
+
+
+def requeue_expired_leases(lease_s: float) -> list[str]:
+    """Queue again the running-state jobs whose stage stopped renewing its lease (its worker
+    was killed). Only the caller whose compare-and-set renews a stale lease queues a job, so
+    several workers sweeping at once queue it once."""
+    cutoff = utcnow() - timedelta(seconds=lease_s)
+    running = [s.value for s in RUNNING_STATUSES]
+    with session_scope() as session:
+        stale = list(
+            session.scalars(
+                select(Job.id).where(
+                    Job.status.in_(running), Job.heartbeat_at.is_not(None),
+                    Job.heartbeat_at < cutoff,
+                )
+            )
+        )  # fmt: skip
+    requeued = []
+    for job_id in stale:
+        with session_scope() as session:
+            won = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.heartbeat_at < cutoff, Job.status.in_(running))
+                .values(heartbeat_at=None)
+            )
+        if won.rowcount == 1:  # type: ignore[attr-defined]
+            log.warning("job %s: its stage stopped renewing its lease; queued again", job_id)
+            enqueue(job_id)
+            requeued.append(job_id)
+    return requeued
 
 
 def enqueue(job_id: str) -> None:
@@ -68,9 +162,6 @@ def requeue_stale_jobs(older_than_s: float = 60.0) -> list[str]:
     for job_id in stale:
         enqueue(job_id)
     return stale
-
-
-RUNNING_STATUSES = (JobStatus.PREPROCESSING, JobStatus.SCORING, JobStatus.ENSEMBLING)
 
 
 def requeue_orphaned_jobs(active_job_ids: set[str], older_than_s: float = 10.0) -> list[str]:

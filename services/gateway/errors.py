@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -76,6 +77,18 @@ def problem(status_code: int, code: str, message: str, details: Any = None) -> J
     return JSONResponse(body, status_code=status_code)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every documented method at this path (Starlette's 405 names only the first matching
+    route's, and a path like /v1/jobs has one route per method)."""
+    path = request.url.path
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, path):
+            methods |= {m.upper() for m in operations}
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
@@ -90,12 +103,14 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
         return problem(422, "invalid_request", "the request is not valid", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         response = problem(exc.status_code, code, message)
         if exc.headers:
             response.headers.update(exc.headers)
+        if exc.status_code == 405:
+            response.headers["Allow"] = ", ".join(allowed_methods(request))
         return response
 
     # The pool had no connection within db_pool_timeout_s, or the database is down or

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from pydantic import BaseModel
 from sqlalchemy import func, select, text
 
 from services.common.db import get_engine, get_sessionmaker
@@ -37,14 +38,27 @@ def _scorer_ready() -> bool:
     )
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, bool]
+
+
+@router.get("/healthz", response_model=Health)
 async def healthz() -> JSONResponse:
     """Liveness: answered on the event loop, touching neither the database nor the
     threadpool, so it answers at once however loaded the gateway is."""
     return JSONResponse({"status": "ok"})
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Some dependency is not ready"}},
+)
 async def readyz() -> JSONResponse:
     checks: dict[str, Any] = {
         "database": await run_in_threadpool(_database_ok),

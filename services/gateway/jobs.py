@@ -70,7 +70,15 @@ def get_tenant_job(session: Session, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobCreated, responses=error_responses(409))
+@router.post(
+    "",
+    status_code=201,
+    response_model=JobCreated,
+    responses={
+        200: {"model": JobCreated, "description": "The job made earlier with this Idempotency-Key"},
+        **error_responses(400, 409),
+    },
+)
 def create_job(
     body: JobCreate,
     key: ApiKeyDep,
@@ -231,6 +239,8 @@ def delete_job(job_id: JobId, key: ApiKeyDep) -> Response:
                 return JSONResponse(job_view(job), status_code=202)
             session.rollback()  # it ended meanwhile: delete it below
             session.refresh(job)
-        make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")
         session.delete(job)
+    # After the commit: a stage still running stores nothing that survives this
+    # (common.retention.discard_if_deleted).
+    make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")
     return Response(status_code=204)

@@ -117,3 +117,14 @@ class SlicesOut(BaseModel):
     slices_total: int | None
     slices_used: int | None
     slices: list[SliceOut]
+
+
+class JobEventOut(BaseModel):
+    status: JobStatusName
+    stage: str | None
+    at: str = Field(description="when the job entered this status (ISO 8601)")
+
+
+class JobEventsOut(BaseModel):
+    job_id: str
+    events: list[JobEventOut]

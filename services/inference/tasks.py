@@ -22,6 +22,7 @@ from services.common.errors import ErrorCode
 from services.common.jobs import transition
 from services.common.orm import Job, JobStatus, SliceRecord, SliceScore
 from services.common.queue import INFERENCE_TASK, SCORER_READY_COMMAND, celery_app
+from services.common.retention import discard_if_deleted
 from services.common.storage import make_storage
 from services.common.tasks import fail_job, run_guarded
 from services.inference.scorer import ScorerUnavailable, scorer_reachable
@@ -91,6 +92,8 @@ def _score(task: Task, job_id: str) -> str:
         key = f"jobs/{job_id}/heatmaps/slice-{kept[position]:04d}.png"
         storage.put_bytes(key, png)
         heatmaps[kept[position]] = key
+    if heatmaps and discard_if_deleted(settings, job_id):
+        return "deleted"
     with session_scope() as session:
         session.execute(
             delete(SliceScore).where(

@@ -38,18 +38,6 @@ _AXIAL_MIN_COS = 0.8
 _SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"  # prefix of all SC image SOP classes
 
 
-def looks_like_dicom(head: bytes) -> bool:
-    """DICOM by content: ``DICM`` after the preamble, or a bare dataset (group 0008 first)."""
-    if head[_PREAMBLE : _PREAMBLE + 4] == b"DICM":
-        return True
-    # Files written without the Part-10 preamble start with a (0008,xxxx) tag followed by
-    # an explicit VR or a small implicit length.
-    if len(head) < 8 or head[:2] != b"\x08\x00":
-        return False
-    explicit_vr = head[4:6].isalpha() and head[4:6].isupper()
-    return explicit_vr or int.from_bytes(head[4:8], "little") < 256
-
-
 @dataclass(frozen=True)
 class _Slice:
     """One frame of one file, as described by its header."""

@@ -23,10 +23,10 @@ from PIL import Image, ImageOps
 
 from services.common.config import Settings
 from services.common.errors import ErrorCode, StudyError
+from services.common.formats import looks_like_dicom
 from services.preprocess.archive import RATIO_GRACE_BYTES, archive_kind, extract_archive
 from services.preprocess.dicom import (
     hu_to_int16,
-    looks_like_dicom,
     scan_dicom_headers,
     study_from_scan,
 )

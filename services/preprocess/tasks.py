@@ -21,6 +21,7 @@ from services.common.jobs import transition
 from services.common.modelinfo import slice_model_info
 from services.common.orm import Job, JobStatus, SliceRecord
 from services.common.queue import PREPROCESS_TASK, celery_app
+from services.common.retention import discard_if_deleted
 from services.common.storage import make_storage
 from services.common.tasks import fail_job, run_guarded
 from services.preprocess.stage import preprocess_path
@@ -63,6 +64,8 @@ def _preprocess(job_id: str) -> str:
     np.save(buffer, prepared.inputs, allow_pickle=False)
     slices_blob = f"jobs/{job_id}/slices.npy"
     storage.put_bytes(slices_blob, buffer.getvalue())
+    if discard_if_deleted(settings, job_id):
+        return "deleted"
     dropped = {d.index: d for d in prepared.dropped}
     positions = {index: position for position, index in enumerate(prepared.kept)}
     with session_scope() as session:

@@ -14,12 +14,14 @@ from sqlalchemy import select, update
 
 from services.common.config import get_settings
 from services.common.db import session_scope
-from services.common.errors import ErrorCode
+from services.common.errors import ErrorCode, StudyError
 from services.common.hashing import file_sha256
 from services.common.jobs import create_webhook_delivery, transition
-from services.common.orm import Job, JobStatus, utcnow
+from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from services.common.retention import raw_upload_prefix
 from services.common.storage import make_storage
 from services.common.tasks import enqueue, send_pending_webhooks
+from services.upload.deidentify import deidentify_upload
 
 log = logging.getLogger(__name__)
 
@@ -40,55 +42,69 @@ def complete_upload(
 
     ``known_sha256`` is the digest computed while the bytes streamed in, when there is one.
     """
+    settings = get_settings()
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.upload_id == upload_id))
         if job is None or job.status != JobStatus.AWAITING_UPLOAD:
             return None
-        job_id = job.id
+        job_id, tenant_id = job.id, job.tenant_id
     expected = (metadata.get("sha256") or "").lower()
     actual = (known_sha256 or file_sha256(file_path)) if expected else None
     size = file_path.stat().st_size
-    blob = f"jobs/{job_id}/upload/{safe_filename(metadata.get('filename', 'upload'))}"
-    # Keep the bytes even when the checksum fails: nothing a client sent is thrown away.
-    make_storage(get_settings()).put_file(blob, file_path)
+    error: tuple[str, str] | None = None
+    if expected and actual != expected:
+        error = (
+            ErrorCode.CHECKSUM_MISMATCH.value,
+            f"sha256 of the upload is {actual}, metadata says {expected}",
+        )
+    detail: dict[str, Any] = {"bytes": size}
+    if settings.deidentify_uploads and error is None:
+        try:
+            detail["deidentified_dicom_files"] = deidentify_upload(file_path, tenant_id, settings)
+        except StudyError as exc:
+            error = (exc.code.value, f"the upload could not be de-identified: {exc.message}")
+    blob: str | None = f"jobs/{job_id}/upload/{safe_filename(metadata.get('filename', 'upload'))}"
+    if settings.deidentify_uploads and error is not None:
+        file_path.unlink()  # bytes that were not de-identified are never stored
+        blob = None
+    else:
+        assert blob is not None
+        make_storage(settings).put_file(blob, file_path)
     Path(f"{file_path}.info").unlink(missing_ok=True)
     fields: dict[str, Any] = {"upload_blob": blob, "upload_size": size, "upload_sha256": actual}
     with session_scope() as session:
-        if expected and actual != expected:
+        if error is not None:
             moved = transition(
-                session,
-                job_id,
-                JobStatus.FAILED,
-                [JobStatus.AWAITING_UPLOAD],
-                stage="upload",
-                error=(
-                    ErrorCode.CHECKSUM_MISMATCH.value,
-                    f"sha256 of the upload is {actual}, metadata says {expected}",
-                ),
-                **fields,
-            )
+                session, job_id, JobStatus.FAILED, [JobStatus.AWAITING_UPLOAD],
+                stage="upload", error=error, **fields,
+            )  # fmt: skip
             if moved:
                 session.flush()
                 create_webhook_delivery(session, job_id)
             status = JobStatus.FAILED
         else:
             moved = transition(
-                session,
-                job_id,
-                JobStatus.QUEUED,
-                [JobStatus.AWAITING_UPLOAD],
-                stage="queued",
-                detail={"bytes": size},
-                **fields,
-            )
+                session, job_id, JobStatus.QUEUED, [JobStatus.AWAITING_UPLOAD],
+                stage="queued", detail=detail, **fields,
+            )  # fmt: skip
             status = JobStatus.QUEUED
     if not moved:
+        _discard_if_ended(job_id)
         return None
     if status == JobStatus.FAILED:
         send_pending_webhooks(job_id)
     else:
         enqueue(job_id)
     return status.value
+
+
+def _discard_if_ended(job_id: str) -> None:
+    """The job ended (cancelled or deleted) while its last bytes arrived: keep none of them.
+    (Not when another completion call moved it on: that one owns the blob.)"""
+    with session_scope() as session:
+        status = session.scalar(select(Job.status).where(Job.id == job_id))
+    if status is None or JobStatus(status) in TERMINAL_STATUSES:
+        make_storage(get_settings()).delete_prefix(raw_upload_prefix(job_id))
 
 
 def sweep_expired_uploads(upload_dir: Path) -> int:

@@ -55,6 +55,27 @@ TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = ("creation", "creation-with-upload", "termination", "expiration", "checksum")
 CHECKSUM_ALGORITHMS = ("sha1", "sha256", "md5")  # Tus-Checksum-Algorithm, hashlib names
 OFFSET_STREAM = "application/offset+octet-stream"
+# What a browser client on another origin sends and must be able to read (CORS).
+TUS_ALLOW_HEADERS = (
+    "Tus-Resumable",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Offset",
+    "Upload-Checksum",
+    "X-HTTP-Method-Override",
+    "X-Requested-With",
+)
+TUS_EXPOSE_HEADERS = (
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Expires",
+)
 _UNSIGNED = re.compile(r"^[0-9]{1,19}$")
 
 

@@ -30,8 +30,9 @@ from celery import Task
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
-from services.common.orm import Job, Tenant, WebhookAttempt, WebhookDelivery, utcnow
+from services.common.orm import Job, WebhookAttempt, WebhookDelivery, utcnow
 from services.common.queue import WEBHOOK_TASK, celery_app
+from services.common.tenants import webhook_secrets
 from services.common.urls import CallbackRefused, Resolver, system_resolver, vet_callback_url
 from services.webhooks.transport import PinnedTransport
 
@@ -69,15 +70,17 @@ def verify(secret: str, headers: dict[str, str], body: bytes, now: float | None 
 
 
 def signed_request(
-    secret: str, msg_id: str, payload: dict[str, Any]
+    secrets: list[str], msg_id: str, payload: dict[str, Any]
 ) -> tuple[bytes, dict[str, str]]:
+    """Body and headers, signed with every active secret (space-separated, as Standard
+    Webhooks specifies), so a receiver keeps verifying while its secret is rotated."""
     body = json.dumps(payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
     headers = {
         "content-type": "application/json",
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(secret, msg_id, timestamp, body),
+        "webhook-signature": " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
     }
     return body, headers
 
@@ -134,11 +137,11 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
         if delivery is None or delivery.status != "pending":
             return "skipped"  # delivered already (a redelivered task sends nothing twice)
         job = session.get(Job, delivery.job_id)
-        tenant = session.get(Tenant, job.tenant_id) if job else None
-        if tenant is None:
+        secrets = webhook_secrets(session, settings, job.tenant_id) if job else []
+        if not secrets:
             delivery.status = "failed"
             return "failed"
-        body, headers = signed_request(tenant.webhook_secret, delivery.id, delivery.payload)
+        body, headers = signed_request(secrets, delivery.id, delivery.payload)
         url, attempt_no = delivery.url, delivery.attempts + 1
     started = time.perf_counter()
     outcome = post_callback(url, body, headers, settings)

@@ -17,6 +17,7 @@ import redis
 from pydicom.data import get_testdata_file
 
 from services.cli.runtime import free_port, wait_ready
+from tests.support.processes import child, children_of
 
 
 def _processes_with_env(marker: str) -> list[int]:
@@ -42,7 +43,7 @@ def _covidct(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str
     )
 
 
-def test_up_submit_and_sigterm_stops_every_child(tmp_path: Path) -> None:
+def test_up_submit_and_sigterm_stops_everychild(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}
     env.update(
         COVIDCT_VAR_DIR=str(tmp_path / "var"),
@@ -109,28 +110,6 @@ def test_up_submit_and_sigterm_stops_every_child(tmp_path: Path) -> None:
     assert _processes_with_env(str(tmp_path / "var")) == []
 
 
-def _children_of(parent: int) -> dict[int, str]:
-    """pid -> command line of the direct children of ``parent``."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent:
-            found[int(entry.name)] = cmdline
-    return found
-
-
-def _child(parent: int, word: str) -> int:
-    pids = [pid for pid, cmd in _children_of(parent).items() if word in cmd]
-    assert len(pids) == 1, _children_of(parent)
-    return pids[0]
-
-
 def test_up_restarts_a_killed_worker_and_redis_and_the_job_still_succeeds(
     tmp_path: Path,
 ) -> None:
@@ -156,16 +135,16 @@ def test_up_restarts_a_killed_worker_and_redis_and_the_job_still_succeeds(
         while client.get_job(job["id"])["status"] in ("queued", "preprocessing"):
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        worker = _child(up.pid, "celery")
+        worker = child(up.pid, "celery")
         os.kill(worker, signal.SIGKILL)
-        redis_server = _child(up.pid, "redis-server")
+        redis_server = child(up.pid, "redis-server")
         os.kill(redis_server, signal.SIGKILL)
         recovered_by = time.monotonic() + 240
-        while _children_of(up.pid).keys() & {worker, redis_server} or not (
-            any("celery" in c for c in _children_of(up.pid).values())
-            and any("redis-server" in c for c in _children_of(up.pid).values())
+        while children_of(up.pid).keys() & {worker, redis_server} or not (
+            any("celery" in c for c in children_of(up.pid).values())
+            and any("redis-server" in c for c in children_of(up.pid).values())
         ):
-            assert time.monotonic() < recovered_by, _children_of(up.pid)
+            assert time.monotonic() < recovered_by, children_of(up.pid)
             time.sleep(0.5)
         assert up.poll() is None  # `covidct up` kept running
         final = client.wait(job["id"], timeout_s=300)

@@ -30,6 +30,8 @@ def _check_no_drift(url: str) -> None:
     engine.dispose()
     assert {
         "tenants",
+        "api_keys",
+        "webhook_secrets",
         "jobs",
         "job_events",
         "slices",

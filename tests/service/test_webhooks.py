@@ -24,7 +24,7 @@ def test_signature_matches_the_standard_webhooks_test_vector() -> None:
 
 def test_verify_accepts_our_requests_and_rejects_tampering() -> None:
     secret = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"
-    body, headers = signed_request(secret, "msg_1", {"type": "job.succeeded", "data": {}})
+    body, headers = signed_request([secret], "msg_1", {"type": "job.succeeded", "data": {}})
     assert verify(secret, headers, body)
     assert not verify(secret, headers, body + b" ")
     assert not verify("whsec_" + "WFlaQUJDREVGR0hJSktMTU5PUFFSU1RV", headers, body)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.jobs import create_webhook_delivery, transition
 from services.common.orm import Job, JobStatus
@@ -21,7 +22,7 @@ from services.common.tenants import create_tenant
 
 def make_tenant(name: str) -> dict[str, str]:
     with session_scope() as session:
-        return create_tenant(session, name)
+        return create_tenant(session, get_settings(), name)
 
 
 def finished_job_with_callback(callback_url: str) -> tuple[str, str, str]:

@@ -1,0 +1,226 @@
+// The console in Chromium against a real `covidct up`: sign-in, a resumable tus upload of
+// COVID-CT-MD P002 (tab closed at about half, reopened, resumed from the server's offset),
+// the job watched to its verdict, a corrupt upload, tenant isolation, deletion, axe.
+import { expect, test, type Browser, type BrowserContext, type Page } from '@playwright/test';
+import AxeBuilder from '@axe-core/playwright';
+import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const env = (name: string): string => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (run through tests/e2e/test_console.py)`);
+  return value;
+};
+const KEY_A = env('KEY_A');
+const KEY_B = env('KEY_B');
+const STUDY = env('STUDY_ZIP');
+const EXPECTED_LABEL = env('EXPECTED_LABEL');
+const EXPECTED_P_COVID = Number(env('EXPECTED_P_COVID'));
+const STUDY_DIR = process.env.STUDY_DIR;
+const ARTIFACTS = process.env.ARTIFACT_DIR ?? 'test-results';
+const JOB_TIMEOUT_MS = Number(process.env.JOB_TIMEOUT_MS ?? 480_000);
+
+test.describe.configure({ mode: 'serial' });
+
+let context: BrowserContext;
+let studyJobId = '';
+
+async function signIn(page: Page, key: string): Promise<void> {
+  await page.goto('/');
+  await page.getByLabel('API key').fill(key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+async function addFile(page: Page, path: string): Promise<void> {
+  await page.locator('.uppy-Dashboard-input').first().setInputFiles(path);
+  await expect(page.locator('.uppy-Dashboard-Item')).toHaveCount(1);
+}
+
+async function startUpload(page: Page): Promise<void> {
+  await page.locator('.uppy-StatusBar-actionBtn--upload').click();
+}
+
+async function seriousViolations(page: Page): Promise<string[]> {
+  const result = await new AxeBuilder({ page }).analyze();
+  return result.violations
+    .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+    .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
+}
+
+async function api(page: Page, key: string, method: string, path: string) {
+  return page.request.fetch(path, { method, headers: { Authorization: `Bearer ${key}`, 'Tus-Resumable': '1.0.0' } });
+}
+
+test.beforeAll(async ({ browser }: { browser: Browser }) => {
+  context = await browser.newContext();
+});
+
+test.afterAll(async () => {
+  await context.close();
+});
+
+test('1. a wrong key is refused with a message; the right one shows an empty job list', async () => {
+  const page = await context.newPage();
+  await signIn(page, 'cct_not-a-real-key');
+  await expect(page.getByRole('alert')).toContainText('API key was not accepted');
+  expect(page.url()).not.toContain('cct_');
+  await page.getByLabel('API key').fill(KEY_A);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+  await expect(page.getByText('No jobs yet')).toBeVisible();
+  expect(page.url()).not.toContain(KEY_A);
+  expect(await seriousViolations(page)).toEqual([]);
+  await page.getByRole('button', { name: 'Sign out' }).click();
+  await expect(page.getByLabel('API key')).toBeVisible();
+  expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+  await page.close();
+});
+
+test('2. an upload closed at about half resumes from the server offset', async () => {
+  const size = statSync(STUDY).size;
+  const page = await context.newPage();
+  // Slow the upload down (each PATCH waits before it goes out) so the tab can be closed mid-way.
+  await page.route('**/v1/uploads/**', async (route) => {
+    if (route.request().method() === 'PATCH') await new Promise((r) => setTimeout(r, 400));
+    await route.continue().catch(() => undefined);
+  });
+  await signIn(page, KEY_A);
+  await expect(page.getByText('No jobs yet')).toBeVisible();
+  await addFile(page, STUDY);
+  const half = new Promise<void>((resolve) => {
+    page.on('response', (response) => {
+      const offset = Number(response.headers()['upload-offset'] ?? 0);
+      if (response.request().method() === 'PATCH' && offset >= size / 2) resolve();
+    });
+  });
+  await startUpload(page);
+  await half;
+  await expect(page.getByTestId('upload-speed')).toContainText(/at .+\/s, about .+ left/);
+  await page.screenshot({ path: join(ARTIFACTS, 'upload-progress.png') });
+  await page.close(); // the tab goes away mid-upload
+
+  // The job is still waiting for its study; the server kept the bytes acknowledged so far.
+  const check = await context.newPage();
+  await check.goto('/');
+  const list = await (await api(check, KEY_A, 'GET', '/v1/jobs')).json();
+  expect(list.total).toBe(1);
+  studyJobId = list.items[0].id;
+  expect(list.items[0].status).toBe('awaiting_upload');
+  const uploadUrl = await check.evaluate(() => {
+    for (let i = 0; i < localStorage.length; i++) {
+      const name = localStorage.key(i)!;
+      if (name.startsWith('tus::')) return JSON.parse(localStorage.getItem(name)!).uploadUrl as string;
+    }
+    return '';
+  });
+  expect(uploadUrl).toContain('/v1/uploads/');
+  const head = await api(check, KEY_A, 'HEAD', uploadUrl);
+  const serverOffset = Number(head.headers()['upload-offset']);
+  expect(serverOffset).toBeGreaterThan(0);
+  expect(serverOffset).toBeLessThan(size);
+  await check.close();
+
+  // Reopen the console, add the same file: the first PATCH starts at the server's offset.
+  const page2 = await context.newPage();
+  const requests: { method: string; offset: string | undefined }[] = [];
+  page2.on('request', (request) => {
+    if (request.url().includes('/v1/uploads')) requests.push({ method: request.method(), offset: request.headers()['upload-offset'] });
+  });
+  await signIn(page2, KEY_A);
+  await expect(page2.getByTestId('jobs-table')).toContainText('awaiting upload');
+  await addFile(page2, STUDY);
+  await startUpload(page2);
+  await expect(page2.locator('.uppy-StatusBar.is-complete')).toBeVisible({ timeout: 120_000 });
+  const patches = requests.filter((r) => r.method === 'PATCH');
+  expect(requests.filter((r) => r.method === 'POST')).toEqual([]); // no new upload created
+  expect(Number(patches[0].offset)).toBe(serverOffset);
+  const after = await (await api(page2, KEY_A, 'GET', '/v1/jobs')).json();
+  expect(after.total).toBe(1); // the same job, not a second one
+  expect(after.items[0].id).toBe(studyJobId);
+  await page2.close();
+});
+
+test('3. the job reaches succeeded without a reload, with the floor verdict, plot and heatmap', async () => {
+  const page = await context.newPage();
+  const cspViolations: string[] = [];
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy/i.test(m.text())) cspViolations.push(m.text());
+  });
+  await signIn(page, KEY_A);
+  await page.getByRole('link', { name: /P002/ }).click();
+  await expect(page.getByTestId('verdict')).toHaveText(EXPECTED_LABEL, { timeout: JOB_TIMEOUT_MS });
+  const pCovid = Number(await page.getByTestId('p-COVID').textContent());
+  expect(Math.abs(pCovid - EXPECTED_P_COVID)).toBeLessThan(1e-3);
+  const slices = await (await api(page, KEY_A, 'GET', `/v1/jobs/${studyJobId}/slices`)).json();
+  const kept = slices.slices.filter((s: { kept: boolean }) => s.kept).length;
+  await expect(page.getByTestId('slice-plot')).toHaveAttribute('data-points', String(kept));
+  await expect(page.getByTestId('slice-plot').locator('canvas')).toBeVisible();
+  await expect(page.getByTestId('heatmap')).toBeVisible();
+  await expect(page.getByRole('img', { name: /as the model saw it/ })).toBeVisible();
+  // Keyboard stepping moves to the next kept slice.
+  const viewer = page.getByTestId('slice-viewer');
+  const before = await viewer.getAttribute('data-slice');
+  await viewer.focus();
+  await page.keyboard.press('ArrowRight');
+  await expect(viewer).not.toHaveAttribute('data-slice', before ?? '');
+  await page.keyboard.press('ArrowLeft');
+  await expect(viewer).toHaveAttribute('data-slice', before ?? '');
+  await expect(page.getByTestId('timeline')).toContainText('ensembling');
+  await page.screenshot({ path: join(ARTIFACTS, 'job-page.png'), fullPage: true });
+  expect(await seriousViolations(page)).toEqual([]);
+  await page.goto('/#/');
+  await expect(page.getByTestId('jobs-table')).toContainText('succeeded');
+  await page.screenshot({ path: join(ARTIFACTS, 'job-list.png'), fullPage: true });
+  expect(await seriousViolations(page)).toEqual([]);
+  expect(cspViolations).toEqual([]); // the strict CSP blocks nothing the console needs
+  await page.close();
+});
+
+test('4. a corrupt file ends as a failed job with its error shown', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'covidct-'));
+  const corrupt = join(dir, 'corrupt-study.zip');
+  writeFileSync(corrupt, Buffer.concat([Buffer.from('PK\u0003\u0004'), Buffer.alloc(4096, 7)]));
+  const page = await context.newPage();
+  await signIn(page, KEY_A);
+  await addFile(page, corrupt);
+  await startUpload(page);
+  await expect(page.locator('.uppy-StatusBar.is-complete')).toBeVisible({ timeout: 60_000 });
+  await page.getByRole('link', { name: 'corrupt-study.zip' }).click();
+  await expect(page.getByTestId('job-error')).toBeVisible({ timeout: 120_000 });
+  await expect(page.getByTestId('job-error')).toContainText(/damaged|not supported|could not be read/);
+  await page.screenshot({ path: join(ARTIFACTS, 'failed-job.png'), fullPage: true });
+  await page.close();
+});
+
+test("5. another tenant's key sees none of the first tenant's jobs", async () => {
+  const page = await context.newPage();
+  await signIn(page, KEY_B);
+  await expect(page.getByText('No jobs yet')).toBeVisible();
+  await page.goto(`/#/jobs/${studyJobId}`);
+  await expect(page.getByRole('alert')).toContainText('does not exist');
+  expect((await api(page, KEY_B, 'GET', `/v1/jobs/${studyJobId}/slices/0.png`)).status()).toBe(404);
+  await page.close();
+});
+
+test('6. a job is deleted after a confirmation', async () => {
+  const page = await context.newPage();
+  await signIn(page, KEY_A);
+  await page.getByRole('link', { name: 'corrupt-study.zip' }).click();
+  await page.getByRole('button', { name: 'Delete job' }).click();
+  await page.getByRole('button', { name: 'Delete', exact: true }).click();
+  await expect(page.getByText('Job deleted')).toBeVisible();
+  await expect(page.getByTestId('jobs-table')).not.toContainText('corrupt-study.zip');
+  await expect(page.getByTestId('jobs-table')).toContainText('P002');
+  await page.close();
+});
+
+test('7. a dropped DICOM folder is zipped in the browser into one study', async () => {
+  test.skip(!STUDY_DIR, 'STUDY_DIR not set');
+  const page = await context.newPage();
+  await signIn(page, KEY_B);
+  await page.locator('.uppy-Dashboard-input[webkitdirectory]').setInputFiles(STUDY_DIR!);
+  await expect(page.locator('.uppy-Dashboard-Item')).toHaveCount(1, { timeout: 60_000 });
+  await expect(page.locator('.uppy-Dashboard-Item-name')).toContainText('.zip');
+  expect(await seriousViolations(page)).toEqual([]);
+  await page.close();
+});

@@ -1,0 +1,115 @@
+import { useEffect, useMemo, useState } from 'react';
+import { Alert, Button, Slider, Space, Typography } from 'antd';
+import { imageUrl, type Slice } from '../api/client';
+import { useApi } from '../api/context';
+import { stepKept } from '../lib/slicePlot';
+
+function useImage(apiKey: string, path: string | null): { url: string | null; error: boolean } {
+  const [state, setState] = useState<{ url: string | null; error: boolean }>({ url: null, error: false });
+  useEffect(() => {
+    if (!path) {
+      setState({ url: null, error: false });
+      return;
+    }
+    let url: string | null = null;
+    let live = true;
+    imageUrl(apiKey, path)
+      .then((u) => {
+        url = u;
+        if (live) setState({ url: u, error: false });
+        else URL.revokeObjectURL(u);
+      })
+      .catch(() => live && setState({ url: null, error: true }));
+    return () => {
+      live = false;
+      if (url) URL.revokeObjectURL(url);
+    };
+  }, [apiKey, path]);
+  return state;
+}
+
+export function SliceViewer({ jobId, slices }: { jobId: string; slices: Slice[] }) {
+  const { apiKey } = useApi();
+  const kept = useMemo(() => slices.filter((s) => s.kept).map((s) => s.index).sort((a, b) => a - b), [slices]);
+  const withHeatmap = useMemo(() => slices.filter((s) => s.heatmap_url).map((s) => s.index), [slices]);
+  const [current, setCurrent] = useState<number>(() => withHeatmap[0] ?? kept[0] ?? 0);
+  const [opacity, setOpacity] = useState(70);
+  const slice = slices.find((s) => s.index === current);
+  const image = useImage(apiKey, kept.length ? `/v1/jobs/${jobId}/slices/${current}.png` : null);
+  const heatmap = useImage(apiKey, slice?.heatmap_url ?? null);
+
+  if (kept.length === 0) return <Alert type="info" title="No slice was kept, so there is nothing to show." />;
+  const step = (delta: number) => setCurrent((c) => stepKept(kept, c, delta));
+  const position = kept.indexOf(current);
+
+  return (
+    <Space direction="vertical" style={{ width: '100%' }}>
+      <Typography.Paragraph>
+        Step through the kept slices with the arrow keys or the mouse wheel over the image. A Grad-CAM heatmap (where the
+        model looked) is overlaid on the {withHeatmap.length} slices with the highest P(COVID)
+        {withHeatmap.length > 0 && ` (slices ${withHeatmap.join(', ')})`}.
+      </Typography.Paragraph>
+      <div
+        role="group"
+        tabIndex={0}
+        aria-label={`Slice viewer: slice ${current}, ${position + 1} of ${kept.length} kept. Use arrow keys to step.`}
+        data-testid="slice-viewer"
+        data-slice={current}
+        onKeyDown={(e) => {
+          if (e.key === 'ArrowRight' || e.key === 'ArrowDown') {
+            step(1);
+            e.preventDefault();
+          } else if (e.key === 'ArrowLeft' || e.key === 'ArrowUp') {
+            step(-1);
+            e.preventDefault();
+          } else if (e.key === 'Home') setCurrent(kept[0]);
+          else if (e.key === 'End') setCurrent(kept[kept.length - 1]);
+        }}
+        onWheel={(e) => step(e.deltaY > 0 ? 1 : -1)}
+        style={{ position: 'relative', width: 'min(100%, 512px)', aspectRatio: '1 / 1', background: '#000', outlineOffset: 2 }}
+      >
+        {image.url && (
+          <img src={image.url} alt={`Slice ${current} as the model saw it`} style={{ width: '100%', height: '100%', imageRendering: 'pixelated' }} />
+        )}
+        {heatmap.url && (
+          <img
+            data-testid="heatmap"
+            src={heatmap.url}
+            alt={`Grad-CAM heatmap of slice ${current}`}
+            style={{ position: 'absolute', inset: 0, width: '100%', height: '100%', opacity: opacity / 100 }}
+          />
+        )}
+      </div>
+      <Space wrap>
+        <Button onClick={() => step(-1)} disabled={position <= 0}>
+          Previous slice
+        </Button>
+        <Button onClick={() => step(1)} disabled={position >= kept.length - 1}>
+          Next slice
+        </Button>
+        <span>
+          Slice {current} ({position + 1} of {kept.length} kept)
+          {slice?.probabilities && `, P(COVID) ${slice.probabilities.COVID.toFixed(3)}`}
+          {slice?.heatmap_url ? ', heatmap shown' : ', no heatmap for this slice'}
+        </span>
+        {withHeatmap.length > 0 && (
+          <Button onClick={() => setCurrent(withHeatmap[(withHeatmap.indexOf(current) + 1) % withHeatmap.length])}>
+            Next heatmap
+          </Button>
+        )}
+      </Space>
+      <Space style={{ width: 'min(100%, 512px)' }}>
+        <span id="opacity-label">Heatmap opacity</span>
+        <Slider
+          style={{ width: 240 }}
+          min={0}
+          max={100}
+          value={opacity}
+          onChange={setOpacity}
+          ariaLabelledByForHandle="opacity-label"
+          disabled={!heatmap.url}
+        />
+      </Space>
+    </Space>
+  );
+}

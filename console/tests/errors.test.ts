@@ -1,0 +1,35 @@
+import { describe, expect, it } from 'vitest';
+import { ApiFailure, errorText } from '../src/lib/errors';
+
+describe('error text', () => {
+  it('puts every failed-job code of the API in words', () => {
+    for (const code of [
+      'unsupported_format',
+      'corrupt_file',
+      'no_ct_series',
+      'empty_study',
+      'too_many_slices',
+      'unsafe_archive',
+      'no_lung',
+      'not_chest_ct',
+      'checksum_mismatch',
+      'upload_expired',
+      'scorer_unavailable',
+      'internal_error',
+    ]) {
+      const text = errorText(code, 'raw server message');
+      expect(text).not.toContain('_');
+      expect(text).not.toBe('raw server message');
+    }
+  });
+
+  it('falls back to the server message, then to the code', () => {
+    expect(errorText('brand_new_code', 'the server says why')).toBe('the server says why');
+    expect(errorText('brand_new_code', '')).toBe('Error: brand_new_code');
+    expect(errorText(null)).toBe('Unknown error');
+  });
+
+  it('explains a wrong key', () => {
+    expect(new ApiFailure(401, 'unauthorized', 'unknown API key').text).toMatch(/key was not accepted/);
+  });
+});

@@ -1,0 +1,191 @@
+"""Rendering k8s/ overlays offline and the checks no tool makes (tests/unit/test_k8s_manifests.py).
+
+``compose_drift`` compares the rendered manifests with docker-compose files: the same
+covidct images (name and tag) and, for the app image, every COVIDCT_* setting compose sets
+is set in Kubernetes too.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.components import ComponentMissing
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+K8S_DIR = REPO_ROOT / "k8s"
+OVERLAYS = ("gpu", "cpu", "dev")
+WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job"}
+
+Doc = dict[str, Any]
+
+
+def kubectl() -> str:
+    path = shutil.which("kubectl")
+    if path is None:
+        raise ComponentMissing("kubectl (renders k8s/ with `kubectl kustomize`)")
+    return path
+
+
+@functools.cache
+def _render(directory: str) -> str:
+    result = subprocess.run(
+        [kubectl(), "kustomize", directory],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"kubectl kustomize {directory} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def render_text(overlay: str) -> str:
+    return _render(str(K8S_DIR / "overlays" / overlay))
+
+
+def render(overlay: str) -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(render_text(overlay)) if doc]
+
+
+def by_kind(docs: Iterable[Doc], kind: str) -> dict[str, Doc]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+def pod_spec(doc: Doc) -> Doc | None:
+    if doc["kind"] in WORKLOAD_KINDS:
+        spec: Doc = doc["spec"]["template"]["spec"]
+        return spec
+    return None
+
+
+def pod_labels(doc: Doc) -> dict[str, str]:
+    labels: dict[str, str] = doc["spec"]["template"]["metadata"].get("labels", {})
+    return labels
+
+
+def workloads(docs: Iterable[Doc]) -> list[Doc]:
+    return [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+
+
+def containers(spec: Doc) -> Iterator[Doc]:
+    yield from spec.get("initContainers", [])
+    yield from spec.get("containers", [])
+
+
+def selects(selector: Doc, labels: dict[str, str]) -> bool:
+    """Whether a LabelSelector (matchLabels + matchExpressions) selects ``labels``."""
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def container_env_keys(docs: list[Doc], container: Doc) -> set[str]:
+    """Every variable a container gets: env, and all keys of its envFrom sources."""
+    keys = {e["name"] for e in container.get("env", [])}
+    config_maps, secrets = by_kind(docs, "ConfigMap"), by_kind(docs, "Secret")
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            keys |= set(config_maps[source["configMapRef"]["name"]].get("data", {}))
+        if "secretRef" in source:
+            secret = secrets[source["secretRef"]["name"]]
+            keys |= set(secret.get("stringData", {})) | set(secret.get("data", {}))
+    return keys
+
+
+# --- docker compose ---------------------------------------------------------------------
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*))?\}")
+
+
+def interpolate_defaults(text: str) -> str:
+    """``${VAR:-default}`` -> default, ``${VAR}`` / ``${VAR:?message}`` -> '' (no .env)."""
+
+    def replace(match: re.Match[str]) -> str:
+        whole = match.group(0)
+        if ":-" in whole or whole.startswith("${" + match.group(1) + "-"):
+            return match.group(2) or ""
+        return ""
+
+    return _INTERPOLATION.sub(replace, text)
+
+
+def _compose_services(compose_texts: Iterable[str]) -> dict[str, Doc]:
+    """The services of several compose files merged as `docker compose -f a -f b` does
+    (enough of it: image replaced, environment merged)."""
+    services: dict[str, Doc] = {}
+    for text in compose_texts:
+        loaded = yaml.safe_load(text) or {}
+        for name, service in (loaded.get("services") or {}).items():
+            merged = services.setdefault(name, {})
+            for key, value in (service or {}).items():
+                if key == "environment":
+                    env = dict(_environment(merged.get("environment")))
+                    env.update(_environment(value))
+                    merged["environment"] = env
+                else:
+                    merged[key] = value
+    return services
+
+
+def _environment(value: Any) -> dict[str, str]:
+    if not value:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): "" if v is None else str(v) for k, v in value.items()}
+    pairs = (str(item).split("=", 1) for item in value)
+    return {p[0]: p[1] if len(p) > 1 else "" for p in pairs}
+
+
+def covidct_images(images: Iterable[str]) -> set[str]:
+    return {image.rsplit("/", 1)[-1] for image in images if "covidct-" in image}
+
+
+def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
+    """What differs between the rendered manifests and the compose files: covidct images
+    (name:tag) used by one and not the other, and COVIDCT_* settings that compose gives the
+    app image but Kubernetes does not. Empty when they agree."""
+    services = _compose_services(interpolate_defaults(text) for text in compose_texts)
+    compose_images = covidct_images(str(s["image"]) for s in services.values() if "image" in s)
+    k8s_images = covidct_images(
+        c["image"] for w in workloads(docs) for c in containers(pod_spec(w) or {})
+    )
+    problems = [f"image {i} in compose, not in k8s" for i in sorted(compose_images - k8s_images)]
+    problems += [f"image {i} in k8s, not in compose" for i in sorted(k8s_images - compose_images)]
+
+    compose_keys: set[str] = set()
+    for service in services.values():
+        if "covidct-app:" in str(service.get("image", "")):
+            compose_keys |= {
+                k for k in _environment(service.get("environment")) if k.startswith("COVIDCT_")
+            }
+    for workload in workloads(docs):
+        for container in containers(pod_spec(workload) or {}):
+            if "covidct-app:" not in container["image"]:
+                continue
+            missing = compose_keys - container_env_keys(docs, container)
+            problems += [
+                f"{workload['metadata']['name']}/{container['name']}: {key} set in compose, "
+                "not in k8s"
+                for key in sorted(missing)
+            ]
+    return problems

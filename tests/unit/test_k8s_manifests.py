@@ -1,0 +1,486 @@
+"""k8s/ offline: every overlay renders (kubectl kustomize), validates against the Kubernetes
+schemas (kubernetes-validate --strict, 1.29 and the newest bundled) and KEDA's
+(cloudcoil-models-keda), passes checkov, and keeps the invariants no tool checks.
+
+Without kubectl or a validator the tests skip; with CI=true they fail (ComponentMissing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from harness.components import ComponentMissing
+from services.common.config import Settings
+from services.common.queue import QUEUES, TASK_QUEUES
+from tests.support.k8s import (
+    K8S_DIR,
+    OVERLAYS,
+    REPO_ROOT,
+    Doc,
+    by_kind,
+    compose_drift,
+    container_env_keys,
+    containers,
+    pod_labels,
+    pod_spec,
+    render,
+    render_text,
+    selects,
+    workloads,
+)
+
+OLDEST_K8S = "1.29.0"
+KEDA_GROUP = "keda.sh/"
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def docs(overlay: str) -> list[Doc]:
+    return render(overlay)
+
+
+def deployments(docs: list[Doc]) -> dict[str, Doc]:
+    return by_kind(docs, "Deployment")
+
+
+def app_workloads(docs: list[Doc]) -> list[Doc]:
+    """Ours (gateway, workers, TorchServe, jobs), not the dev overlay's data services."""
+    return [
+        w
+        for w in workloads(docs)
+        if any("covidct-" in c["image"] for c in containers(pod_spec(w) or {}))
+    ]
+
+
+def long_running(docs: list[Doc]) -> list[Doc]:
+    return [w for w in workloads(docs) if w["kind"] != "Job"]
+
+
+# --- tools ------------------------------------------------------------------------------------
+
+
+def test_every_overlay_renders_into_one_namespace(docs: list[Doc]) -> None:
+    kinds = Counter(d["kind"] for d in docs)
+    assert kinds["Namespace"] == 1
+    for doc in docs:
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"].get("namespace") == "covidct", doc["metadata"]["name"]
+
+
+def test_kubernetes_schemas_strict(docs: list[Doc]) -> None:
+    if importlib.util.find_spec("kubernetes_validate") is None:
+        raise ComponentMissing("kubernetes-validate (pip install -e '.[dev]')")
+    import kubernetes_validate
+
+    newest = kubernetes_validate.latest_version()
+    errors = []
+    for version in (OLDEST_K8S, newest):
+        for doc in docs:
+            if doc["apiVersion"].startswith(KEDA_GROUP):
+                continue  # CRDs: validated below with KEDA's own models
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as error:
+                errors.append(f"{version} {doc['kind']}/{doc['metadata']['name']}: {error}")
+    assert not errors, "\n".join(errors)
+
+
+def _unknown_keys(given: Any, dumped: Any, path: str = "") -> list[str]:
+    if isinstance(given, dict):
+        found = []
+        for key, value in given.items():
+            if not isinstance(dumped, dict) or key not in dumped:
+                found.append(f"{path}.{key}")
+            else:
+                found += _unknown_keys(value, dumped[key], f"{path}.{key}")
+        return found
+    if isinstance(given, list) and isinstance(dumped, list):
+        return [
+            k
+            for i, (g, d) in enumerate(zip(given, dumped, strict=False))
+            for k in _unknown_keys(g, d, f"{path}[{i}]")
+        ]
+    return []
+
+
+def test_keda_objects_validate(docs: list[Doc]) -> None:
+    if importlib.util.find_spec("cloudcoil.models.keda") is None:
+        raise ComponentMissing("cloudcoil-models-keda (pip install -e '.[dev]')")
+    from cloudcoil.models.keda import v1alpha1
+
+    keda = [d for d in docs if d["apiVersion"].startswith(KEDA_GROUP)]
+    assert {d["kind"] for d in keda} == {"ScaledObject", "TriggerAuthentication"}
+    for doc in keda:
+        model = getattr(v1alpha1, doc["kind"]).model_validate(doc)
+        dumped = model.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        # pydantic ignores unknown fields; a misspelt field must not pass unnoticed.
+        assert _unknown_keys(doc, dumped) == [], doc["metadata"]["name"]
+
+
+def _checkov() -> str:
+    for candidate in (
+        os.environ.get("CHECKOV"),
+        str(REPO_ROOT / ".venv" / "tools" / "checkov" / "bin" / "checkov"),
+    ):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise ComponentMissing("checkov (make install puts it in .venv/tools/checkov)")
+
+
+def test_checkov_clean(overlay: str, tmp_path: Path) -> None:
+    checkov = _checkov()
+    skips = yaml.safe_load((K8S_DIR / "checkov-skips.yaml").read_text())
+    skipped = {**skips["all"], **(skips.get(overlay) or {})}
+    assert all(str(reason).strip() for reason in skipped.values()), "every skip needs a reason"
+    rendered = tmp_path / f"{overlay}.yaml"
+    rendered.write_text(render_text(overlay))
+    result = subprocess.run(
+        [
+            checkov, "-f", str(rendered), "--framework", "kubernetes", "--skip-download",
+            "--quiet", "--compact", "-o", "json", "--skip-check", ",".join(sorted(skipped)),
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    report = report[0] if isinstance(report, list) else report
+    failed = [
+        f"{c['check_id']} {c['check_name']}: {c['resource']}"
+        for c in report.get("results", {}).get("failed_checks", [])
+    ]
+    assert not failed, "\n".join(failed)
+    assert report["summary"]["passed"] > 100
+    assert report["summary"]["parsing_errors"] == 0
+
+
+# --- references and selectors -----------------------------------------------------------------
+
+
+def test_selectors_match_their_pods(docs: list[Doc]) -> None:
+    pods = {w["metadata"]["name"]: pod_labels(w) for w in workloads(docs)}
+    for name, deployment in deployments(docs).items():
+        assert selects(deployment["spec"]["selector"], pods[name]), name
+        for spread in pod_spec(deployment).get("topologySpreadConstraints", []):  # type: ignore[union-attr]
+            assert selects(spread["labelSelector"], pods[name]), name
+    long_lived = {w["metadata"]["name"]: pod_labels(w) for w in long_running(docs)}
+    for name, service in by_kind(docs, "Service").items():
+        selector = {"matchLabels": service["spec"]["selector"]}
+        matched = [w for w, labels in long_lived.items() if selects(selector, labels)]
+        assert len(matched) == 1, (name, matched)
+        ports = {
+            p["name"]
+            for c in containers(pod_spec(deployments(docs)[matched[0]]) or {})
+            for p in c.get("ports", [])
+        }
+        for port in service["spec"]["ports"]:
+            target = port["targetPort"]
+            assert isinstance(target, int) or target in ports, (name, target)
+    for name, pdb in by_kind(docs, "PodDisruptionBudget").items():
+        matched = [
+            w for w, labels in long_lived.items() if selects(pdb["spec"]["selector"], labels)
+        ]
+        assert len(matched) == 1, (name, matched)
+    for name, policy in by_kind(docs, "NetworkPolicy").items():
+        if policy["spec"]["podSelector"]:
+            assert any(selects(policy["spec"]["podSelector"], p) for p in pods.values()), name
+        for rule in policy["spec"].get("ingress", []) + policy["spec"].get("egress", []):
+            for peer in rule.get("from", []) + rule.get("to", []):
+                if "podSelector" in peer and "namespaceSelector" not in peer:
+                    assert any(selects(peer["podSelector"], p) for p in pods.values()), name
+
+
+def test_every_reference_exists(docs: list[Doc]) -> None:
+    names = {kind: set(by_kind(docs, kind)) for kind in ("ConfigMap", "Secret", "ServiceAccount")}
+    names["PersistentVolumeClaim"] = set(by_kind(docs, "PersistentVolumeClaim"))
+    missing = []
+
+    def need(kind: str, name: str, where: str) -> None:
+        if name not in names[kind]:
+            missing.append(f"{where}: {kind} {name}")
+
+    for workload in workloads(docs):
+        where = workload["metadata"]["name"]
+        spec = pod_spec(workload) or {}
+        need("ServiceAccount", spec.get("serviceAccountName", "default"), where)
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                need("ConfigMap", volume["configMap"]["name"], where)
+            if "secret" in volume:
+                need("Secret", volume["secret"]["secretName"], where)
+            if "persistentVolumeClaim" in volume:
+                need("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"], where)
+        for container in containers(spec):
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    need("ConfigMap", source["configMapRef"]["name"], where)
+                if "secretRef" in source:
+                    need("Secret", source["secretRef"]["name"], where)
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {})
+                if "configMapKeyRef" in ref:
+                    need("ConfigMap", ref["configMapKeyRef"]["name"], where)
+                if "secretKeyRef" in ref:
+                    need("Secret", ref["secretKeyRef"]["name"], where)
+            mounted = {m["name"] for m in container.get("volumeMounts", [])}
+            assert mounted <= {v["name"] for v in spec.get("volumes", [])}, where
+    auths = by_kind(docs, "TriggerAuthentication")
+    for name, auth in auths.items():
+        for ref in auth["spec"].get("secretTargetRef", []):
+            need("Secret", ref["name"], name)
+            assert ref["key"] in by_kind(docs, "Secret")[ref["name"]]["stringData"], ref
+    for name, scaled in by_kind(docs, "ScaledObject").items():
+        for trigger in scaled["spec"]["triggers"]:
+            assert trigger["authenticationRef"]["name"] in auths, name
+    services = by_kind(docs, "Service")
+    for name, ingress in by_kind(docs, "Ingress").items():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] in services, name
+                ports = {p["name"] for p in services[backend["name"]]["spec"]["ports"]}
+                assert backend["port"]["name"] in ports, name
+        # TLS secrets are issued by cert-manager, named by the annotation.
+        if ingress["spec"].get("tls"):
+            assert "cert-manager.io/cluster-issuer" in ingress["metadata"]["annotations"], name
+    assert not missing, missing
+
+
+# --- autoscaling ------------------------------------------------------------------------------
+
+
+def test_one_autoscaler_per_target_and_every_worker_scaled_by_its_queue(docs: list[Doc]) -> None:
+    deps = deployments(docs)
+    targets = [
+        h["spec"]["scaleTargetRef"]["name"]
+        for h in by_kind(docs, "HorizontalPodAutoscaler").values()
+    ]
+    scaled = by_kind(docs, "ScaledObject")
+    targets += [s["spec"]["scaleTargetRef"]["name"] for s in scaled.values()]
+    assert len(targets) == len(set(targets)), Counter(targets)
+    assert set(targets) <= set(deps)
+    assert by_kind(docs, "HorizontalPodAutoscaler")["covidct-gateway"]
+    queues_of = {}
+    for name, deployment in deps.items():
+        args = next(containers(pod_spec(deployment) or {})).get("args", [])
+        if args[:1] == ["worker"]:
+            queues_of[name] = args[args.index("--queues") + 1]
+    # One Deployment per queue, and its ScaledObject reads that queue's list.
+    assert sorted(queues_of.values()) == sorted(QUEUES)
+    for name, queue in queues_of.items():
+        so = next(s for s in scaled.values() if s["spec"]["scaleTargetRef"]["name"] == name)
+        assert [t["metadata"]["listName"] for t in so["spec"]["triggers"]] == [queue]
+    torchserve = next(
+        s for s in scaled.values() if s["spec"]["scaleTargetRef"]["name"] == "covidct-torchserve"
+    )
+    inference = TASK_QUEUES["covidct.inference"]
+    assert [t["metadata"]["listName"] for t in torchserve["spec"]["triggers"]] == [inference]
+    for so in scaled.values():
+        spec = so["spec"]
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        assert spec["cooldownPeriod"] >= 60
+        assert all(t["type"] == "redis" for t in spec["triggers"])
+    for name in targets:  # the autoscaler owns the count: an apply must not reset it
+        assert "replicas" not in deps[name]["spec"], name
+
+
+# --- pods -------------------------------------------------------------------------------------
+
+
+def test_probes_resources_and_security_everywhere(docs: list[Doc]) -> None:
+    for workload in workloads(docs):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload) or {}
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert spec.get("automountServiceAccountToken") is False, name
+        for container in containers(spec):
+            resources = container.get("resources", {})
+            for part in ("requests", "limits"):
+                assert {"cpu", "memory"} <= set(resources.get(part, {})), (name, part)
+            security = container["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            if workload["kind"] != "Job":
+                assert "livenessProbe" in container and "readinessProbe" in container, name
+
+
+def _http_probe(container: Doc, probe: str) -> tuple[str, Any]:
+    get = container[probe]["httpGet"]
+    return get["path"], get["port"]
+
+
+def test_health_endpoints(docs: list[Doc]) -> None:
+    deps = deployments(docs)
+    gateway = next(containers(pod_spec(deps["covidct-gateway"]) or {}))
+    assert _http_probe(gateway, "livenessProbe") == ("/healthz", "http")
+    assert _http_probe(gateway, "readinessProbe") == ("/readyz", "http")
+    assert {"name": "http", "containerPort": 8000} in gateway["ports"]
+    assert gateway["args"] == ["gateway", "--host", "0.0.0.0", "--port", "8000"]
+    torchserve = next(containers(pod_spec(deps["covidct-torchserve"]) or {}))
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert _http_probe(torchserve, probe) == ("/ping", "inference")
+    assert {"name": "inference", "containerPort": 8080} in torchserve["ports"]
+
+
+def test_gpu_only_in_the_gpu_overlay(overlay: str, docs: list[Doc]) -> None:
+    spec = pod_spec(deployments(docs)["covidct-torchserve"]) or {}
+    limits = next(containers(spec))["resources"]["limits"]
+    if overlay == "gpu":
+        assert int(limits["nvidia.com/gpu"]) >= 1
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+            "tolerations"
+        ]
+    else:
+        assert "nvidia.com/gpu" not in render_text(overlay)
+
+
+def test_settings_are_settings_fields_and_point_at_the_cluster(
+    overlay: str, docs: list[Doc]
+) -> None:
+    fields = {f"COVIDCT_{name.upper()}" for name in Settings.model_fields}
+    for workload in app_workloads(docs):
+        for container in containers(pod_spec(workload) or {}):
+            keys = {k for k in container_env_keys(docs, container) if k.startswith("COVIDCT_")}
+            assert keys <= fields, (workload["metadata"]["name"], keys - fields)
+    config = by_kind(docs, "ConfigMap")["covidct-config"]["data"]
+    assert config["COVIDCT_STORAGE_URL"].startswith("s3://")  # blobs shared by all pods
+    assert config["COVIDCT_SCORER_URL"] == "http://covidct-torchserve:8080"
+    secret = by_kind(docs, "Secret")["covidct-secrets"]["stringData"]
+    # Several pods: the same encryption keys everywhere, not a key file per pod.
+    assert {"COVIDCT_DATABASE_URL", "COVIDCT_BROKER_URL", "COVIDCT_SECRET_KEYS"} <= set(secret)
+    keys = json.loads(secret["COVIDCT_SECRET_KEYS"])
+    assert isinstance(keys, list) and keys
+    if overlay == "dev":  # a working (public, dev-only) key
+        from cryptography.fernet import Fernet
+
+        Fernet(keys[0].encode())
+
+
+def test_uploads_shared_by_gateway_replicas(overlay: str, docs: list[Doc]) -> None:
+    var_dir = by_kind(docs, "ConfigMap")["covidct-config"]["data"]["COVIDCT_VAR_DIR"]
+    spec = pod_spec(deployments(docs)["covidct-gateway"]) or {}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    mounts = {m["mountPath"]: m["name"] for m in next(containers(spec))["volumeMounts"]}
+    assert claims[mounts[f"{var_dir}/uploads"]] == "covidct-uploads"  # Settings.upload_dir
+    pvc = by_kind(docs, "PersistentVolumeClaim")["covidct-uploads"]
+    expected = ["ReadWriteMany"] if overlay == "gpu" else ["ReadWriteOnce"]  # laptop: 1 node
+    assert pvc["spec"]["accessModes"] == expected
+    # Only the gateway mounts it: workers read uploads from blob storage.
+    users = [
+        w["metadata"]["name"]
+        for w in workloads(docs)
+        if any("persistentVolumeClaim" in v for v in (pod_spec(w) or {}).get("volumes", []))
+    ]
+    assert users == ["covidct-gateway"]
+
+
+def test_ingress_streams_large_uploads(docs: list[Doc]) -> None:
+    ingresses = by_kind(docs, "Ingress")
+    for ingress in ingresses.values():
+        annotations = ingress["metadata"]["annotations"]
+        assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
+        assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] == "0"
+        assert int(annotations["nginx.ingress.kubernetes.io/proxy-read-timeout"]) >= 600
+    uploads = ingresses["covidct-uploads"]
+    assert uploads["metadata"]["annotations"]["nginx.ingress.kubernetes.io/upstream-hash-by"]
+    assert uploads["spec"]["rules"][0]["http"]["paths"][0]["path"].startswith("/v1/uploads/")
+
+
+def test_network_policies(docs: list[Doc]) -> None:
+    pods = {w["metadata"]["name"]: pod_labels(w) for w in workloads(docs)}
+    policies = by_kind(docs, "NetworkPolicy")
+    assert policies["default-deny-all"]["spec"] == {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+    }
+    dev_data = {"covidct-postgres", "covidct-redis", "covidct-minio"}
+    for name, policy in policies.items():
+        spec = policy["spec"]
+        selected = {p for p, labels in pods.items() if selects(spec["podSelector"], labels)}
+        for rule in spec.get("ingress", []):
+            # From outside the namespace: the gateway only (dev: KEDA reads the dev Redis).
+            if any("namespaceSelector" in peer for peer in rule.get("from", [])):
+                assert selected <= {"covidct-gateway", "covidct-redis"}, name
+            else:
+                assert selected <= {"covidct-gateway", "covidct-torchserve"} | dev_data, name
+        for rule in spec.get("egress", []):
+            for peer in rule.get("to", []):
+                cidr = peer.get("ipBlock", {}).get("cidr")
+                if cidr == "0.0.0.0/0":
+                    assert selected == {"covidct-worker-webhooks"}, name
+                    assert "169.254.0.0/16" in peer["ipBlock"]["except"]  # cloud metadata
+
+
+# --- docker compose ---------------------------------------------------------------------------
+
+FIXTURE_COMPOSE = """
+x-app: &app
+  image: covidct-app:${COVIDCT_IMAGE_TAG:-0.1.0}
+  environment:
+    COVIDCT_DATABASE_URL: postgresql+psycopg://covidct:${POSTGRES_PASSWORD:?set}@postgres/covidct
+    COVIDCT_BROKER_URL: redis://redis:6379/0
+    COVIDCT_SCORER_URL: http://torchserve:8080
+    COVIDCT_VAR_DIR: /var/lib/covidct
+    COVIDCT_STORAGE_URL: ${COVIDCT_STORAGE_URL:-/var/lib/covidct/blobs}
+services:
+  gateway:
+    <<: *app
+    command: ["gateway", "--host", "0.0.0.0", "--port", "8000"]
+  worker-preprocess:
+    <<: *app
+    command: ["worker", "--queues", "preprocess"]
+  torchserve:
+    image: covidct-torchserve:${COVIDCT_IMAGE_TAG:-0.1.0}
+  redis:
+    image: redis:7.0-bookworm
+"""
+FIXTURE_COMPOSE_GPU = """
+services:
+  torchserve:
+    image: covidct-torchserve:${COVIDCT_IMAGE_TAG:-0.1.0}-gpu
+"""
+
+
+def test_compose_comparison_on_a_fixture() -> None:
+    assert compose_drift(render("cpu"), [FIXTURE_COMPOSE]) == []
+    assert compose_drift(render("gpu"), [FIXTURE_COMPOSE, FIXTURE_COMPOSE_GPU]) == []
+    assert compose_drift(render("gpu"), [FIXTURE_COMPOSE]) == [
+        "image covidct-torchserve:0.1.0 in compose, not in k8s",
+        "image covidct-torchserve:0.1.0-gpu in k8s, not in compose",
+    ]
+    drifted = FIXTURE_COMPOSE.replace("0.1.0}", "0.2.0}").replace(
+        "COVIDCT_VAR_DIR", "COVIDCT_HEATMAP_TOP_K: '5'\n    COVIDCT_VAR_DIR"
+    )
+    problems = compose_drift(render("cpu"), [drifted])
+    assert "image covidct-app:0.2.0 in compose, not in k8s" in problems
+    assert "image covidct-app:0.1.0 in k8s, not in compose" in problems
+    assert any("COVIDCT_HEATMAP_TOP_K set in compose, not in k8s" in p for p in problems)
+
+
+def test_same_images_and_settings_as_docker_compose(overlay: str, docs: list[Doc]) -> None:
+    compose = REPO_ROOT / "docker-compose.yml"
+    if not compose.exists():
+        pytest.skip("no docker-compose.yml in this checkout")
+    texts = [compose.read_text()]
+    gpu = REPO_ROOT / "docker-compose.gpu.yml"
+    if overlay == "gpu" and gpu.exists():
+        texts.append(gpu.read_text())
+    assert compose_drift(docs, texts) == []
