@@ -254,6 +254,18 @@ def test_compose_stack_end_to_end(
     # Both scorers name the model slice-cnn: TorchServe's own access log shows it scored.
     access_log = stack.exec("torchserve", "cat", "/home/model-server/logs/access_log.log")
     assert "/predictions/slice-cnn" in access_log, access_log[-2000:]
+    ts_metrics = stack.exec(
+        "torchserve",
+        "python",
+        "-c",
+        "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8082/metrics').read().decode())",
+    )
+    requests = [
+        line
+        for line in ts_metrics.splitlines()
+        if line.startswith("ts_inference_requests_total") and 'model_name="slice-cnn"' in line
+    ]
+    assert requests and float(requests[0].rsplit(" ", 1)[1]) > 0, ts_metrics[-2000:]
     events = [row[0] for row in stack.sql(
         f"SELECT status FROM job_events WHERE job_id = '{job_id}' ORDER BY id"
     )]  # fmt: skip
