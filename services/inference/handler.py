@@ -97,13 +97,18 @@ class SliceScoringHandler:
         self.model: SliceModel | None = None
         self.model_name = ""
         self.model_version = ""
+        self.device = "cpu"
 
     @property
     def initialized(self) -> bool:
         return self.model is not None
 
     def initialize(
-        self, model_dir: Path, model_name: str, model_version: str | None = None
+        self,
+        model_dir: Path,
+        model_name: str,
+        model_version: str | None = None,
+        device: str = "cpu",
     ) -> None:
         """Load ``config.json`` + members from ``model_dir``.
 
@@ -117,15 +122,19 @@ class SliceScoringHandler:
                 f"archive version {model_version!r} does not match config.json "
                 f"version {model.version!r} in {model_dir}"
             )
+        for member in model.members:
+            member.to(device)
         self.model = model
         self.model_name = model_name
         self.model_version = model.version
+        self.device = device
         logger.info(
-            "loaded %s %s (%d members) from %s in %.2f s; torch threads: %d",
+            "loaded %s %s (%d members) from %s on %s in %.2f s; torch threads: %d",
             model_name,
             model.version,
             len(model.members),
             model_dir,
+            device,
             time.perf_counter() - started,
             torch.get_num_threads(),
         )
@@ -148,7 +157,7 @@ class SliceScoringHandler:
         if sum(counts) == 0:
             probabilities = np.zeros((0, 2))
         else:
-            probabilities = model.predict_proba(np.concatenate(batches))
+            probabilities = model.predict_proba(np.concatenate(batches), device=self.device)
         results = []
         for part in np.split(probabilities, np.cumsum(counts)[:-1]):
             results.append(
@@ -208,6 +217,15 @@ class SliceScoringHandler:
 _handler = SliceScoringHandler()
 
 
+def select_device(properties: dict[str, Any]) -> str:
+    """The GPU TorchServe assigned to this worker (``gpu_id``), when CUDA is usable; else
+    the CPU, so the same archive serves on both."""
+    gpu_id = properties.get("gpu_id")
+    if gpu_id is not None and torch.cuda.is_available():
+        return f"cuda:{int(gpu_id)}"
+    return "cpu"
+
+
 def handle(data: list[dict[str, Any]] | None, context: _Context) -> list[dict[str, Any]] | None:
     """TorchServe entry point; loads the model lazily, once per worker process.
 
@@ -221,6 +239,7 @@ def handle(data: list[dict[str, Any]] | None, context: _Context) -> list[dict[st
             Path(properties["model_dir"]),
             manifest_model.get("modelName", "slice-cnn"),
             manifest_model.get("modelVersion"),
+            device=select_device(properties),
         )
     if data is None:
         return None

@@ -158,3 +158,16 @@ def test_heatmaps_refuse_scores_from_another_model_version(
     assert list(same) == [1]
     with pytest.raises(ModelVersionMismatch, match="v1"):
         explain_slices(x, ScoreBatch(probabilities, "slice-cnn", "v1"), model, top_k=1)
+
+
+def test_torchserve_handler_uses_its_assigned_gpu_only_when_cuda_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.inference.handler import select_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert select_device({"gpu_id": 1}) == "cpu"  # a GPU node image run on a CPU
+    assert select_device({}) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert select_device({"gpu_id": "1"}) == "cuda:1"
+    assert select_device({}) == "cpu"  # TorchServe started without GPUs
