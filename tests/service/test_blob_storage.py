@@ -27,7 +27,7 @@ from services.common.config import Settings
 from services.common.queue import celery_app
 from services.common.storage import BlobStorage, LocalStorage, make_storage
 from services.common.storage_s3 import S3Storage, _client
-from tests.support.service import auth, make_tenant, tus_headers, tus_metadata
+from tests.support.service import auth, make_tenant, upload_study
 
 MiB = 1024**2
 KEY_ID, SECRET, REGION = "testing", "testing", "us-east-1"
@@ -245,22 +245,7 @@ def test_a_jobs_blobs_land_in_s3_and_deletion_sweeps_them(
     try:
         with TestClient(create_app()) as api:
             tenant = make_tenant("s3")
-            job = api.post("/v1/jobs", json={}, headers=auth(tenant)).json()
-            headers = tus_headers(
-                tenant,
-                **{
-                    "Upload-Length": str(len(data)),
-                    "Content-Type": "application/offset+octet-stream",
-                },
-            )
-            headers["Upload-Metadata"] = tus_metadata(
-                job_id=job["id"],
-                filename="CT_small.dcm",
-                filetype="application/dicom",
-                sha256=hashlib.sha256(data).hexdigest(),
-            )
-            created = api.post("/v1/uploads", headers=headers, content=data)
-            assert created.status_code == 201, created.text
+            job = {"id": upload_study(api, tenant, data)}
             body = api.get(f"/v1/jobs/{job['id']}", headers=auth(tenant)).json()
             assert body["status"] == "succeeded", body
 

@@ -3,7 +3,6 @@ and every task run a second time changes nothing (no duplicate rows, no second w
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from services.ensemble.tasks import ensemble_job
 from services.inference.tasks import score_job
 from services.preprocess.tasks import preprocess_job
 from services.webhooks.delivery import verify
-from tests.support.service import auth, callback_receiver, make_tenant, tus_headers, tus_metadata
+from tests.support.service import auth, callback_receiver, make_tenant, row_counts, upload_study
 
 
 @pytest.fixture
@@ -45,14 +44,7 @@ def eager(isolated_settings: Callable[..., Settings]) -> Iterator[TestClient]:
 
 
 def _counts(job_id: str) -> dict[str, int]:
-    with session_scope() as session:
-        return {
-            model.__tablename__: session.scalar(
-                select(func.count()).select_from(model).where(model.job_id == job_id)
-            )
-            or 0
-            for model in (JobEvent, SliceRecord, SliceScore, Result, WebhookDelivery)
-        }
+    return row_counts(job_id, JobEvent, SliceRecord, SliceScore, Result, WebhookDelivery)
 
 
 def test_job_runs_to_a_verdict_and_tasks_are_idempotent(eager: TestClient) -> None:
@@ -60,23 +52,7 @@ def test_job_runs_to_a_verdict_and_tasks_are_idempotent(eager: TestClient) -> No
     data = study.read_bytes()
     tenant = make_tenant("eager")
     with callback_receiver() as receiver:
-        job = eager.post(
-            "/v1/jobs", json={"callback_url": receiver.url}, headers=auth(tenant)
-        ).json()
-        headers = tus_headers(
-            tenant,
-            **{
-                "Upload-Length": str(len(data)),
-                "Content-Type": "application/offset+octet-stream",
-            },
-        )
-        headers["Upload-Metadata"] = tus_metadata(
-            job_id=job["id"],
-            filename="CT_small.dcm",
-            filetype="application/dicom",
-            sha256=hashlib.sha256(data).hexdigest(),
-        )
-        assert eager.post("/v1/uploads", headers=headers, content=data).status_code == 201
+        job = {"id": upload_study(eager, tenant, data, callback_url=receiver.url)}
 
         body = eager.get(f"/v1/jobs/{job['id']}", headers=auth(tenant)).json()
         assert body["status"] == "succeeded", body
@@ -132,15 +108,7 @@ def test_a_job_passes_each_stage_function_once(
     study = Path(str(get_testdata_file("CT_small.dcm", download=False)))
     data = study.read_bytes()
     tenant = make_tenant("walk")
-    job = eager.post("/v1/jobs", json={}, headers=auth(tenant)).json()
-    headers = tus_headers(
-        tenant,
-        **{"Upload-Length": str(len(data)), "Content-Type": "application/offset+octet-stream"},
-    )
-    headers["Upload-Metadata"] = tus_metadata(
-        job_id=job["id"], filename="CT_small.dcm", filetype="application/dicom"
-    )
-    assert eager.post("/v1/uploads", headers=headers, content=data).status_code == 201
+    job = {"id": upload_study(eager, tenant, data)}
     body = eager.get(f"/v1/jobs/{job['id']}", headers=auth(tenant)).json()
     assert body["status"] == "succeeded", body
     assert calls == ["preprocess_path", "score_slices", "verdict"]

@@ -4,7 +4,6 @@ no identifying header."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import services.ensemble.tasks  # noqa: F401  (registers the task the eager pipeline runs last)
 from services.asgi import create_app
@@ -24,7 +23,7 @@ from services.common.queue import celery_app
 from services.common.retention import sweep_retention
 from services.inference.tasks import score_job
 from services.preprocess.tasks import preprocess_job
-from tests.support.service import auth, make_tenant, tus_headers, tus_metadata
+from tests.support.service import auth, make_tenant, row_counts, upload_study
 
 STUDY = Path(str(get_testdata_file("CT_small.dcm", download=False)))
 
@@ -54,20 +53,7 @@ def stepwise(
 
 
 def _submit(client: TestClient, tenant: dict[str, str], data: bytes | None = None) -> str:
-    data = STUDY.read_bytes() if data is None else data
-    job = client.post("/v1/jobs", json={}, headers=auth(tenant)).json()
-    headers = tus_headers(
-        tenant,
-        **{"Upload-Length": str(len(data)), "Content-Type": "application/offset+octet-stream"},
-    )
-    headers["Upload-Metadata"] = tus_metadata(
-        job_id=job["id"],
-        filename="CT_small.dcm",
-        filetype="application/dicom",
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
-    assert client.post("/v1/uploads", headers=headers, content=data).status_code == 201
-    return str(job["id"])
+    return upload_study(client, tenant, STUDY.read_bytes() if data is None else data)
 
 
 def _blobs(settings: Settings, job_id: str) -> list[str]:
@@ -76,14 +62,7 @@ def _blobs(settings: Settings, job_id: str) -> list[str]:
 
 
 def _rows(job_id: str) -> dict[str, int]:
-    with session_scope() as session:
-        return {
-            model.__tablename__: session.scalar(
-                select(func.count()).select_from(model).where(model.job_id == job_id)
-            )
-            or 0
-            for model in (SliceRecord, SliceScore, Result)
-        }
+    return row_counts(job_id, SliceRecord, SliceScore, Result)
 
 
 def test_raw_upload_goes_when_the_job_ends_and_derived_data_after_n_days(

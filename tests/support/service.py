@@ -4,6 +4,7 @@ and a callback receiver that records every signed POST it gets."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import threading
 import uuid
@@ -12,6 +13,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from sqlalchemy import func, select
 
 from services.common.config import get_settings
 from services.common.db import session_scope
@@ -59,6 +62,43 @@ def tus_metadata(**values: str) -> str:
 
 def tus_headers(tenant: dict[str, str], **extra: str) -> dict[str, str]:
     return {"Tus-Resumable": "1.0.0", **auth(tenant), **extra}
+
+
+def upload_study(
+    client: Any,
+    tenant: dict[str, str],
+    data: bytes,
+    filename: str = "CT_small.dcm",
+    filetype: str = "application/dicom",
+    **job: Any,
+) -> str:
+    """Create a job (``job``: its body) and upload ``data`` with its sha256 in one tus
+    creation-with-upload; asserts 201 and returns the job id. With eager Celery the whole
+    pipeline has run when this returns."""
+    job_id = new_job(client, tenant, **job)["id"]
+    headers = tus_headers(
+        tenant,
+        **{"Upload-Length": str(len(data)), "Content-Type": "application/offset+octet-stream"},
+    )
+    headers["Upload-Metadata"] = tus_metadata(
+        job_id=job_id, filename=filename, filetype=filetype,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )  # fmt: skip
+    created = client.post("/v1/uploads", headers=headers, content=data)
+    assert created.status_code == 201, created.text
+    return str(job_id)
+
+
+def row_counts(job_id: str, *models: Any) -> dict[str, int]:
+    """Rows of each ORM model (a table with ``job_id``) that belong to ``job_id``."""
+    with session_scope() as session:
+        return {
+            model.__tablename__: session.scalar(
+                select(func.count()).select_from(model).where(model.job_id == job_id)
+            )
+            or 0
+            for model in models
+        }
 
 
 @dataclass
