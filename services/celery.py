@@ -61,12 +61,15 @@ def _requeue_on_start(**_kwargs: Any) -> None:
 def _recover_forever() -> None:
     """While this worker lives: queue again the jobs whose stage lost its worker (a stale
     lease), so recovery takes about job_lease_s, not the broker's visibility timeout."""
-    from services.common.tasks import requeue_expired_leases
+    from services.common.tasks import requeue_expired_leases, resend_stranded_webhooks
 
     settings = get_settings()
     while True:
         time.sleep(settings.recovery_interval_s)
         try:
             requeue_expired_leases(settings.job_lease_s)
+            # Callbacks recorded but never attempted (the broker was down when their job
+            # ended); receivers deduplicate on webhook-id should one still be queued.
+            resend_stranded_webhooks(older_than_s=max(120.0, 2 * settings.job_lease_s))
         except Exception:  # the database or broker is away: the next round retries
             log.warning("lease sweep failed", exc_info=True)

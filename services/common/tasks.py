@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from celery.exceptions import Retry
 from sqlalchemy import select, update
@@ -112,10 +112,11 @@ def job_lease(job_id: str, interval_s: float) -> Iterator[None]:
 
 def requeue_expired_leases(lease_s: float) -> list[str]:
     """Queue again the running-state jobs whose stage stopped renewing its lease (its worker
-    was killed). Only the caller whose compare-and-set renews a stale lease queues a job, so
-    several workers sweeping at once queue it once."""
+    was killed), and queued jobs whose pipeline could not be sent (``UNSENT``). Only the
+    caller whose compare-and-set takes a stale lease queues a job, so several workers
+    sweeping at once queue it once. Jobs waiting in the broker hold no lease: never resent."""
     cutoff = utcnow() - timedelta(seconds=lease_s)
-    running = [s.value for s in RUNNING_STATUSES]
+    running = [s.value for s in (JobStatus.QUEUED, *RUNNING_STATUSES)]
     with session_scope() as session:
         stale = list(
             session.scalars(
@@ -140,11 +141,19 @@ def requeue_expired_leases(lease_s: float) -> list[str]:
     return requeued
 
 
+# A lease that expired long ago: marks a job whose pipeline could not be sent.
+UNSENT = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def enqueue(job_id: str) -> None:
     try:
         start_pipeline(job_id)
-    except Exception:  # broker down: the job stays queued and requeue_stale_jobs picks it up
-        log.exception("could not queue job %s; it stays queued", job_id)
+    except Exception:  # broker down: mark the job so the next lease sweep sends it again
+        log.exception("could not queue job %s; the lease sweep will retry", job_id)
+        try:
+            _set_heartbeat(job_id, UNSENT)
+        except Exception:  # the database too: the start-up requeue still finds it queued
+            log.warning("could not mark job %s unsent", job_id, exc_info=True)
 
 
 def requeue_stale_jobs(older_than_s: float = 60.0) -> list[str]:

@@ -92,3 +92,22 @@ def test_a_dropped_database_connection_is_retried_not_a_failed_job(
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.status == JobStatus.SCORING  # not failed
+
+
+def test_a_job_whose_pipeline_could_not_be_sent_is_sent_by_the_sweep(
+    isolated_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    isolated_settings()
+    job_id = _job(JobStatus.QUEUED, None)
+
+    def broker_down(_job_id: str) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks, "start_pipeline", broker_down)
+    tasks.enqueue(job_id)  # logged, not raised; the job is marked
+    assert _heartbeat(job_id) is not None
+    sent: list[str] = []
+    monkeypatch.setattr(tasks, "start_pipeline", sent.append)
+    assert requeue_expired_leases(lease_s=60) == [job_id]
+    assert sent == [job_id] and _heartbeat(job_id) is None
+    assert requeue_expired_leases(lease_s=60) == []  # sent once
