@@ -52,8 +52,8 @@ RUN set -eux; \
 
 FROM python AS app
 ARG VERSION=0.1.0
-ARG SLICE_MODEL_VERSION=v1
-ARG ENSEMBLE_MODEL_VERSION=v1
+ARG SLICE_MODEL_VERSION=v1.1
+ARG ENSEMBLE_MODEL_VERSION=v2
 LABEL org.opencontainers.image.title="covidct-app" \
       org.opencontainers.image.description="covidct gateway, Celery workers, migrations and CLI" \
       org.opencontainers.image.version="${VERSION}" \

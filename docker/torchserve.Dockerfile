@@ -36,7 +36,7 @@ RUN set -eux; \
     fi; \
     PYTHONPATH=/app /opt/venv/bin/python -c 'import torch, ts, services.inference.handler'
 ARG VERSION=0.1.0
-ARG SLICE_MODEL_VERSION=v1
+ARG SLICE_MODEL_VERSION=v1.1
 LABEL org.opencontainers.image.title="covidct-torchserve" \
       org.opencontainers.image.description="TorchServe 0.12 serving the covidct slice CNN" \
       org.opencontainers.image.version="${VERSION}" \

@@ -20,8 +20,8 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT.parent / "shared" / "data"
     # Shipped, versioned model artefacts.
     models_dir: Path = REPO_ROOT / "models"
-    slice_model_version: str = "v1"
-    ensemble_model_version: str = "v1"
+    slice_model_version: str = "v1.1"
+    ensemble_model_version: str = "v2"
 
     # Input limits: a hospital upload must never exhaust disk or memory.
     max_slices: int = 1000

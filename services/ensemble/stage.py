@@ -2,10 +2,19 @@
 
 The Celery task and the offline ``diagnose`` both call :func:`verdict`, so there is one
 decision rule and one class list (``CLASS_NAMES``).
+
+Two paths, chosen per study by what it holds:
+
+* a whole-lung series with HU (DICOM/NIfTI, at least ``min_lung_slices`` lung-bearing slices)
+  is read by :class:`~services.ensemble.series_verdict.SeriesPatternVerdict` from its lung
+  features (ensemble v2);
+* anything else (single slices, screenshots, short series) goes to the XGBoost+SVM soft vote
+  over slice probabilities, which was trained on data of that shape (ensemble v1).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +26,17 @@ from services.common.caches import process_cache
 from services.common.config import get_settings
 from services.common.modelinfo import CLASS_NAMES
 from services.ensemble.model import SoftVoteEnsemble, load_ensemble
+from services.ensemble.series_verdict import SeriesPatternVerdict, SeriesVerdictConfig
+
+SERIES_PATTERN_KIND = "series-pattern"
 
 
 @dataclass(frozen=True)
 class LoadedEnsemble:
-    model: SoftVoteEnsemble
+    model: SoftVoteEnsemble  # the slice-probability soft vote (short studies, no HU)
     version: str
+    series: SeriesPatternVerdict | None = None  # whole-lung HU series, when the version has it
+    soft_vote_version: str | None = None  # version of ``model`` when it differs from ``version``
 
 
 @dataclass(frozen=True)
@@ -70,7 +84,19 @@ def loaded_ensemble() -> LoadedEnsemble:
 
 
 def load_ensemble_version(directory: Path, version: str) -> LoadedEnsemble:
-    return LoadedEnsemble(load_ensemble(directory), version)
+    """A soft-vote directory (v1), or a series-pattern one naming its soft vote (v2)."""
+    config = json.loads((directory / "config.json").read_text())
+    if config.get("kind") != SERIES_PATTERN_KIND:
+        return LoadedEnsemble(load_ensemble(directory), version)
+    if tuple(config.get("classes", CLASS_NAMES)) != CLASS_NAMES:
+        raise ValueError(f"{directory} decides {config.get('classes')}, expected {CLASS_NAMES}")
+    soft_vote = str(config["soft_vote"])
+    return LoadedEnsemble(
+        model=load_ensemble(directory.parent / soft_vote),
+        version=version,
+        series=SeriesPatternVerdict(SeriesVerdictConfig.from_mapping(config.get("series", {}))),
+        soft_vote_version=soft_vote,
+    )
 
 
 def verdict(
@@ -81,10 +107,26 @@ def verdict(
 ) -> Verdict:
     """(N, 2) [NonCOVID, COVID] slice probabilities in slice order (plus the study's HU lung
     features when it had HU) -> patient verdict and its findings."""
+    versions = {"slice_cnn": slice_model_version, "ensemble": ensemble.version}
+    reported = findings(lung_features)
+    if ensemble.series is not None and ensemble.series.applies(lung_features):
+        assert lung_features is not None and reported is not None
+        reading = ensemble.series.read(lung_features)
+        threshold = ensemble.series.config.threshold
+        label = "COVID" if reading.p_covid >= threshold else "NonCOVID"
+        reported |= {"pattern": reading.pattern.value, "pattern_reasons": reading.reasons}
+        return Verdict(
+            label=label,
+            probabilities={"NonCOVID": 1.0 - reading.p_covid, "COVID": reading.p_covid},
+            model_versions=versions | {"verdict": SERIES_PATTERN_KIND},
+            findings=reported,
+        )
     patient = ensemble.model.predict_proba([slice_probabilities])[0]
+    if ensemble.soft_vote_version is not None:
+        versions |= {"verdict": f"soft-vote-{ensemble.soft_vote_version}"}
     return Verdict(
         label=CLASS_NAMES[int(np.argmax(patient))],
         probabilities={name: float(p) for name, p in zip(CLASS_NAMES, patient, strict=True)},
-        model_versions={"slice_cnn": slice_model_version, "ensemble": ensemble.version},
-        findings=findings(lung_features),
+        model_versions=versions,
+        findings=reported,
     )

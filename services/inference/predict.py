@@ -24,7 +24,7 @@ def predict_proba(
     out: list[NDArray[np.float64]] = []
     for start in range(0, len(inputs), batch_size):
         batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size]))
-        batch = batch.to(device).unsqueeze(1)
+        batch = batch.to(device).unsqueeze(1).contiguous(memory_format=torch.channels_last)
         probs = torch.softmax(model(batch).float(), dim=1)
         if tta:
             # A lung CT is close to left-right symmetric; averaging the mirror steadies scores.

@@ -42,7 +42,7 @@ from harness.compose import (
 )
 from harness.stacks import wait_for
 from services.cli.client import ApiClient, UploadState, submit, zip_directory
-from services.common.config import REPO_ROOT
+from services.common.config import REPO_ROOT, get_settings
 from services.webhooks.delivery import verify
 from tests.support.service import callback_receiver
 
@@ -250,7 +250,7 @@ def test_compose_stack_end_to_end(
     models = stack.sql(
         f"SELECT DISTINCT model_name, model_version FROM slice_scores WHERE job_id = '{job_id}'"
     )
-    assert models == [["slice-cnn", "v1"]]
+    assert models == [["slice-cnn", get_settings().slice_model_version]]
     # Both scorers name the model slice-cnn: TorchServe's own access log shows it scored.
     access_log = stack.exec("torchserve", "cat", "/home/model-server/logs/access_log.log")
     assert "/predictions/slice-cnn" in access_log, access_log[-2000:]

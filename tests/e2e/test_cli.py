@@ -46,15 +46,34 @@ def test_diagnose_json_contract_on_the_shared_covid_series(p002_result: dict) ->
     assert body["slices_total"] == 133
     assert len(body["slice_probabilities"]) == body["slices_used"] <= 133
     assert all(0 <= p <= 1 for p in body["slice_probabilities"])
-    assert set(body["model_versions"]) == {"slice_cnn", "ensemble"}
+    assert set(body["model_versions"]) == {"slice_cnn", "ensemble", "verdict"}
+
+
+def test_diagnose_calls_the_shared_covid_series_covid(p002_result: dict) -> None:
+    # P002 is COVID-19 (COVID-CT-MD studies.csv). Ensemble v2 reads the HU lung features:
+    # bilateral, peripheral, multifocal ground glass is the RSNA "typical" pattern.
+    assert p002_result["label"] == "COVID"
+    assert p002_result["model_versions"]["verdict"] == "series-pattern"
+    assert p002_result["findings"]["pattern"] == "typical"
+    assert p002_result["findings"]["bilateral"] is True
+
+
+@pytest.mark.parametrize(
+    ("series", "pattern"), [("cap002", "indeterminate"), ("normal001", "negative")]
+)
+def test_diagnose_calls_the_shared_cap_and_normal_series_noncovid(
+    ctmd_dir: Path, series: str, pattern: str
+) -> None:
+    body = run_json("diagnose", str(ctmd_dir / series))
+    assert body["label"] == "NonCOVID"
+    assert body["probabilities"]["COVID"] < 0.5
+    assert body["findings"]["pattern"] == pattern
 
 
 def test_diagnose_json_matches_the_in_process_pipeline(
     covid_series: Path, p002_result: dict
 ) -> None:
-    # The verdict itself is not asserted: on whole series the shipped models are known to be
-    # wrong for P002 (models/ensemble/v1/MODEL_CARD.md). What the CLI prints must be exactly
-    # what the pipeline computes.
+    # What the CLI prints must be exactly what the pipeline computes.
     from services.diagnosis import diagnose_path
 
     result, prepared = diagnose_path(covid_series)
@@ -135,3 +154,4 @@ def test_demo_falls_back_to_the_shipped_demo_study_without_shared_data(tmp_path:
     assert out.returncode == 0, out.stderr
     assert "covid-ct-md-P002" in out.stdout and "verdict: " in out.stdout
     assert "known diagnosis: COVID" in out.stdout
+    assert "verdict: COVID" in out.stdout

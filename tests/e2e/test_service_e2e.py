@@ -31,7 +31,7 @@ from harness.stacks import (
 )
 from services.cli.client import ApiClient, UploadState, submit, zip_directory
 from services.cli.runtime import Stack
-from services.common.config import Settings
+from services.common.config import Settings, get_settings
 from services.common.hashing import file_sha256
 from services.diagnosis import Diagnosis, diagnose_path
 from services.webhooks.delivery import verify
@@ -115,7 +115,9 @@ def _assert_verdict_and_callback(
     final = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
     assert final["status"] == "succeeded", final
     result = final["result"]
-    assert result["label"] == floor.label
+    # P002 is COVID-19: the service must say so, by the same series-pattern verdict.
+    assert result["label"] == floor.label == "COVID"
+    assert result["findings"]["pattern"] == "typical"
     for name, p in floor.probabilities.items():
         assert result["probabilities"][name] == pytest.approx(p, abs=1e-4)
     assert (result["slices_total"], result["slices_used"]) == (
@@ -186,7 +188,7 @@ def test_production_stack_end_to_end(
         "SELECT DISTINCT model_name, model_version FROM slice_scores WHERE job_id = :j",
         j=job["id"],
     )
-    assert [tuple(v) for v in versions] == [("slice-cnn", "v1")]
+    assert [tuple(v) for v in versions] == [("slice-cnn", get_settings().slice_model_version)]
     engine.dispose()
 
 

@@ -32,7 +32,8 @@ from services.inference.scorer import (
     make_scorer,
 )
 
-MODEL_DIR = get_settings().models_dir / "slice-cnn" / "v1"
+MODEL_DIR = get_settings().slice_model_dir  # the served version, as TorchServe serves it
+VERSION = get_settings().slice_model_version
 SIZE = 224
 
 
@@ -66,7 +67,7 @@ def forged_header(shape: tuple[int, ...]) -> bytes:
 class FakeContext:
     """The slice of ts.context.Context that handle() touches."""
 
-    def __init__(self, model_dir: Path, version: str = "v1") -> None:
+    def __init__(self, model_dir: Path, version: str = VERSION) -> None:
         self.system_properties: dict[str, Any] = {"model_dir": str(model_dir)}
         self.manifest: dict[str, Any] = {
             "model": {"modelName": "slice-cnn", "modelVersion": version}
@@ -85,7 +86,7 @@ def slice_model() -> SliceModel:
 @pytest.fixture(scope="module")
 def handler() -> SliceScoringHandler:
     loaded = SliceScoringHandler()
-    loaded.initialize(MODEL_DIR, "slice-cnn", "v1")
+    loaded.initialize(MODEL_DIR, "slice-cnn", VERSION)
     return loaded
 
 
@@ -137,7 +138,7 @@ def test_handler_batches_requests_and_answers_each(
 ) -> None:
     results = handler.handle_bodies([encode_slices(slices[:2]), encode_slices(slices[2:3])])
     assert [len(r["probabilities"]) for r in results] == [2, 1]
-    assert all(r["model_name"] == "slice-cnn" and r["model_version"] == "v1" for r in results)
+    assert all(r["model_name"] == "slice-cnn" and r["model_version"] == VERSION for r in results)
     got = np.array(results[0]["probabilities"] + results[1]["probabilities"])
     np.testing.assert_allclose(got, reference[:3], atol=1e-6)
     assert handler.handle_bodies([]) == []
@@ -180,7 +181,7 @@ def test_in_process_scorer_matches_the_model(
     scorer = InProcessScorer(MODEL_DIR)
     assert scorer.ready()
     batch = scorer.score(slices[:3])
-    assert (batch.model_name, batch.model_version) == ("slice-cnn", "v1")
+    assert (batch.model_name, batch.model_version) == ("slice-cnn", VERSION)
     assert batch.probabilities.shape == (3, 2) and batch.probabilities.dtype == np.float64
     expected = slice_model.predict_proba(slices[:3])
     np.testing.assert_allclose(batch.probabilities, expected, atol=1e-9)
@@ -224,7 +225,7 @@ def test_torchserve_scorer_matches_in_process(
 ) -> None:
     assert remote.ready()
     batch = remote.score(slices)
-    assert (batch.model_name, batch.model_version) == ("slice-cnn", "v1")
+    assert (batch.model_name, batch.model_version) == ("slice-cnn", VERSION)
     np.testing.assert_allclose(batch.probabilities, reference, atol=1e-5)
     assert remote.score(slices[:0]).probabilities.shape == (0, 2)
 
@@ -272,7 +273,7 @@ def test_build_mar_command_packs_an_eager_archive_with_batching(tmp_path: Path) 
         manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
         config = yaml.safe_load(archive.read("model-config.yaml"))
     assert manifest["model"]["modelName"] == "slice-cnn"
-    assert manifest["model"]["modelVersion"] == "v1"
+    assert manifest["model"]["modelVersion"] == VERSION
     assert "modelFile" in manifest["model"]  # eager mode: model file + state dicts
     assert {"member-0.pt", "config.json"} <= names
     assert config["batchSize"] > 1 and config["maxBatchDelay"] > 0
