@@ -62,6 +62,8 @@ MIN_PAD_FRACTION = 0.01
 MIN_ANCHOR_GAP = 60  # tissue - air, grey levels; less: no usable lung window
 MAX_TISSUE_GREY = 250  # a tissue mode at or above this is saturated
 MIN_LUNG_FRACTION = 0.03  # of the image, after erosion
+CLIP_TOL = 2  # grey levels above the image minimum that count as clipped
+MAX_CLIPPED_LUNG = 0.3  # more of the lung clipped to black: a soft-tissue window
 FRAME_FRACTION = 0.03  # bright frame added around images cropped through the lungs
 
 
@@ -156,6 +158,8 @@ def lung_mask_2d(image: NDArray[Any]) -> Bool2:
     """
     img = _gray(image)
     pad = padding_mask(img)
+    if pad.all():
+        return np.zeros_like(pad)  # a flat image: nothing but padding
     if pad.any():
         body, thr = body_mask(img, pad)
         air = outside_air(img, pad, body, thr)
@@ -279,8 +283,9 @@ def slice_lesion_share(image: NDArray[Any]) -> dict[str, Any]:
     body, _ = body_mask(img, pad)
     mm = pixel_mm(body | lung)
     out["mm_per_px"] = mm
-    if not anchors.ok():
-        out["reason"] = "window"
+    clipped = float(np.mean(img[lung] <= int(img.min()) + CLIP_TOL))
+    if not anchors.ok() or clipped > MAX_CLIPPED_LUNG:
+        out["reason"] = "window"  # tissue saturated, or lung clipped black (soft-tissue window)
         return out
     hu = pseudo_hu(img, anchors)
     counted = cv2.erode(lung.astype(np.uint8), _disk(ERODE_MM / mm)).astype(np.bool_)
