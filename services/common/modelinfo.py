@@ -8,6 +8,7 @@ from pathlib import Path
 
 CLASS_NAMES = ("NonCOVID", "COVID")  # index order of every probability pair
 COVID_INDEX = CLASS_NAMES.index("COVID")
+IMAGE_SEGMENTATIONS = ("otsu", "fov-aware")  # services.preprocess.pipeline.ImageSegmentation
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class SliceModelInfo:
     version: str
     image_size: int
     enhancement: str
+    image_segmentation: str = "otsu"  # how single images are segmented (pipeline.segment_image)
 
 
 def slice_model_info(model_dir: Path) -> SliceModelInfo:
@@ -24,8 +26,12 @@ def slice_model_info(model_dir: Path) -> SliceModelInfo:
     classes = tuple(config.get("classes", CLASS_NAMES))
     if classes != CLASS_NAMES:
         raise ValueError(f"{model_dir} scores classes {classes}, the service expects {CLASS_NAMES}")
+    segmentation = str(config["preprocess"].get("image_segmentation", "otsu"))
+    if segmentation not in IMAGE_SEGMENTATIONS:
+        raise ValueError(f"{model_dir}: unknown image_segmentation {segmentation!r}")
     return SliceModelInfo(
         version=config["version"],
         image_size=int(config["preprocess"]["size"]),
         enhancement=str(config["preprocess"]["enhancement"]),
+        image_segmentation=segmentation,
     )

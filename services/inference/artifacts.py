@@ -30,6 +30,7 @@ class SliceModel:
     tta: bool
     threshold: float
     metadata: dict[str, Any]
+    image_segmentation: str = "otsu"  # how single images are segmented before the crop
 
     def predict_proba(
         self, inputs: NDArray[np.uint8], batch_size: int = 32, device: str = "cpu"
@@ -91,6 +92,7 @@ def load_slice_model(directory: Path) -> SliceModel:
         members=members,
         image_size=config["preprocess"]["size"],
         enhancement=config["preprocess"]["enhancement"],
+        image_segmentation=config["preprocess"].get("image_segmentation", "otsu"),
         tta=config["tta"],
         threshold=config["threshold"],
         metadata={k: v for k, v in config.items() if k not in known},

@@ -7,6 +7,7 @@ training images included, so training and serving cannot drift apart.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from services.common.errors import ErrorCode, StudyError
 from services.preprocess.dedup import find_near_duplicates
 from services.preprocess.enhance import enhance
 from services.preprocess.gate import is_high_contrast
+from services.preprocess.image_segmentation import lung_mask_2d
 from services.preprocess.lung_features import study_lung_features
 from services.preprocess.segmentation import (
     crop_to_lungs,
@@ -22,6 +24,20 @@ from services.preprocess.segmentation import (
     segment_volume,
 )
 from services.preprocess.types import DropReason, Gray8, PreparedStudy, SliceDrop, Study
+
+# How single images (not volumes) are segmented: "otsu" is segment_lungs as v1 was trained;
+# "fov-aware" (image_segmentation.lung_mask_2d) also finds lungs in round-field-of-view
+# exports and crops through the lungs. A slice model's config.json names the one it uses.
+ImageSegmentation = Literal["otsu", "fov-aware"]
+
+
+def segment_image(image: Gray8, method: ImageSegmentation = "otsu") -> np.ndarray:
+    """Lung mask of one 2-D image by the named method."""
+    if method == "fov-aware":
+        return lung_mask_2d(image)
+    if method == "otsu":
+        return segment_lungs(image)
+    raise ValueError(f"unknown image segmentation {method!r}")
 
 
 @dataclass(frozen=True)
@@ -37,6 +53,7 @@ class PreprocessOptions:
     duplicate_max_distance: int | None = None  # None: dedup module default
     # Original project's contrast gate: recorded always, routing (dropping) only on request.
     drop_high_contrast: bool = False
+    image_segmentation: ImageSegmentation = "otsu"
     high_contrast_min_pixels: int = 1000
     # Quantitative HU features (services.preprocess.lung_features) for DICOM/NIfTI studies.
     lung_features: bool = True
@@ -48,10 +65,11 @@ def prepare_slice(
     enhancement: str,
     mask: np.ndarray | None = None,
     min_lung_fraction: float = 0.02,
+    segmentation: ImageSegmentation = "otsu",
 ) -> Gray8:
     """Segment (unless a mask is given), crop to the lungs, resize, enhance."""
     if mask is None:
-        mask = segment_lungs(image)
+        mask = segment_image(image, segmentation)
     if not _plausible_crop(mask):
         # One lung found in a tight figure crop would zoom onto a fragment: keep the whole image.
         mask = np.zeros_like(mask)
@@ -78,7 +96,7 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
         volume_masks = segment_volume(np.stack(study.images))
         masks = list(volume_masks)
     else:
-        masks = [segment_lungs(image) for image in study.images]
+        masks = [segment_image(image, options.image_segmentation) for image in study.images]
         volume_masks = np.stack(masks) if len({m.shape for m in masks}) == 1 else None
     lung_fraction = [float(m.mean()) for m in masks]
     lung_features = None

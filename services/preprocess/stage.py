@@ -25,7 +25,11 @@ class PreprocessedStudy:
 
 
 def preprocess_options(model: SliceModelInfo) -> PreprocessOptions:
-    return PreprocessOptions(size=model.image_size, enhancement=model.enhancement)
+    return PreprocessOptions(
+        size=model.image_size,
+        enhancement=model.enhancement,
+        image_segmentation=model.image_segmentation,  # type: ignore[arg-type]  # checked on use
+    )
 
 
 def preprocess_path(path: Path, settings: Settings, model: SliceModelInfo) -> PreprocessedStudy:

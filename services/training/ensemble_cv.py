@@ -57,7 +57,13 @@ def cross_fit_slice_probs(
     cache_file = cache_dir / f"oof-{key}.npy"
     if cache_file.exists():
         return np.load(cache_file)
-    x = prepare_images(items, slice_model.image_size, slice_model.enhancement, cache_dir)
+    x = prepare_images(
+        items,
+        slice_model.image_size,
+        slice_model.enhancement,
+        cache_dir,
+        segmentation=slice_model.image_segmentation,
+    )
     y = labels_of(items)
     groups = np.array([i.patient_id for i in items])
     oof = np.full(len(items), np.nan)
@@ -118,7 +124,13 @@ def train_ensemble_model(
     slice_p: dict[Path, float] = {}
     oof = cross_fit_slice_probs(train, slice_model, folds, fold_epochs, cache_dir)
     slice_p.update({item.path: float(p) for item, p in zip(train, oof, strict=True)})
-    x_val = prepare_images(val, slice_model.image_size, slice_model.enhancement, cache_dir)
+    x_val = prepare_images(
+        val,
+        slice_model.image_size,
+        slice_model.enhancement,
+        cache_dir,
+        segmentation=slice_model.image_segmentation,
+    )
     val_p = slice_model.predict_proba(x_val)[:, 1]
     slice_p.update({item.path: float(p) for item, p in zip(val, val_p, strict=True)})
 

@@ -23,7 +23,9 @@ def evaluate_slice_set(root: Path, labels: Path, split: str | None = None) -> di
     if not items:
         raise ValueError(f"{labels}: no rows" + (f" in split {split!r}" if split else ""))
     model = loaded_slice_model()
-    x = prepare_images(items, model.image_size, model.enhancement)
+    x = prepare_images(
+        items, model.image_size, model.enhancement, segmentation=model.image_segmentation
+    )
     p_covid = model.predict_proba(x)[:, 1]
     y = np.array([i.label for i in items])
     return dict(binary_metrics(y, p_covid, threshold=model.threshold))

@@ -58,16 +58,26 @@ def prepare_images(
     size: int,
     enhancement: str,
     cache_dir: Path | None = None,
+    segmentation: str = "otsu",
 ) -> NDArray[np.uint8]:
     """(N, size, size) prepared slices, cached when ``cache_dir`` is given."""
+    paths = [str(item.path) for item in items]
     key = hashlib.sha256(
-        json.dumps([PREP_VERSION, size, enhancement, [str(item.path) for item in items]]).encode()
+        json.dumps([PREP_VERSION, size, enhancement, segmentation, paths]).encode()
     ).hexdigest()[:16]
     cache_file = cache_dir / f"slices-{key}.npy" if cache_dir else None
     if cache_file is not None and cache_file.exists():
         return np.load(cache_file)
     prepared = np.stack(
-        [prepare_slice(load_gray_image(item.path), size, enhancement) for item in items]
+        [
+            prepare_slice(
+                load_gray_image(item.path),
+                size,
+                enhancement,
+                segmentation=segmentation,  # type: ignore[arg-type]  # from config.json
+            )
+            for item in items
+        ]
     )
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
