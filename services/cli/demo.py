@@ -107,6 +107,9 @@ def main() -> int:
         f"slices used {result['slices_used']} of {result['slices_total']}; "
         f"models {result['model_versions']}"
     )
+    findings = result.get("findings") or {}
+    if findings.get("pattern"):
+        print(f"CT pattern (RSNA): {findings['pattern']}: {'; '.join(findings['pattern_reasons'])}")
     print("the service stopped; `covidct diagnose PATH` gives the same verdict in one process")
     return 0
 
