@@ -97,6 +97,7 @@ def test_console_in_chromium(console_stack: Stack, covid_series: Path, tmp_path:
         STUDY_DIR=str(covid_series),
         EXPECTED_LABEL=floor.label,
         EXPECTED_P_COVID=repr(floor.probabilities["COVID"]),
+        EXPECTED_PATTERN=str((floor.findings or {}).get("pattern", "")),
         ARTIFACT_DIR=str(ARTIFACTS),
     )
     _run([node, "node_modules/@playwright/test/cli.js", "test"], env, PLAYWRIGHT_TIMEOUT_S)

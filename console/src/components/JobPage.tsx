@@ -6,6 +6,7 @@ import { useApi } from '../api/context';
 import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
 import { plotData } from '../lib/slicePlot';
+import { patternSummary } from '../lib/findings';
 import { StatusTag } from './StatusTag';
 import { formatTime } from './JobsPage';
 import { SlicePlot } from './SlicePlot';
@@ -70,6 +71,7 @@ export function JobPage({ jobId }: { jobId: string }) {
   const j = job.data;
   const tl = timeline(j.status, events.data?.events ?? []);
   const plot = slices.data ? plotData(slices.data.slices) : null;
+  const pattern = patternSummary(j.result?.findings);
   const title = j.external_id || j.id;
 
   return (
@@ -125,6 +127,18 @@ export function JobPage({ jobId }: { jobId: string }) {
             <Descriptions.Item label="Slices used">
               {j.result.slices_used} of {j.result.slices_total}
             </Descriptions.Item>
+            {pattern && (
+              <Descriptions.Item label="CT pattern (RSNA)" span={3}>
+                <strong data-testid="ct-pattern">{pattern.pattern}</strong>
+                {pattern.groundGlassPercent !== null &&
+                  ` (ground glass ${pattern.groundGlassPercent.toFixed(1)} % of the lungs)`}
+                <ul style={{ margin: '4px 0 0', paddingLeft: 20 }}>
+                  {pattern.reasons.map((r) => (
+                    <li key={r}>{r}</li>
+                  ))}
+                </ul>
+              </Descriptions.Item>
+            )}
             {Object.entries(j.result.model_versions).map(([name, v]) => (
               <Descriptions.Item key={name} label={`Model ${name}`}>
                 {v}
