@@ -42,6 +42,9 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from services.preprocess.image_segmentation import (
+    _disk,
+    _gray,
+    _u8,
     body_mask,
     lung_mask_2d,
     outside_air,
@@ -79,24 +82,6 @@ class Anchors:
 
     def ok(self) -> bool:
         return self.tissue - self.air >= MIN_ANCHOR_GAP and self.tissue < MAX_TISSUE_GREY
-
-
-def _u8(array: object) -> U8:
-    return np.asarray(array, dtype=np.uint8)
-
-
-def _gray(image: NDArray[Any]) -> U8:
-    if image.ndim == 3:
-        code = cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY
-        image = cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8), code)
-    return np.ascontiguousarray(image, dtype=np.uint8)
-
-
-def _disk(radius_px: float) -> U8:
-    r = max(1, round(radius_px))
-    return np.asarray(
-        cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)), dtype=np.uint8
-    )
 
 
 def estimate_anchors(image: U8, lung: Bool2) -> Anchors | None:

@@ -7,7 +7,9 @@ NaN, so results serialise to JSON and an undefined value cannot be mistaken for 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -155,3 +157,12 @@ def bootstrap_ci(
         alpha=alpha,
     )
     return cis["m"]
+
+
+def print_and_save(report: dict[str, Any], out: Path | None) -> None:
+    """Print an evaluation report as JSON and, with ``out``, write it there too."""
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")

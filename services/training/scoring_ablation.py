@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from services.inference.artifacts import SliceModel, load_slice_model
 from services.inference.predict import predict_proba
 from services.preprocess.pipeline import PreprocessOptions, preprocess_study
 from services.preprocess.readers import read_study
-from services.training.metrics import roc_auc
+from services.training.metrics import print_and_save, roc_auc
 from services.training.realct_eval import _infected
 from services.training.slice_data import prepare_images, read_labels_csv
 
@@ -115,11 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         "ucsd_val_patient_auc": ucsd_val(model, args.data_dir, args.cache),
         "ctmd_infected_slice_auc": ctmd_infected(model, args.data_dir),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_and_save(report, args.out)
 
 
 if __name__ == "__main__":

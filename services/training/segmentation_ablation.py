@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from numpy.typing import NDArray
 from services.common.config import get_settings
 from services.inference.artifacts import load_slice_model
 from services.preprocess.pipeline import _plausible_crop, prepare_slice, segment_image
-from services.training.metrics import bootstrap_ci, roc_auc
+from services.training.metrics import bootstrap_ci, print_and_save, roc_auc
 from services.training.slice_data import load_gray_image
 
 METHODS = ("otsu", "fov-aware")
@@ -99,11 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     report = evaluate(args.model, args.data_dir)
-    text = json.dumps(report, indent=2, default=str)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    print_and_save(report, args.out)
 
 
 if __name__ == "__main__":
