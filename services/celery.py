@@ -41,35 +41,36 @@ def _directories(**_kwargs: Any) -> None:
     ensure_directories(get_settings())
 
 
+SWEEPER_ROUNDS: int | None = None  # None: for ever (tests bound it)
+
+
 @signals.worker_ready.connect
-def _requeue_on_start(**_kwargs: Any) -> None:
-    from services.common.queue import active_job_ids
-    from services.common.tasks import (
-        requeue_orphaned_jobs,
-        requeue_stale_jobs,
-        resend_stranded_webhooks,
+def _start_sweeper(**_kwargs: Any) -> threading.Thread:
+    """Start the recovery sweeper, whatever the database or broker say right now (each
+    round catches its own errors). Nothing is re-sent just because a worker started: jobs
+    waiting in the broker hold no lease and their step is not due, so they stay as they are."""
+    sweeper = threading.Thread(
+        target=_recover_forever, args=(SWEEPER_ROUNDS,), name="lease-sweeper", daemon=True
     )
-
-    requeue_stale_jobs()
-    active = active_job_ids()
-    if active is not None:
-        requeue_orphaned_jobs(active, older_than_s=0)  # a fresh node: none of them is its own
-    resend_stranded_webhooks()
-    threading.Thread(target=_recover_forever, name="lease-sweeper", daemon=True).start()
+    sweeper.start()
+    return sweeper
 
 
-def _recover_forever() -> None:
-    """While this worker lives: queue again the jobs whose stage lost its worker (a stale
-    lease), so recovery takes about job_lease_s, not the broker's visibility timeout."""
-    from services.common.tasks import requeue_expired_leases, resend_stranded_webhooks
+def _recover_forever(rounds: int | None = None) -> None:
+    """While this worker lives, every ``recovery_interval_s``: make due again the steps whose
+    worker died (a stale lease), send every due step and callback (the outbox's relay), so
+    a job moves on within about a sweep of the broker coming back, and a lost worker costs
+    about ``job_lease_s``, not the broker's visibility timeout. ``rounds``: tests stop it."""
+    from services.common.tasks import sweep
 
     settings = get_settings()
-    while True:
-        time.sleep(settings.recovery_interval_s)
+    done = 0
+    while rounds is None or done < rounds:
         try:
-            requeue_expired_leases(settings.job_lease_s)
-            # Callbacks recorded but never attempted (the broker was down when their job
-            # ended); receivers deduplicate on webhook-id should one still be queued.
-            resend_stranded_webhooks(older_than_s=max(120.0, 2 * settings.job_lease_s))
+            sweep()
         except Exception:  # the database or broker is away: the next round retries
-            log.warning("lease sweep failed", exc_info=True)
+            log.warning("recovery sweep failed; retrying in %.0f s", settings.recovery_interval_s,
+                        exc_info=True)  # fmt: skip
+        done += 1
+        if rounds is None or done < rounds:
+            time.sleep(settings.recovery_interval_s)

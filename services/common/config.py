@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     job_heartbeat_s: float = 10.0
     job_lease_s: float = 60.0
     recovery_interval_s: float = 30.0
+    # A stage whose worker died is started again at most this many times in all; then the
+    # job fails `stage_crashed` (the study may be what kills workers) and keeps its evidence.
+    stage_max_attempts: int = 3
+    # A step (or callback) handed to the broker that no worker started within this is sent
+    # again by the sweeper (its message was lost with the broker); a duplicate is a no-op.
+    step_redispatch_s: float = 300.0
     broker_visibility_timeout_s: int = 1800  # must exceed the longest task, or it runs twice
 
     # Failed authentications per client address / key prefix before a 429 (per process).

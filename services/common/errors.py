@@ -23,6 +23,9 @@ class ErrorCode(StrEnum):
     UPLOAD_EXPIRED = "upload_expired"  # the job never received a complete upload
     SCORER_UNAVAILABLE = "scorer_unavailable"
     INTERNAL_ERROR = "internal_error"
+    # A stage lost its worker stage_max_attempts times (the study may crash workers); the
+    # raw upload and the events are kept as evidence until the derived-data retention.
+    STAGE_CRASHED = "stage_crashed"
 
 
 class StudyError(Exception):

@@ -30,6 +30,16 @@ from services.common.retention import purge_raw_upload_after_commit
 log = logging.getLogger(__name__)
 
 
+# The step a status waits for (the transactional outbox): moving a job into one of these
+# records the step in the same UPDATE, due at once; publishing it happens after the commit
+# (common.tasks.publish_due) and the sweeper sends any step whose publish did not happen.
+STEP_OF_STATUS = {
+    JobStatus.QUEUED: "preprocess",
+    JobStatus.SCORING: "inference",
+    JobStatus.ENSEMBLING: "ensemble",
+}
+
+
 def transition(
     session: Session,
     job_id: str,
@@ -39,38 +49,61 @@ def transition(
     stage: str | None = None,
     detail: dict[str, Any] | None = None,
     error: tuple[str, str] | None = None,
+    keep_raw_upload: bool = False,
     **fields: Any,
 ) -> bool:
-    """Move ``job_id`` to ``new_status`` if it is in ``allowed_from``; True when it moved."""
-    values: dict[str, Any] = {"status": new_status.value, "stage": stage, "updated_at": utcnow()}
+    """Move ``job_id`` to ``new_status`` if it is in ``allowed_from``; True when it moved.
+
+    Entering a status that waits for a step records that step (the outbox); ending the job
+    clears it. The event says which attempt of the stage moved the job (``attempt``)."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": new_status.value, "stage": stage, "updated_at": now}
     if error is not None:
         values["error_code"], values["error_message"] = error
+    next_step = STEP_OF_STATUS.get(new_status)
+    if next_step is not None:
+        values.update(
+            step=next_step, step_attempt=0, step_crashes=0, step_due_at=now, heartbeat_at=None
+        )
+    elif new_status in TERMINAL_STATUSES:
+        values.update(step=None, step_due_at=None, heartbeat_at=None)
     values.update(fields)
     allowed = [s.value for s in allowed_from]
+    attempt = session.scalar(select(Job.step_attempt).where(Job.id == job_id))
     moved = session.execute(
         update(Job).where(Job.id == job_id, Job.status.in_(allowed)).values(**values)
     )
     if moved.rowcount != 1:  # type: ignore[attr-defined]
         return False
     event_detail = {"worker": f"{socket.gethostname()}:{os.getpid()}", **(detail or {})}
+    if attempt:  # the run of the stage that moved it (1 unless a run was lost)
+        event_detail["attempt"] = attempt
     if error is not None:
         event_detail["error"] = {"code": error[0], "message": error[1]}
     session.add(JobEvent(job_id=job_id, status=new_status.value, stage=stage, detail=event_detail))
-    if new_status in TERMINAL_STATUSES:
+    if new_status in TERMINAL_STATUSES and not keep_raw_upload:
         purge_raw_upload_after_commit(session, job_id)  # PHI: kept no longer than needed
     log.info("job %s -> %s", job_id, new_status.value, extra={"job_id": job_id, "stage": stage})
     return True
 
 
 def fail(
-    session: Session, job_id: str, code: ErrorCode | str, message: str, stage: str | None = None
+    session: Session,
+    job_id: str,
+    code: ErrorCode | str,
+    message: str,
+    stage: str | None = None,
+    *,
+    keep_raw_upload: bool = False,
 ) -> bool:
-    """Mark a job failed unless it already ended; queue its callback."""
+    """Mark a job failed unless it already ended; queue its callback. ``keep_raw_upload``:
+    the study is evidence (it crashed workers), kept until the derived-data retention."""
     code_value = code.value if isinstance(code, ErrorCode) else code
     non_terminal = [s for s in JobStatus if s not in TERMINAL_STATUSES]
     moved = transition(
-        session, job_id, JobStatus.FAILED, non_terminal, stage=stage, error=(code_value, message)
-    )
+        session, job_id, JobStatus.FAILED, non_terminal, stage=stage,
+        error=(code_value, message), keep_raw_upload=keep_raw_upload,
+    )  # fmt: skip
     if moved:
         session.flush()
         create_webhook_delivery(session, job_id)
@@ -130,6 +163,7 @@ def create_webhook_delivery(session: Session, job_id: str) -> str | None:
         event_type=event_type,
         url=job.callback_url,
         payload={"type": event_type, "data": job_view(job)},
+        next_attempt_at=utcnow(),  # due: sent after the commit, or by the sweeper
     )
     session.add(delivery)
     session.flush()

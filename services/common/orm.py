@@ -138,6 +138,15 @@ class Job(Base):
     # The lease of the task running one of its stages: renewed while it runs, cleared when it
     # returns; a stale one means its worker died (services/common/tasks.py).
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The transactional outbox (services/common/tasks.py): the stage the job's next step runs
+    # (written by the transaction that moves the job into it), how many times a worker
+    # claimed it (a message carries the count it expects: a duplicate is a no-op), how many
+    # of those runs lost their worker (capped: stage_max_attempts), and when the sweeper may
+    # send it (again); None while a worker holds it or once the job ended.
+    step: Mapped[str | None] = mapped_column(String(20), default=None)
+    step_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    step_crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    step_due_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
     result: Mapped[Result | None] = relationship(
         back_populates="job", cascade="all, delete-orphan", uselist=False
@@ -219,6 +228,9 @@ class WebhookDelivery(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    # When the sweeper sends the next attempt (kept here, not in a broker countdown, so a
+    # retry is not held until the visibility timeout when its worker dies); None once ended.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
 
 
 class WebhookAttempt(Base):

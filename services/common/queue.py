@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Celery, chain
+from celery import Celery
 
 from services.common.config import Settings, get_settings
 
@@ -67,14 +67,15 @@ celery_app = Celery("covidct")
 configure(get_settings())
 
 
-def start_pipeline(job_id: str) -> None:
-    """Queue preprocess -> inference -> ensemble for one job (each task takes the job id)."""
-    pipeline = chain(
-        celery_app.signature(PREPROCESS_TASK, args=(job_id,), immutable=True),
-        celery_app.signature(INFERENCE_TASK, args=(job_id,), immutable=True),
-        celery_app.signature(ENSEMBLE_TASK, args=(job_id,), immutable=True),
-    )
-    pipeline.apply_async()
+# The task that runs each step of a job (jobs.step).
+STEP_TASKS = {"preprocess": PREPROCESS_TASK, "inference": INFERENCE_TASK, "ensemble": ENSEMBLE_TASK}
+
+
+def dispatch(job_id: str, step: str, attempt: int) -> None:
+    """Send one step of one job. ``attempt`` is the job's claim count the message expects:
+    the task runs only if its compare-and-set of (step, attempt) wins, so a duplicate
+    message is a no-op. Each stage records the next step itself (no chain in the broker)."""
+    celery_app.signature(STEP_TASKS[step], args=(job_id, attempt)).apply_async()
 
 
 def send_webhook(delivery_id: str) -> None:

@@ -17,11 +17,12 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, event, select, update
+from sqlalchemy import delete, event, or_, select, update
 from sqlalchemy.orm import Session
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
+from services.common.errors import ErrorCode
 from services.common.orm import (
     TERMINAL_STATUSES,
     Job,
@@ -99,7 +100,12 @@ def sweep_retention(settings: Settings, now: datetime | None = None) -> dict[str
         with session_scope() as session:
             ids = list(
                 session.scalars(
-                    select(Job.id).where(Job.status.in_(terminal), Job.upload_blob.is_not(None))
+                    select(Job.id).where(
+                        Job.status.in_(terminal),
+                        Job.upload_blob.is_not(None),
+                        # Evidence of a study that crashed workers: kept with the derived data.
+                        or_(Job.error_code.is_(None), Job.error_code != ErrorCode.STAGE_CRASHED.value),
+                    )
                 )
             )
         for job_id in ids:

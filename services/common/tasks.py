@@ -1,6 +1,17 @@
-"""What every pipeline task does around its work: unexpected errors end the job as
-``failed``/``internal_error`` (never a job stuck in a running state), and callbacks queued
-in a finished transaction are sent once it has committed."""
+"""What every pipeline task does around its work, and the sweeper that keeps jobs moving.
+
+Hand-offs are a transactional outbox: the transaction that moves a job into a status that
+waits for a step (``jobs.transition``) records that step (``jobs.step``) due at once. After
+the commit the step is published (``publish_due``); a publish that fails (broker down)
+leaves it due, and the sweeper (``sweep``: every worker, every ``recovery_interval_s``)
+sends every due step of a job no worker holds. Taking a step to publish is a
+compare-and-set that pushes its due time ``step_redispatch_s`` ahead, so it is sent once per
+window; a worker claims it with a compare-and-set of (step, attempt), so a duplicate message
+does nothing. While a stage runs it holds the job's lease (``heartbeat_at``); a lease that
+goes stale (the worker died) makes the step due again, at most ``stage_max_attempts`` runs,
+then the job fails ``stage_crashed``. Unexpected errors end the job ``internal_error``.
+Callbacks are kept the same way: ``webhook_deliveries.next_attempt_at`` is their due time.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from celery.exceptions import Retry
 from sqlalchemy import select, update
@@ -18,29 +29,31 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
-from services.common.jobs import fail, pending_deliveries
-from services.common.orm import Job, JobStatus, utcnow
-from services.common.queue import send_webhook, start_pipeline
+from services.common.jobs import fail
+from services.common.orm import Job, JobStatus, WebhookDelivery, utcnow
+from services.common.queue import dispatch, send_webhook
 
 log = logging.getLogger(__name__)
 
 RUNNING_STATUSES = (JobStatus.PREPROCESSING, JobStatus.SCORING, JobStatus.ENSEMBLING)
+# The statuses in which a step may be claimed (preprocess: again after a lost run).
+STEP_STATUSES = {
+    "preprocess": (JobStatus.QUEUED, JobStatus.PREPROCESSING),
+    "inference": (JobStatus.SCORING,),
+    "ensemble": (JobStatus.ENSEMBLING,),
+}
+SWEEP_BATCH = 200  # due steps or callbacks sent per sweep round, oldest first
 
 
-def fail_job(job_id: str, code: ErrorCode, message: str, stage: str) -> str:
+def fail_job(
+    job_id: str, code: ErrorCode, message: str, stage: str, *, keep_raw_upload: bool = False
+) -> str:
     """End the job as failed (unless it already ended) and send its callback; "failed"."""
     with session_scope() as session:
-        moved = fail(session, job_id, code, message, stage)
-    if moved:  # only the transaction that ended the job queues the callback
+        moved = fail(session, job_id, code, message, stage, keep_raw_upload=keep_raw_upload)
+    if moved:  # only the transaction that ended the job sends the callback
         send_pending_webhooks(job_id)
     return "failed"
-
-
-def send_pending_webhooks(job_id: str) -> None:
-    with session_scope() as session:
-        deliveries = pending_deliveries(session, job_id)
-    for delivery_id in deliveries:
-        send_webhook(delivery_id)
 
 
 # A dropped database connection (server restart, failover, a killed backend) is retried,
@@ -63,38 +76,91 @@ def _with_db_retries(job_id: str, stage: str, work: Callable[[], str]) -> str:
     raise AssertionError("unreachable")
 
 
-def run_guarded(job_id: str, stage: str, work: Callable[[], str]) -> str:
+def claim_step(job_id: str, step: str, attempt: int | None) -> int | None:
+    """Take the job's ``step`` for this worker: a compare-and-set of (step, attempt) that
+    counts the run and takes the lease. The claimed run's number, or None (someone else
+    has it, the job moved on, or it ended). ``attempt`` None: a message sent before the
+    outbox existed; it claims whatever run is next if no worker holds the job."""
+    statuses = [s.value for s in STEP_STATUSES[step]]
+    with session_scope() as session:
+        if attempt is None:
+            attempt = session.scalar(select(Job.step_attempt).where(Job.id == job_id))
+            if attempt is None:
+                return None
+        won = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id, Job.step == step, Job.step_attempt == attempt,
+                Job.status.in_(statuses), Job.heartbeat_at.is_(None),
+            )
+            .values(step_attempt=attempt + 1, heartbeat_at=utcnow(), step_due_at=None)
+        )  # fmt: skip
+    return attempt + 1 if won.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
+def release_step(job_id: str, step: str, run: int, delay_s: float) -> bool:
+    """Give the claimed step back to be run again in ``delay_s`` (the sweeper sends it):
+    how a stage retries later (scorer unavailable) without a broker countdown."""
+    with session_scope() as session:
+        moved = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.step == step, Job.step_attempt == run)
+            .values(heartbeat_at=None, step_due_at=utcnow() + timedelta(seconds=delay_s))
+        )
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+def run_guarded(job_id: str, stage: str, work: Callable[[int], str], attempt: int | None) -> str:
+    """Claim the stage's step, run ``work(run)`` under the lease, then publish the step the
+    stage recorded (after its commit). A duplicate or stale message returns "skipped"."""
     try:
-        with job_lease(job_id, get_settings().job_heartbeat_s):
-            return _with_db_retries(job_id, stage, work)
+        run = _with_db_retries(job_id, stage, lambda: claim_step(job_id, stage, attempt))
+    except (OperationalError, InterfaceError):  # its due time makes the sweeper send it again
+        log.warning("%s of job %s could not be claimed", stage, job_id, exc_info=True)
+        raise
+    if run is None:
+        log.info("%s of job %s: not this message's to run (claimed, moved on or ended)",
+                 stage, job_id, extra={"job_id": job_id})  # fmt: skip
+        return "skipped"
+    try:
+        with job_lease(job_id, get_settings().job_heartbeat_s, (stage, run)):
+            outcome = _with_db_retries(job_id, stage, lambda: work(run))
     except Retry:
         raise
     except Exception as exc:
         log.exception("%s failed for job %s", stage, job_id, extra={"job_id": job_id})
         return fail_job(job_id, ErrorCode.INTERNAL_ERROR, f"{stage}: {type(exc).__name__}", stage)
+    enqueue(job_id)  # the next step, recorded by the stage's own transaction
+    return outcome
 
 
-def _set_heartbeat(job_id: str, value: datetime | None) -> None:
+def _set_heartbeat(job_id: str, value: datetime | None, token: tuple[str, int] | None) -> None:
     with session_scope() as session:
-        session.execute(update(Job).where(Job.id == job_id).values(heartbeat_at=value))
+        query = update(Job).where(Job.id == job_id)
+        if token is not None:  # only the run that holds the lease touches it
+            query = query.where(Job.step == token[0], Job.step_attempt == token[1])
+        session.execute(query.values(heartbeat_at=value))
 
 
 @contextmanager
-def job_lease(job_id: str, interval_s: float) -> Iterator[None]:
+def job_lease(
+    job_id: str, interval_s: float, token: tuple[str, int] | None = None
+) -> Iterator[None]:
     """Hold the job's lease while a stage runs: renewed every ``interval_s`` by a thread,
-    cleared when the stage returns. If the process dies the lease goes stale and
-    ``requeue_expired_leases`` (any live worker) queues the job again."""
+    cleared when the stage returns. ``token`` (step, run): the lease belongs to that run,
+    so a late renewal never lands on the next step. If the process dies the lease goes
+    stale and ``requeue_expired_leases`` (any live worker) makes the step due again."""
     stop = threading.Event()
 
     def renew() -> None:
         while not stop.wait(interval_s):
             try:
-                _set_heartbeat(job_id, utcnow())
+                _set_heartbeat(job_id, utcnow(), token)
             except Exception:  # the database is away for a moment: the next beat retries
                 log.warning("could not renew the lease of job %s", job_id, exc_info=True)
 
     try:
-        _set_heartbeat(job_id, utcnow())
+        _set_heartbeat(job_id, utcnow(), token)
     except Exception:  # the stage itself retries a dropped connection
         log.warning("could not take the lease of job %s", job_id, exc_info=True)
     beater = threading.Thread(target=renew, name=f"lease-{job_id}", daemon=True)
@@ -105,121 +171,220 @@ def job_lease(job_id: str, interval_s: float) -> Iterator[None]:
         stop.set()
         beater.join(timeout=interval_s + 5)
         try:
-            _set_heartbeat(job_id, None)
-        except Exception:  # left set: the sweep finds the job ended or re-runs it harmlessly
+            _set_heartbeat(job_id, None, token)
+        except Exception:  # left set: it goes stale and the step is sent again (capped)
             log.warning("could not clear the lease of job %s", job_id, exc_info=True)
 
 
-def requeue_expired_leases(lease_s: float) -> list[str]:
-    """Queue again the running-state jobs whose stage stopped renewing its lease (its worker
-    was killed), and queued jobs whose pipeline could not be sent (``UNSENT``). Only the
-    caller whose compare-and-set takes a stale lease queues a job, so several workers
-    sweeping at once queue it once. Jobs waiting in the broker hold no lease: never resent."""
-    cutoff = utcnow() - timedelta(seconds=lease_s)
-    running = [s.value for s in (JobStatus.QUEUED, *RUNNING_STATUSES)]
+def publish_due(job_id: str) -> bool:
+    """Send the job's step if it is due and no worker holds the job. The compare-and-set
+    pushes the due time ``step_redispatch_s`` ahead first, so one caller sends it per window
+    (the post-commit publisher and every sweeper may race); if the broker refuses, the due
+    time goes back so the next sweep retries. True when a message was sent."""
+    now = utcnow()
+    window = timedelta(seconds=get_settings().step_redispatch_s)
     with session_scope() as session:
-        stale = list(
-            session.scalars(
-                select(Job.id).where(
-                    Job.status.in_(running), Job.heartbeat_at.is_not(None),
-                    Job.heartbeat_at < cutoff,
-                )
+        row = session.execute(
+            select(Job.step, Job.step_attempt, Job.step_due_at).where(
+                Job.id == job_id, Job.step.is_not(None), Job.step_due_at <= now,
+                Job.heartbeat_at.is_(None),
             )
+        ).first()  # fmt: skip
+        if row is None:
+            return False
+        step, attempt, due = row
+        taken = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id, Job.step == step, Job.step_attempt == attempt,
+                Job.step_due_at == due, Job.heartbeat_at.is_(None),
+            )
+            .values(step_due_at=now + window)
         )  # fmt: skip
-    requeued = []
-    for job_id in stale:
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            return False  # another publisher took it
+    try:
+        dispatch(job_id, step, attempt)
+    except Exception:
+        log.warning("could not send %s of job %s (broker down?); the sweep retries",
+                    step, job_id, exc_info=True, extra={"job_id": job_id})  # fmt: skip
         with session_scope() as session:
-            won = session.execute(
+            session.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.heartbeat_at < cutoff, Job.status.in_(running))
-                .values(heartbeat_at=None)
-            )
-        if won.rowcount == 1:  # type: ignore[attr-defined]
-            log.warning("job %s: its stage stopped renewing its lease; queued again", job_id)
-            enqueue(job_id)
-            requeued.append(job_id)
-    return requeued
-
-
-# A lease that expired long ago: marks a job whose pipeline could not be sent.
-UNSENT = datetime(1970, 1, 1, tzinfo=UTC)
+                .where(Job.id == job_id, Job.step == step, Job.step_attempt == attempt,
+                       Job.step_due_at == now + window)
+                .values(step_due_at=now)
+            )  # fmt: skip
+        raise
+    return True
 
 
 def enqueue(job_id: str) -> None:
+    """After the commit that queued a job: send its first step (a refused publish is left
+    to the sweeper, which finds the step due)."""
     try:
-        start_pipeline(job_id)
-    except Exception:  # broker down: mark the job so the next lease sweep sends it again
-        log.exception("could not queue job %s; the lease sweep will retry", job_id)
-        try:
-            _set_heartbeat(job_id, UNSENT)
-        except Exception:  # the database too: the start-up requeue still finds it queued
-            log.warning("could not mark job %s unsent", job_id, exc_info=True)
+        publish_due(job_id)
+    except Exception:  # logged by publish_due; the step stays due
+        pass
 
 
-def requeue_stale_jobs(older_than_s: float = 60.0) -> list[str]:
-    """Queue again every job left ``queued`` (broker was down, or a crash before sending).
-
-    Run when a worker starts; safe any time because the tasks are idempotent.
-    """
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
+def dispatch_due_steps(limit: int = SWEEP_BATCH) -> list[str]:
+    """Send every due step of a job no worker holds (the outbox's relay); the job ids sent.
+    Stops at the first refused publish: the broker is down, the next sweep retries."""
     with session_scope() as session:
-        stale = list(
+        due = list(
             session.scalars(
-                select(Job.id).where(Job.status == JobStatus.QUEUED, Job.updated_at < cutoff)
-            )
-        )
-    for job_id in stale:
-        enqueue(job_id)
-    return stale
-
-
-def requeue_orphaned_jobs(active_job_ids: set[str], older_than_s: float = 10.0) -> list[str]:
-    """Queue the pipeline again for jobs left in a running state by a worker that died.
-
-    Run when a worker starts, with the job ids that live workers report running
-    (``active_job_ids``): any other job in a running state lost its worker (killed with
-    its pool, or its message is held unacked by a dead node until the broker's visibility
-    timeout). Re-sending the whole chain is safe: each task checks the job's status and
-    skips stages already done, so the job resumes at the stage it was in.
-    """
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
-    with session_scope() as session:
-        running = list(
-            session.scalars(
-                select(Job.id).where(
-                    Job.status.in_([s.value for s in RUNNING_STATUSES]), Job.updated_at < cutoff
+                select(Job.id)
+                .where(
+                    Job.step.is_not(None), Job.step_due_at <= utcnow(),
+                    Job.heartbeat_at.is_(None),
                 )
+                .order_by(Job.step_due_at)
+                .limit(limit)
             )
-        )
-    orphaned = [job_id for job_id in running if job_id not in active_job_ids]
-    for job_id in orphaned:
-        log.warning("job %s was left running by a lost worker; queued again", job_id)
-        enqueue(job_id)
-    return orphaned
+        )  # fmt: skip
+    sent = []
+    for job_id in due:
+        try:
+            if publish_due(job_id):
+                sent.append(job_id)
+        except Exception:
+            break
+    return sent
 
 
-def resend_stranded_webhooks(older_than_s: float = 60.0) -> list[str]:
-    """Queue callbacks recorded but never attempted (a crash between commit and sending).
-
-    Run when a worker starts. Receivers deduplicate on ``webhook-id`` should one also be
-    sitting in the queue, and the task itself skips a delivery that already went out.
-    """
-    from services.common.orm import WebhookDelivery
-
-    cutoff = utcnow() - timedelta(seconds=older_than_s)
+def requeue_expired_leases(lease_s: float, max_attempts: int | None = None) -> list[str]:
+    """Make due again the step of every job whose stage stopped renewing its lease (its
+    worker died), and send it; after ``max_attempts`` lost runs of one stage, fail the job
+    ``stage_crashed`` instead, keeping its raw upload and events as evidence. Only the
+    caller whose compare-and-set takes the stale lease acts, so concurrent sweepers act
+    once. Jobs waiting for a worker hold no lease: never touched here."""
+    cap = max_attempts if max_attempts is not None else get_settings().stage_max_attempts
+    cutoff = utcnow() - timedelta(seconds=lease_s)
     with session_scope() as session:
-        stranded = list(
+        stale = session.execute(
+            select(Job.id, Job.step, Job.step_attempt, Job.step_crashes).where(
+                Job.step.is_not(None), Job.heartbeat_at.is_not(None), Job.heartbeat_at < cutoff
+            )
+        ).all()
+    requeued = []
+    for job_id, step, attempt, crashes in stale:
+        crashed_out, moved = crashes + 1 >= cap, False
+        with session_scope() as session:
+            won = session.execute(
+                update(Job)
+                .where(
+                    Job.id == job_id, Job.step == step, Job.step_attempt == attempt,
+                    Job.heartbeat_at < cutoff,
+                )
+                .values(heartbeat_at=None, step_crashes=crashes + 1, step_due_at=utcnow())
+            )  # fmt: skip
+            if won.rowcount != 1:  # type: ignore[attr-defined]
+                continue
+            if crashed_out:
+                moved = fail(
+                    session, job_id, ErrorCode.STAGE_CRASHED,
+                    f"the {step} stage lost its worker {crashes + 1} times; the study is kept "
+                    "for investigation", step, keep_raw_upload=True,
+                )  # fmt: skip
+        if crashed_out:
+            log.error("job %s: %s lost its worker %d times; failed stage_crashed",
+                      job_id, step, crashes + 1, extra={"job_id": job_id})  # fmt: skip
+            if moved:
+                send_pending_webhooks(job_id)
+            continue
+        log.warning("job %s: its %s stage stopped renewing its lease (run %d); sent again",
+                    job_id, step, attempt, extra={"job_id": job_id})  # fmt: skip
+        requeued.append(job_id)
+        enqueue(job_id)
+    return requeued
+
+
+# ---- callbacks ---------------------------------------------------------------------------
+
+
+def publish_due_webhook(delivery_id: str) -> bool:
+    """Send one callback if it is due; the same once-per-window compare-and-set as steps."""
+    now = utcnow()
+    window = timedelta(seconds=get_settings().step_redispatch_s)
+    with session_scope() as session:
+        due = session.scalar(
+            select(WebhookDelivery.next_attempt_at).where(
+                WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,
+            )
+        )  # fmt: skip
+        if due is None:
+            return False
+        taken = session.execute(
+            update(WebhookDelivery)
+            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.next_attempt_at == due)
+            .values(next_attempt_at=now + window)
+        )
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            return False
+    try:
+        send_webhook(delivery_id)
+    except Exception:
+        log.warning("could not send callback %s; the sweep retries", delivery_id, exc_info=True)
+        with session_scope() as session:
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id,
+                       WebhookDelivery.next_attempt_at == now + window)
+                .values(next_attempt_at=now)
+            )  # fmt: skip
+        raise
+    return True
+
+
+def send_pending_webhooks(job_id: str) -> None:
+    """After the commit that recorded a job's callback: send it (or leave it to the sweep)."""
+    with session_scope() as session:
+        deliveries = list(
             session.scalars(
                 select(WebhookDelivery.id).where(
-                    WebhookDelivery.status == "pending",
-                    WebhookDelivery.attempts == 0,
-                    WebhookDelivery.created_at < cutoff,
+                    WebhookDelivery.job_id == job_id, WebhookDelivery.status == "pending"
                 )
             )
         )
-    for delivery_id in stranded:
+    for delivery_id in deliveries:
         try:
-            send_webhook(delivery_id)
+            publish_due_webhook(delivery_id)
+        except Exception:  # logged; it stays due
+            pass
+
+
+def dispatch_due_webhooks(limit: int = SWEEP_BATCH) -> list[str]:
+    """Send every pending callback whose (next) attempt is due: first attempts whose
+    publish failed, and retries, which wait here and not in the broker, so a retry is not
+    held until the visibility timeout when the worker that scheduled it dies."""
+    with session_scope() as session:
+        due = list(
+            session.scalars(
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow()
+                )
+                .order_by(WebhookDelivery.next_attempt_at)
+                .limit(limit)
+            )
+        )
+    sent = []
+    for delivery_id in due:
+        try:
+            if publish_due_webhook(delivery_id):
+                sent.append(delivery_id)
         except Exception:
-            log.exception("could not queue webhook %s", delivery_id)
-    return stranded
+            break
+    return sent
+
+
+def sweep() -> dict[str, list[str]]:
+    """One round of the recovery sweeper (every worker, every ``recovery_interval_s``)."""
+    settings = get_settings()
+    return {
+        "requeued": requeue_expired_leases(settings.job_lease_s, settings.stage_max_attempts),
+        "steps": dispatch_due_steps(),
+        "webhooks": dispatch_due_webhooks(),
+    }

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 
 
 @celery_app.task(name=ENSEMBLE_TASK, bind=True)
-def ensemble_job(self: Task, job_id: str) -> str:
-    return run_guarded(job_id, "ensemble", lambda: _ensemble_job(job_id))
+def ensemble_job(self: Task, job_id: str, attempt: int | None = None) -> str:
+    return run_guarded(job_id, "ensemble", lambda _run: _ensemble_job(job_id), attempt)
 
 
 def _ensemble_job(job_id: str) -> str:

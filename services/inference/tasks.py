@@ -24,7 +24,7 @@ from services.common.orm import Job, JobStatus, SliceRecord, SliceScore
 from services.common.queue import INFERENCE_TASK, SCORER_READY_COMMAND, celery_app
 from services.common.retention import discard_if_deleted
 from services.common.storage import make_storage
-from services.common.tasks import fail_job, run_guarded
+from services.common.tasks import fail_job, release_step, run_guarded
 from services.inference.scorer import ScorerUnavailable, scorer_reachable
 from services.inference.stage import (
     ModelVersionMismatch,
@@ -36,7 +36,8 @@ from services.inference.stage import (
 
 log = logging.getLogger(__name__)
 
-SCORER_RETRIES = 5
+STAGE = "inference"
+SCORER_RETRIES = 5  # runs released for later while the scorer is unavailable, then failed
 
 
 @control_command(name=SCORER_READY_COMMAND)
@@ -45,12 +46,12 @@ def scorer_ready(_state: Any) -> dict[str, bool]:
     return {"ready": scorer_reachable(get_settings())}
 
 
-@celery_app.task(name=INFERENCE_TASK, bind=True, max_retries=SCORER_RETRIES)
-def score_job(self: Task, job_id: str) -> str:
-    return run_guarded(job_id, "inference", lambda: _score(self, job_id))
+@celery_app.task(name=INFERENCE_TASK, bind=True)
+def score_job(self: Task, job_id: str, attempt: int | None = None) -> str:
+    return run_guarded(job_id, STAGE, lambda run: _score(run, job_id), attempt)
 
 
-def _score(task: Task, job_id: str) -> str:
+def _score(run: int, job_id: str) -> str:
     settings = get_settings()
     with session_scope() as session:
         job = session.get(Job, job_id)
@@ -72,9 +73,13 @@ def _score(task: Task, job_id: str) -> str:
     try:
         scores = score_slices(inputs, loaded_scorer())
     except ScorerUnavailable as exc:
-        if task.request.retries < SCORER_RETRIES:
-            raise task.retry(countdown=2**task.request.retries * 5) from exc
-        return fail_job(job_id, ErrorCode.SCORER_UNAVAILABLE, str(exc), "inference")
+        if run <= SCORER_RETRIES:  # back in the outbox, due later: the sweeper sends it
+            delay_s = 2 ** (run - 1) * 5
+            log.warning("job %s: %s; inference again in %d s", job_id, exc, delay_s,
+                        extra={"job_id": job_id})  # fmt: skip
+            release_step(job_id, STAGE, run, delay_s)
+            return "retry"
+        return fail_job(job_id, ErrorCode.SCORER_UNAVAILABLE, str(exc), STAGE)
     score_s = time.perf_counter() - started
     detail: dict[str, Any] = {
         "score_s": round(score_s, 3),

@@ -32,8 +32,8 @@ STAGE = "preprocess"
 
 
 @celery_app.task(name=PREPROCESS_TASK, bind=True)
-def preprocess_job(self: Task, job_id: str) -> str:
-    return run_guarded(job_id, "preprocess", lambda: _preprocess(job_id))
+def preprocess_job(self: Task, job_id: str, attempt: int | None = None) -> str:
+    return run_guarded(job_id, STAGE, lambda _run: _preprocess(job_id), attempt)
 
 
 def _preprocess(job_id: str) -> str:

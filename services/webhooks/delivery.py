@@ -1,4 +1,5 @@
-"""Signed callbacks, as Standard Webhooks specifies, delivered with retries by a Celery task.
+"""Signed callbacks, as Standard Webhooks specifies, delivered by a Celery task; retries wait
+in the database (``next_attempt_at``) and the recovery sweeper sends them when due.
 
 Signature: ``v1,<base64 HMAC-SHA256(key, "{webhook-id}.{webhook-timestamp}.{body}")>`` where
 the key is the base64 part of the tenant's ``whsec_...`` secret. Receivers deduplicate on
@@ -23,10 +24,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import httpx
 from celery import Task
+from sqlalchemy import update
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
@@ -128,9 +131,16 @@ def post_callback(url: str, body: bytes, headers: dict[str, str], settings: Sett
     return Outcome(status_code, None)
 
 
-@celery_app.task(name=WEBHOOK_TASK, bind=True, max_retries=None, acks_late=True)
+# How long an attempt holds its delivery: past it (its worker died mid-attempt) the sweeper
+# sends the next one.
+ATTEMPT_HOLD_MARGIN_S = 60.0
+
+
+@celery_app.task(name=WEBHOOK_TASK, bind=True, acks_late=True)
 def deliver_webhook(self: Task, delivery_id: str) -> str:
-    """POST one callback; retry with exponential backoff until it is delivered or given up."""
+    """POST one attempt of a callback. A failed attempt is not retried through the broker:
+    its due time goes in the row (exponential backoff) and the sweeper sends it then, so a
+    worker that dies does not hold the retry until the broker's visibility timeout."""
     settings = get_settings()
     with session_scope() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
@@ -139,10 +149,22 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
         job = session.get(Job, delivery.job_id)
         secrets = webhook_secrets(session, settings, job.tenant_id) if job else []
         if not secrets:
-            delivery.status = "failed"
+            delivery.status, delivery.next_attempt_at = "failed", None
             return "failed"
         body, headers = signed_request(secrets, delivery.id, delivery.payload)
         url, attempt_no = delivery.url, delivery.attempts + 1
+        # Claim the attempt (compare-and-set on the count): a duplicate message sends nothing.
+        hold = utcnow() + timedelta(seconds=2 * settings.webhook_timeout_s + ATTEMPT_HOLD_MARGIN_S)
+        claimed = session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
+                WebhookDelivery.attempts == attempt_no - 1,
+            )
+            .values(attempts=attempt_no, next_attempt_at=hold)
+        )  # fmt: skip
+        if claimed.rowcount != 1:  # type: ignore[attr-defined]
+            return "skipped"
     started = time.perf_counter()
     outcome = post_callback(url, body, headers, settings)
     error = outcome.error
@@ -150,7 +172,6 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
         delivery = session.get(WebhookDelivery, delivery_id)
         if delivery is None:
             return "deleted"
-        delivery.attempts = attempt_no
         session.add(
             WebhookAttempt(
                 delivery_id=delivery_id,
@@ -161,23 +182,24 @@ def deliver_webhook(self: Task, delivery_id: str) -> str:
             )
         )
         if error is None:
-            delivery.status = "delivered"
+            delivery.status, delivery.next_attempt_at = "delivered", None
             delivery.delivered_at = utcnow()
             return "delivered"
         if outcome.final:
-            delivery.status = "failed"
+            delivery.status, delivery.next_attempt_at = "failed", None
             log.warning("webhook %s not sent: %s", delivery_id, error)
             return "refused"
         if attempt_no >= settings.webhook_max_attempts:
-            delivery.status = "failed"
+            delivery.status, delivery.next_attempt_at = "failed", None
             log.warning("webhook %s gave up after %d attempts", delivery_id, attempt_no)
             return "failed"
-    countdown = settings.webhook_backoff_s * 2 ** (attempt_no - 1)
+        countdown = settings.webhook_backoff_s * 2 ** (attempt_no - 1)
+        delivery.next_attempt_at = utcnow() + timedelta(seconds=countdown)
     log.info(
-        "webhook %s attempt %d failed (%s); retry in %.0fs",
+        "webhook %s attempt %d failed (%s); the sweeper retries in %.0fs",
         delivery_id,
         attempt_no,
         error,
         countdown,
     )
-    raise self.retry(countdown=countdown)
+    return "retry"

@@ -13,7 +13,9 @@ from tests.support.service import make_tenant
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Jobs whose pipeline was started (no broker in these tests); callbacks are dropped."""
     calls: list[str] = []
-    monkeypatch.setattr(common_tasks, "start_pipeline", calls.append)
+    monkeypatch.setattr(
+        common_tasks, "dispatch", lambda job_id, _step, _attempt: calls.append(job_id)
+    )
     monkeypatch.setattr(common_tasks, "send_webhook", lambda _id: None)
     return calls
 

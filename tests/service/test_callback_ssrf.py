@@ -157,7 +157,7 @@ def api(
     isolated_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[..., tuple[TestClient, dict[str, str]]]]:
     """``api(**settings)``: an in-process gateway (no broker) and a tenant."""
-    monkeypatch.setattr(common_tasks, "start_pipeline", lambda _id: None)
+    monkeypatch.setattr(common_tasks, "dispatch", lambda *_args: None)
     clients: list[TestClient] = []
 
     def start(**overrides: Any) -> tuple[TestClient, dict[str, str]]:

@@ -33,7 +33,7 @@ from tests.support.service import auth, make_tenant, new_job
 def client(
     isolated_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[TestClient]:
-    monkeypatch.setattr(common_tasks, "start_pipeline", lambda _id: None)
+    monkeypatch.setattr(common_tasks, "dispatch", lambda *_args: None)
     isolated_settings(broker_url="redis://127.0.0.1:1/0")  # no broker
     with TestClient(create_app()) as test_client:
         yield test_client

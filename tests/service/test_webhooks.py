@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
 
 from services.common.config import Settings
 from services.common.db import session_scope
-from services.common.orm import Job, WebhookAttempt, WebhookDelivery
+from services.common.orm import WebhookAttempt, WebhookDelivery, utcnow
 from services.webhooks.delivery import deliver_webhook, sign, signed_request, verify
-from tests.support.service import callback_receiver, finished_job_with_callback, make_tenant
+from tests.support.service import (
+    callback_receiver,
+    deliver_until_settled,
+    finished_job_with_callback,
+)
 
 
 def test_signature_matches_the_standard_webhooks_test_vector() -> None:
@@ -41,7 +46,7 @@ def database(isolated_settings: Callable[..., Settings]) -> Iterator[None]:
 def test_delivery_retries_then_succeeds_once(database: None) -> None:
     with callback_receiver(fail_first=2) as receiver:
         job_id, delivery_id, secret = finished_job_with_callback(receiver.url)
-        deliver_webhook.apply(args=(delivery_id,))  # eager: retries run inline
+        assert deliver_until_settled(delivery_id) == "delivered"
         assert len(receiver.received) == 1
         callback = receiver.received[0]
         assert verify(secret, callback.headers, callback.body)
@@ -54,6 +59,7 @@ def test_delivery_retries_then_succeeds_once(database: None) -> None:
     with session_scope() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         assert delivery is not None and delivery.status == "delivered"
+        assert delivery.next_attempt_at is None
         attempts = session.query(WebhookAttempt).filter_by(delivery_id=delivery_id).all()
         assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 500), (3, 204)]
 
@@ -61,75 +67,57 @@ def test_delivery_retries_then_succeeds_once(database: None) -> None:
 def test_delivery_gives_up_after_max_attempts(database: None) -> None:
     with callback_receiver(fail_first=10) as receiver:
         _job_id, delivery_id, _secret = finished_job_with_callback(receiver.url)
-        deliver_webhook.apply(args=(delivery_id,))
+        assert deliver_until_settled(delivery_id) == "failed"
         assert receiver.received == []
     with session_scope() as session:
         delivery = session.get(WebhookDelivery, delivery_id)
         assert delivery is not None
         assert (delivery.status, delivery.attempts) == ("failed", 3)
+        assert delivery.next_attempt_at is None
 
 
-def test_stranded_deliveries_and_queued_jobs_are_sent_again(
+def test_a_retry_waits_in_the_database_and_the_sweeper_sends_it_when_due(
     database: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """What a worker does on start: nothing recorded but never sent stays that way."""
-    from datetime import timedelta
-
+    """Issue 18.5: a failed attempt schedules no broker countdown (held until the visibility
+    timeout when its worker dies); its due time is a row the sweeper acts on."""
     from services.common import tasks
-    from services.common.orm import utcnow
 
     sent: list[str] = []
-    started: list[str] = []
     monkeypatch.setattr(tasks, "send_webhook", sent.append)
-    monkeypatch.setattr(tasks, "start_pipeline", started.append)
-    _job_id, delivery_id, _secret = finished_job_with_callback("http://127.0.0.1:9/never")
-    tenant = make_tenant("q")
-    with session_scope() as session:
-        queued = Job(tenant_id=tenant["id"], status="queued")
-        session.add(queued)
-        session.flush()
-        queued_id = queued.id
-    assert tasks.resend_stranded_webhooks() == []  # too recent: may still be in the queue
-    assert tasks.requeue_stale_jobs() == []
-    with session_scope() as session:
-        old = utcnow() - timedelta(minutes=5)
-        delivery = session.get(WebhookDelivery, delivery_id)
-        job = session.get(Job, queued_id)
-        assert delivery is not None and job is not None
-        delivery.created_at = old
-        job.updated_at = old
-    assert tasks.resend_stranded_webhooks() == [delivery_id]
-    assert tasks.requeue_stale_jobs() == [queued_id]
-    assert (sent, started) == ([delivery_id], [queued_id])
+    with callback_receiver(fail_first=1) as receiver:
+        _job_id, delivery_id, _secret = finished_job_with_callback(receiver.url)
+        assert deliver_webhook.apply(args=(delivery_id,)).get() == "retry"
+        assert receiver.received == []
+        with session_scope() as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+            assert delivery is not None and delivery.status == "pending"
+            due = delivery.next_attempt_at
+            assert due is not None and due > utcnow() - timedelta(seconds=1)
+            # The worker that scheduled it died; its retry is due now and no message exists.
+            delivery.next_attempt_at = utcnow() - timedelta(seconds=1)
+        assert tasks.dispatch_due_webhooks() == [delivery_id]
+        assert tasks.dispatch_due_webhooks() == []  # sent once per window
+        assert sent == [delivery_id]
+        assert deliver_webhook.apply(args=(delivery_id,)).get() == "delivered"  # the message
+        assert len(receiver.received) == 1
+        assert deliver_webhook.apply(args=(delivery_id,)).get() == "skipped"  # a duplicate
 
 
-def test_jobs_left_running_by_a_lost_worker_are_queued_again(
+def test_a_callback_whose_publish_failed_is_sent_by_the_sweeper(
     database: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A worker that starts re-sends the chain of running jobs no live worker runs."""
-    from datetime import timedelta
-
     from services.common import tasks
-    from services.common.orm import utcnow
 
-    started: list[str] = []
-    monkeypatch.setattr(tasks, "start_pipeline", started.append)
-    tenant = make_tenant("r")
-    with session_scope() as session:
-        jobs = {
-            status: Job(tenant_id=tenant["id"], status=status)
-            for status in ("preprocessing", "scoring", "ensembling", "succeeded", "queued")
-        }
-        session.add_all(jobs.values())
-        session.flush()
-        ids = {status: job.id for status, job in jobs.items()}
-    assert tasks.requeue_orphaned_jobs(set()) == []  # just moved: its worker may be alive
-    with session_scope() as session:
-        for job_id in ids.values():
-            job = session.get(Job, job_id)
-            assert job is not None
-            job.updated_at = utcnow() - timedelta(minutes=1)
-    alive = {ids["scoring"]}  # a live worker reports this one running
-    orphaned = tasks.requeue_orphaned_jobs(alive)
-    assert sorted(orphaned) == sorted([ids["preprocessing"], ids["ensembling"]])
-    assert sorted(started) == sorted(orphaned)
+    def broker_down(_delivery_id: str) -> None:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(tasks, "send_webhook", broker_down)
+    job_id, delivery_id, _secret = finished_job_with_callback("http://127.0.0.1:9/never")
+    tasks.send_pending_webhooks(job_id)  # after the commit: refused, logged, left due
+    sent: list[str] = []
+    monkeypatch.setattr(tasks, "send_webhook", sent.append)
+    assert tasks.dispatch_due_webhooks() == [delivery_id]
+    assert tasks.dispatch_due_webhooks() == []
+    assert sent == [delivery_id]
+

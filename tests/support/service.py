@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select
@@ -21,6 +22,9 @@ from services.common.db import session_scope
 from services.common.jobs import create_webhook_delivery, transition
 from services.common.orm import Job, JobStatus
 from services.common.tenants import create_tenant
+
+
+_ONE_MINUTE = timedelta(minutes=1)
 
 
 def make_tenant(name: str) -> dict[str, str]:
@@ -43,6 +47,31 @@ def finished_job_with_callback(callback_url: str) -> tuple[str, str, str]:
         assert create_webhook_delivery(session, job.id) is None  # one per job and event type
     assert delivery_id is not None
     return job.id, delivery_id, tenant["webhook_secret"]
+
+
+def deliver_until_settled(delivery_id: str, rounds: int = 10) -> str:
+    """Run a callback's delivery task, then each retry it leaves in the database as soon as
+    it is recorded (what the sweeper does once the retry is due); the last outcome."""
+    from sqlalchemy import update
+
+    from services.common.orm import WebhookDelivery, utcnow
+    from services.webhooks.delivery import deliver_webhook
+
+    outcome = ""
+    for _ in range(rounds):
+        outcome = str(deliver_webhook.apply(args=(delivery_id,)).get())
+        if outcome != "retry":
+            return outcome
+        with session_scope() as session:
+            delivery = session.get(WebhookDelivery, delivery_id)
+            assert delivery is not None and delivery.next_attempt_at is not None
+            assert delivery.next_attempt_at > utcnow() - _ONE_MINUTE  # a due time was recorded
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery_id)
+                .values(next_attempt_at=utcnow())
+            )
+    return outcome
 
 
 def auth(tenant: dict[str, str]) -> dict[str, str]:
