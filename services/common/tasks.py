@@ -15,12 +15,14 @@ Callbacks are kept the same way: ``webhook_deliveries.next_attempt_at`` is their
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from celery.exceptions import Retry
 from sqlalchemy import select, update
@@ -34,6 +36,7 @@ from services.common.orm import Job, JobStatus, WebhookDelivery, utcnow
 from services.common.queue import dispatch, send_webhook
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 RUNNING_STATUSES = (JobStatus.PREPROCESSING, JobStatus.SCORING, JobStatus.ENSEMBLING)
 # The statuses in which a step may be claimed (preprocess: again after a lost run).
@@ -61,7 +64,7 @@ def fail_job(
 DB_RETRIES = 3
 
 
-def _with_db_retries(job_id: str, stage: str, work: Callable[[], str]) -> str:
+def _with_db_retries(job_id: str, stage: str, work: Callable[[], T]) -> T:
     for attempt in range(DB_RETRIES + 1):
         try:
             return work()
@@ -192,7 +195,7 @@ def publish_due(job_id: str) -> bool:
         ).first()  # fmt: skip
         if row is None:
             return False
-        step, attempt, due = row
+        step, attempt, due = str(row[0]), int(row[1]), row[2]
         taken = session.execute(
             update(Job)
             .where(
@@ -222,10 +225,8 @@ def publish_due(job_id: str) -> bool:
 def enqueue(job_id: str) -> None:
     """After the commit that queued a job: send its first step (a refused publish is left
     to the sweeper, which finds the step due)."""
-    try:
+    with contextlib.suppress(Exception):  # logged by publish_due; the step stays due
         publish_due(job_id)
-    except Exception:  # logged by publish_due; the step stays due
-        pass
 
 
 def dispatch_due_steps(limit: int = SWEEP_BATCH) -> list[str]:
@@ -349,10 +350,8 @@ def send_pending_webhooks(job_id: str) -> None:
             )
         )
     for delivery_id in deliveries:
-        try:
+        with contextlib.suppress(Exception):  # logged; it stays due
             publish_due_webhook(delivery_id)
-        except Exception:  # logged; it stays due
-            pass
 
 
 def dispatch_due_webhooks(limit: int = SWEEP_BATCH) -> list[str]:

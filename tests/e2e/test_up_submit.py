@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -154,3 +155,43 @@ def test_up_restarts_a_killed_worker_and_redis_and_the_job_still_succeeds(
         up.send_signal(signal.SIGTERM)
         up.wait(120)
     assert up.returncode == 0
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("started", ["redis-server", "celery", "uvicorn"])
+def test_sigterm_during_start_up_stops_every_child(tmp_path: Path, started: str) -> None:
+    """Issue 18.6: SIGTERM before /readyz is green (once ``started`` is running) leaves no
+    child process and no port behind."""
+    var = tmp_path / "var"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}
+    env.update(COVIDCT_VAR_DIR=str(var))
+    port = free_port()
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not any(started in command for command in children_of(up.pid).values()):
+            assert up.poll() is None, up.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, children_of(up.pid)
+            time.sleep(0.02)
+        config = (var / "redis" / "redis.conf").read_text().splitlines()
+        redis_port = int(next(line for line in config if line.startswith("port ")).split()[1])
+        assert len(_processes_with_env(str(var))) >= 2  # up and what it started
+        up.send_signal(signal.SIGTERM)
+        _out, err = up.communicate(timeout=90)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(30)
+    assert up.returncode == 0, err[-2000:]
+    deadline = time.monotonic() + 30
+    while _processes_with_env(str(var)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_with_env(str(var)) == []
+    assert not _listening(port) and not _listening(redis_port)

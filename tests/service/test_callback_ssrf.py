@@ -40,6 +40,7 @@ from tests.support.service import (
     CallbackReceiver,
     auth,
     callback_receiver,
+    deliver_until_settled,
     finished_job_with_callback,
     make_tenant,
 )
@@ -326,7 +327,7 @@ def test_a_name_that_does_not_resolve_is_retried(
 ) -> None:
     worker()
     delivery_id = _delivery_for("https://nowhere.example/cb")
-    deliver_webhook.apply(args=(delivery_id,))
+    assert deliver_until_settled(delivery_id) == "failed"
     status, attempts = _attempts(delivery_id)
     assert (status, len(attempts)) == ("failed", 3)
     assert all(str(error).startswith("DNS: ") for _code, error in attempts)
@@ -389,7 +390,7 @@ def test_redirects_are_not_followed(worker: Callable[..., Settings]) -> None:
 
         with raw_receiver(redirect) as first:
             delivery_id = _delivery_for(first.url)
-            deliver_webhook.apply(args=(delivery_id,))
+            assert deliver_until_settled(delivery_id) == "failed"
             assert first.posts == 3  # each 302 a failed attempt, retried as usual
         assert target.received == []
     status, attempts = _attempts(delivery_id)

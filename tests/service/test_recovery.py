@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 import services.celery as worker
-import services.ensemble.tasks  # noqa: F401  (the stage tasks, registered for eager runs)
-import services.inference.tasks  # noqa: F401
-import services.preprocess.tasks  # noqa: F401
 import services.common.tasks as tasks
+import services.ensemble.tasks
+import services.inference.tasks
+import services.preprocess.tasks  # noqa: F401
 from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.jobs import transition
@@ -180,8 +180,13 @@ def test_a_duplicate_message_for_a_claimed_step_does_nothing(
     assert tasks.publish_due(job_id)
     (message,) = sent
     runs: list[int] = []
-    assert run_guarded(job_id, "inference", lambda run: str(runs.append(run)), 0) == "None"
-    assert run_guarded(job_id, "inference", lambda run: str(runs.append(run)), 0) == "skipped"
+
+    def work(run: int) -> str:
+        runs.append(run)
+        return "done"
+
+    assert run_guarded(job_id, "inference", work, 0) == "done"
+    assert run_guarded(job_id, "inference", work, 0) == "skipped"
     assert runs == [1]  # the duplicate did no work
     assert claim_step(job_id, "preprocess", 1) is None  # another stage's message: no-op
     assert message == (job_id, "inference", 0)

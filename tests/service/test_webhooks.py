@@ -120,4 +120,3 @@ def test_a_callback_whose_publish_failed_is_sent_by_the_sweeper(
     assert tasks.dispatch_due_webhooks() == [delivery_id]
     assert tasks.dispatch_due_webhooks() == []
     assert sent == [delivery_id]
-

@@ -11,8 +11,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from sqlalchemy import func, select
@@ -22,7 +22,6 @@ from services.common.db import session_scope
 from services.common.jobs import create_webhook_delivery, transition
 from services.common.orm import Job, JobStatus
 from services.common.tenants import create_tenant
-
 
 _ONE_MINUTE = timedelta(minutes=1)
 
