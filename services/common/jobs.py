@@ -168,15 +168,3 @@ def create_webhook_delivery(session: Session, job_id: str) -> str | None:
     session.add(delivery)
     session.flush()
     return delivery.id
-
-
-def pending_deliveries(session: Session, job_id: str) -> list[str]:
-    return list(
-        session.scalars(
-            select(WebhookDelivery.id).where(
-                WebhookDelivery.job_id == job_id,
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.attempts == 0,
-            )
-        )
-    )

@@ -99,19 +99,3 @@ def ask_workers(command: str, timeout_s: float = 1.0) -> list[Any]:
     except Exception:
         return []
     return [answer for reply in replies or [] for answer in reply.values()]
-
-
-def active_job_ids(timeout_s: float = 2.0) -> set[str] | None:
-    """Job ids of the pipeline tasks that live workers are running now; None when the
-    question could not be asked (then nothing may be taken for orphaned)."""
-    try:
-        replies = celery_app.control.inspect(timeout=timeout_s).active()
-    except Exception:
-        return None
-    pipeline = {PREPROCESS_TASK, INFERENCE_TASK, ENSEMBLE_TASK}
-    return {
-        str(task["args"][0])
-        for tasks in (replies or {}).values()
-        for task in tasks
-        if task.get("name") in pipeline and task.get("args")
-    }

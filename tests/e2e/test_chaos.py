@@ -3,6 +3,9 @@ random moments (seeded: the same schedule every run).
 
 - embedded (SQLite, embedded Redis, in-process scorer), 30 jobs: SIGKILL of a pool child, the
   worker main process, Redis and the gateway;
+- redis-boundaries (the embedded stack), 12 jobs: Redis SIGKILLed 5 times in a row, each
+  time right after a job crossed a stage boundary (its next step being published); besides
+  the checks below, no stage of any job ran twice (every event's ``attempt`` is 1);
 - production (PostgreSQL, Redis, TorchServe), 15 jobs: SIGKILL of a pool child, the worker
   and the gateway, TorchServe killed and started again, and every PostgreSQL connection of
   the service terminated (`pg_terminate_backend`). The machine's shared Redis is not killed
@@ -52,6 +55,7 @@ ENV = {
     "COVIDCT_JOB_HEARTBEAT_S": "2",
     "COVIDCT_JOB_LEASE_S": "15",
     "COVIDCT_RECOVERY_INTERVAL_S": "5",
+    "COVIDCT_STEP_REDISPATCH_S": "20",  # a message lost with a killed Redis: sent again
     "COVIDCT_LOG_LEVEL": "WARNING",
 }
 ORDER = ["awaiting_upload", "queued", "preprocessing", "scoring", "ensembling", "succeeded"]
@@ -67,9 +71,11 @@ class Chaos:
     database_url: str
     torchserve: Callable[[], None] | None = None  # kill TorchServe and start it again
     extras: list[Any] = field(default_factory=list)
+    boundary_kills: int = 0  # Redis killed this many times, each at a stage boundary
+    one_run_per_stage: bool = False  # nothing killed a stage: none may have run twice
 
 
-@pytest.fixture(params=["embedded", "production"])
+@pytest.fixture(params=["embedded", "redis-boundaries", "production"])
 def chaos(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chaos]:
     var_dir = tmp_path / "var"
     if request.param == "embedded":
@@ -78,6 +84,16 @@ def chaos(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chaos]:
             kills=("pool child", "worker", "redis", "gateway"),
             env={"COVIDCT_VAR_DIR": str(var_dir)},
             database_url=f"sqlite:///{var_dir / 'covidct.db'}",
+        )
+        return
+    if request.param == "redis-boundaries":
+        yield Chaos(
+            jobs=12,
+            kills=(),
+            env={"COVIDCT_VAR_DIR": str(var_dir)},
+            database_url=f"sqlite:///{var_dir / 'covidct.db'}",
+            boundary_kills=5,
+            one_run_per_stage=True,
         )
         return
     require_java()
@@ -190,6 +206,43 @@ def _strike(chaos: Chaos, up: int, kind: str, server: str) -> float:
         time.sleep(0.2)
 
 
+# The last event at which a job's step was handed on (queued, scoring, ensembling) or it ended.
+LAST_BOUNDARY = text(
+    "SELECT max(id) FROM job_events "
+    "WHERE status IN ('queued', 'scoring', 'ensembling', 'succeeded')"
+)
+
+
+def _kill_redis_at_boundaries(
+    chaos: Chaos, up: int, server: str, rng: random.Random
+) -> list[tuple[str, float]]:
+    """SIGKILL Redis right after some job entered a status whose step is being published
+    (polling the events in the embedded SQLite database), ``boundary_kills`` times; stops
+    early when no job crosses a boundary for 60 s (all ended). Returns the recoveries."""
+    engine = create_engine(chaos.database_url)
+    recoveries: list[tuple[str, float]] = []
+    seen = 0
+    try:
+        for _ in range(chaos.boundary_kills):
+            quiet_until = time.monotonic() + 60
+            last = seen
+            while last <= seen and time.monotonic() < quiet_until:
+                try:
+                    with engine.connect() as db:
+                        last = db.execute(LAST_BOUNDARY).scalar() or 0
+                except Exception:  # locked by a writer for a moment
+                    pass
+                time.sleep(0.02)
+            if last <= seen:
+                break
+            seen = last
+            recoveries.append(("redis at a boundary", _strike(chaos, up, "redis", server)))
+            time.sleep(rng.uniform(0, 1.5))
+    finally:
+        engine.dispose()
+    return recoveries
+
+
 def _submit_with_retries(client: ApiClient, study: Path, state: UploadState, url: str) -> str:
     deadline = time.monotonic() + 180
     while True:
@@ -247,13 +300,16 @@ def test_jobs_survive_random_kills(chaos: Chaos, tmp_path: Path) -> None:
             for kind in rng.sample(chaos.kills, len(chaos.kills)):
                 time.sleep(rng.uniform(3, 8))
                 recoveries.append((kind, _strike(chaos, up.pid, kind, server)))
+            if chaos.boundary_kills:
+                recoveries += _kill_redis_at_boundaries(chaos, up.pid, server, rng)
+                assert len(recoveries) >= 3, recoveries  # the jobs outlasted a few kills
             submitter.join(timeout=300)
             assert not submitter.is_alive() and len(job_ids) == chaos.jobs
             chaos_over = time.monotonic()
             final = {job_id: client.wait(job_id, timeout_s=JOBS_DEADLINE_S) for job_id in job_ids}
             all_done_s = time.monotonic() - chaos_over
             # Callbacks follow their job's end; one whose send the broker refused is sent
-            # again by the recovery sweep after 2 minutes.
+            # by the next recovery sweep, one lost with a killed Redis after STEP_REDISPATCH_S.
             deadline = time.monotonic() + 180
             while len({c.headers["webhook-id"] for c in receiver.received}) < chaos.jobs:
                 assert time.monotonic() < deadline
@@ -269,6 +325,8 @@ def test_jobs_survive_random_kills(chaos: Chaos, tmp_path: Path) -> None:
         }
         _check_callbacks(callbacks, set(job_ids))
         _check_database(chaos.database_url, tmp_path / "var", set(job_ids))
+        if chaos.one_run_per_stage:
+            _check_one_run_per_stage(chaos.database_url, set(job_ids))
     finally:
         up.send_signal(signal.SIGTERM)
         try:
@@ -314,3 +372,22 @@ def _check_database(database_url: str, var_dir: Path, job_ids: set[str]) -> None
     stored = {p.name for p in blobs.iterdir()} if blobs.exists() else set()
     assert stored <= known, stored - known  # no blob of a job that does not exist
     assert not list(blobs.glob("*/upload/*")), "raw uploads of ended jobs are kept"
+
+
+def _check_one_run_per_stage(database_url: str, job_ids: set[str]) -> None:
+    """Every stage of every job was claimed once: the event that ended it says run 1."""
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as db:
+            rows = db.execute(
+                text("SELECT job_id, status, detail FROM job_events ORDER BY id")
+            ).all()
+    finally:
+        engine.dispose()
+    runs = {}
+    for job_id, status, detail in rows:
+        if job_id in job_ids and status in ("preprocessing", "scoring", "ensembling", "succeeded"):
+            parsed = json.loads(detail) if isinstance(detail, str) else detail
+            runs[(job_id, status)] = parsed.get("attempt")
+    assert len(runs) == 4 * len(job_ids)
+    assert set(runs.values()) == {1}, {k: v for k, v in runs.items() if v != 1}
