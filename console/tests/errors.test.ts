@@ -15,6 +15,7 @@ describe('error text', () => {
       'checksum_mismatch',
       'upload_expired',
       'scorer_unavailable',
+      'stage_crashed',
       'internal_error',
     ]) {
       const text = errorText(code, 'raw server message');

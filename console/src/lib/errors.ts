@@ -13,6 +13,8 @@ const WORDS: Record<string, string> = {
   checksum_mismatch: 'The file arrived damaged (its checksum did not match). Upload it again.',
   upload_expired: 'The upload was never completed and has expired. Start a new upload.',
   scorer_unavailable: 'The scoring model was unavailable. Try again later; if it persists, contact the administrator.',
+  stage_crashed:
+    'Processing this study stopped the server several times, so it was set aside for the administrator to investigate.',
   internal_error: 'Something went wrong on the server. Try again; if it persists, contact the administrator.',
   unauthorized: 'This API key was not accepted. Check that you pasted the whole key.',
   too_many_failed_auth: 'Too many wrong keys from this address. Wait a minute and try again.',
