@@ -11,6 +11,8 @@ Create Date: 2026-12-03 08:40:00
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -44,19 +46,19 @@ def upgrade() -> None:
             batch_op.f("ix_webhook_deliveries_next_attempt_at"), ["next_attempt_at"], unique=False
         )
     bind = op.get_bind()
+    # Bound through the column type, so SQLite stores the same text form as the ORM writes.
+    now = sa.bindparam("now", datetime.now(UTC), type_=sa.DateTime(timezone=True))
     for status, step in STEP_OF_STATUS.items():
         bind.execute(
             sa.text(
-                "UPDATE jobs SET step = :step, step_due_at = CURRENT_TIMESTAMP "
-                "WHERE status = :status"
-            ),
+                "UPDATE jobs SET step = :step, step_due_at = :now WHERE status = :status"
+            ).bindparams(now),
             dict(step=step, status=status),
         )
     bind.execute(
         sa.text(
-            "UPDATE webhook_deliveries SET next_attempt_at = CURRENT_TIMESTAMP "
-            "WHERE status = 'pending'"
-        )
+            "UPDATE webhook_deliveries SET next_attempt_at = :now WHERE status = 'pending'"
+        ).bindparams(now)
     )
 
 

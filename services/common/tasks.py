@@ -188,19 +188,19 @@ def publish_due(job_id: str) -> bool:
     window = timedelta(seconds=get_settings().step_redispatch_s)
     with session_scope() as session:
         row = session.execute(
-            select(Job.step, Job.step_attempt, Job.step_due_at).where(
+            select(Job.step, Job.step_attempt).where(
                 Job.id == job_id, Job.step.is_not(None), Job.step_due_at <= now,
                 Job.heartbeat_at.is_(None),
             )
         ).first()  # fmt: skip
         if row is None:
             return False
-        step, attempt, due = str(row[0]), int(row[1]), row[2]
+        step, attempt = str(row[0]), int(row[1])
         taken = session.execute(
             update(Job)
             .where(
                 Job.id == job_id, Job.step == step, Job.step_attempt == attempt,
-                Job.step_due_at == due, Job.heartbeat_at.is_(None),
+                Job.step_due_at <= now, Job.heartbeat_at.is_(None),  # still due: not taken
             )
             .values(step_due_at=now + window)
         )  # fmt: skip
@@ -309,17 +309,13 @@ def publish_due_webhook(delivery_id: str) -> bool:
     now = utcnow()
     window = timedelta(seconds=get_settings().step_redispatch_s)
     with session_scope() as session:
-        due = session.scalar(
-            select(WebhookDelivery.next_attempt_at).where(
-                WebhookDelivery.id == delivery_id, WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now,
-            )
-        )  # fmt: skip
-        if due is None:
-            return False
         taken = session.execute(
             update(WebhookDelivery)
-            .where(WebhookDelivery.id == delivery_id, WebhookDelivery.next_attempt_at == due)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at <= now,  # still due: not taken by another
+            )
             .values(next_attempt_at=now + window)
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]

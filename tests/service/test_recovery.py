@@ -319,3 +319,40 @@ def isolated_settings_of_test() -> Settings:
     from services.common.config import get_settings
 
     return get_settings()
+
+
+def test_jobs_in_flight_at_the_upgrade_get_their_step_and_are_sent_once(
+    sent: list[tuple[str, str, int]],
+) -> None:
+    """Migration 0004: a job left `scoring` by the previous version (no step recorded) is
+    due at once after the upgrade; the sweep sends it once."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from services.common.config import REPO_ROOT, get_settings
+    from services.common.db import make_engine
+
+    url = get_settings().sqlalchemy_url
+    config = Config()
+    config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    config.set_main_option("sqlalchemy.url", url)
+    tenant = make_tenant("legacy")
+    command.downgrade(config, "0003")
+    engine = make_engine(url)
+    with engine.begin() as db:
+        db.execute(
+            text(
+                "INSERT INTO jobs (id, tenant_id, status, created_at, updated_at) "
+                "VALUES ('legacy-job', :tenant, 'scoring', '2026-12-01 10:00:00.000000', "
+                "'2026-12-01 10:00:00.000000')"
+            ),
+            {"tenant": tenant["id"]},
+        )
+    engine.dispose()
+    command.upgrade(config, "head")
+    job = _row("legacy-job")
+    assert (job.step, job.step_attempt, job.heartbeat_at) == ("inference", 0, None)
+    assert tasks.dispatch_due_steps() == ["legacy-job"]
+    assert tasks.dispatch_due_steps() == []
+    assert sent == [("legacy-job", "inference", 0)]
