@@ -356,3 +356,41 @@ def test_jobs_in_flight_at_the_upgrade_get_their_step_and_are_sent_once(
     assert tasks.dispatch_due_steps() == ["legacy-job"]
     assert tasks.dispatch_due_steps() == []
     assert sent == [("legacy-job", "inference", 0)]
+
+
+def test_an_unavailable_scorer_puts_the_step_back_due_later_then_fails(
+    sent: list[tuple[str, str, int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No broker countdown: the run gives its step back with a due time (the sweeper sends
+    it), SCORER_RETRIES times, then the job fails `scorer_unavailable`."""
+    import io
+
+    import numpy as np
+
+    from services.common.config import get_settings
+    from services.inference import tasks as inference_tasks
+    from services.inference.scorer import ScorerUnavailable
+
+    blob = "jobs/scorer-down/slices.npy"
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((0, 8, 8), np.uint8))
+    make_storage(get_settings()).put_bytes(blob, buffer.getvalue())
+    job_id = _job(JobStatus.SCORING, slices_blob=blob)
+
+    def scorer_down() -> None:
+        raise ScorerUnavailable("cannot reach TorchServe")
+
+    monkeypatch.setattr(inference_tasks, "loaded_scorer", scorer_down)
+    assert inference_tasks.score_job.apply(args=(job_id, 0)).get() == "retry"
+    job = _row(job_id)
+    assert (job.status, job.heartbeat_at, job.step_attempt) == ("scoring", None, 1)
+    assert job.step_due_at is not None and job.step_due_at > utcnow()  # backoff, not now
+    assert tasks.dispatch_due_steps() == []
+    _set(job_id, step_due_at=utcnow())  # its backoff passed
+    assert tasks.dispatch_due_steps() == [job_id]
+    assert sent == [(job_id, "inference", 1)]
+    for run in range(2, inference_tasks.SCORER_RETRIES + 1):
+        assert inference_tasks.score_job.apply(args=(job_id, run - 1)).get() == "retry"
+    last = inference_tasks.SCORER_RETRIES
+    assert inference_tasks.score_job.apply(args=(job_id, last)).get() == "failed"
+    assert _row(job_id).error_code == "scorer_unavailable"
