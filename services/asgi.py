@@ -97,8 +97,15 @@ def create_app() -> FastAPI:
     app.add_middleware(
         InFlightLimit,
         classes=[
-            RouteClass("jobs", jobs.router.prefix, settings.gateway_max_in_flight),
-            RouteClass("uploads", UPLOADS_PREFIX, settings.gateway_max_uploads_in_flight),
+            RouteClass(
+                "jobs", jobs.router.prefix, settings.gateway_max_in_flight,
+                body_timeout_s=settings.gateway_body_timeout_s,
+            ),
+            RouteClass(
+                "uploads", UPLOADS_PREFIX, settings.gateway_max_uploads_in_flight,
+                per_client=settings.gateway_max_uploads_per_client,
+                body_timeout_s=settings.gateway_body_timeout_s,
+            ),
         ],
         queue_timeout_s=settings.gateway_queue_timeout_s,
         retry_after_s=settings.gateway_retry_after_s,
