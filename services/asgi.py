@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.common.config import Settings, ensure_directories, get_settings
 from services.common.db import pool_capacity
@@ -66,6 +68,17 @@ def check_pool(settings: Settings) -> None:
             f"db_pool_size + db_max_overflow = {pool_capacity(settings)} is below "
             f"gateway_threads + 1 = {needed}: requests could wait for a connection"
         )
+
+
+def trusted_proxies(settings: Settings) -> list[str]:
+    """The configured proxies, each an address or a CIDR (anything else is refused at start,
+    rather than silently never matching or, as ``*``, trusting everyone)."""
+    for entry in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {entry!r} is not an address or CIDR") from exc
+    return list(settings.trusted_proxies)
 
 
 def create_app() -> FastAPI:
@@ -124,6 +137,11 @@ def create_app() -> FastAPI:
             expose_headers=["Location", "Retry-After", *TUS_EXPOSE_HEADERS],
             max_age=600,
         )
+    # Outermost: the client address that the limits and the auth-failure throttle see.
+    # X-Forwarded-For counts only from settings.trusted_proxies; the gateway runs uvicorn with
+    # --no-proxy-headers, whose default would believe any loopback peer (a client on the
+    # same host, or a sidecar, could then pose as any address).
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies(settings))
     app.include_router(jobs.router)
     app.include_router(slices.router)
     # Authenticate tus requests before any route dependency reads the body; the bearer

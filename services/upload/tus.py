@@ -86,26 +86,32 @@ def tus_auth(request: Request) -> None:
     """
     api_key = bearer_token(request.headers.get("authorization"))
     throttled_as = identities(request.client.host if request.client else None, api_key)
+    # Failures are throttled, never a valid key: a throttled address or key prefix still
+    # gets in with a key that is valid (the lookup is one indexed hash comparison).
     wait = auth_failures().retry_after(*throttled_as)
-    if wait is not None:
-        raise HTTPException(
-            429, "too many failed authentications", {"Retry-After": str(math.ceil(wait))}
-        )
     if api_key is None:
         auth_failures().record_failure(*throttled_as)
-        raise HTTPException(401, "missing Authorization: Bearer <api_key>")
+        raise _refused("missing Authorization: Bearer <api_key>", wait)
     upload_id = request.path_params.get("uuid")
     with session_scope() as session:
         tenant = tenant_by_api_key(session, api_key)
         if tenant is None:
             auth_failures().record_failure(*throttled_as)
-            raise HTTPException(401, "unknown API key")
+            raise _refused("unknown API key", wait)
         request.state.tenant_id = tenant.id
         if upload_id is None:
             return
         owner = session.scalar(select(Job.tenant_id).where(Job.upload_id == upload_id))
     if owner != request.state.tenant_id:
         raise HTTPException(404, "Upload not found")
+
+
+def _refused(message: str, throttled_for: float | None) -> HTTPException:
+    if throttled_for is not None:
+        return HTTPException(
+            429, "too many failed authentications", {"Retry-After": str(math.ceil(throttled_for))}
+        )
+    return HTTPException(401, message)
 
 
 # Bounds of what is stored from the metadata (jobs.upload_filename is String(300)).
