@@ -36,7 +36,8 @@ from tuspyserver.router import noop
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
-from services.common.orm import Job, JobStatus, utcnow
+from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from services.common.retention import discard_partial_upload
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
 from services.common.throttle import auth_failures, identities
@@ -101,9 +102,15 @@ def tus_auth(request: Request) -> None:
         request.state.tenant_id = tenant.id
         if upload_id is None:
             return
-        owner = session.scalar(select(Job.tenant_id).where(Job.upload_id == upload_id))
-    if owner != request.state.tenant_id:
+        found = session.execute(
+            select(Job.tenant_id, Job.status).where(Job.upload_id == upload_id)
+        ).first()
+    if found is None or found.tenant_id != request.state.tenant_id:
         raise HTTPException(404, "Upload not found")
+    if JobStatus(found.status) in TERMINAL_STATUSES:
+        # Cancelled (or failed) mid-upload: no further byte is taken; its partial upload
+        # was removed with the cancel.
+        raise HTTPException(410, "the job of this upload has ended")
 
 
 def _refused(message: str, throttled_for: float | None) -> HTTPException:
@@ -364,6 +371,13 @@ def _finished_in_creation(directory: Path, upload_id: str) -> dict[str, str] | N
     return dict(info.get("metadata") or {})
 
 
+def _discard_if_job_ended(settings: Settings, upload_id: str) -> None:
+    with session_scope() as session:
+        status = session.scalar(select(Job.status).where(Job.upload_id == upload_id))
+    if status is not None and JobStatus(status) in TERMINAL_STATUSES:
+        discard_partial_upload(settings, upload_id)
+
+
 def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
     directory = settings.upload_dir
 
@@ -385,4 +399,7 @@ def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
                 await run_in_threadpool(complete_upload, upload_id, file_path, metadata)
         elif method == "DELETE" and response.status_code == 204:
             await run_in_threadpool(release_upload, path.rsplit("/", 1)[-1])
+        elif method == "PATCH":
+            # A PATCH that was writing when its job was cancelled saved its sidecar again.
+            await run_in_threadpool(_discard_if_job_ended, settings, path.rsplit("/", 1)[-1])
         return response
