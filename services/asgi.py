@@ -29,7 +29,7 @@ from services.gateway.auth import bearer_scheme
 from services.gateway.console import install_console
 from services.gateway.errors import error_responses, install_error_handlers
 from services.gateway.limits import InFlightLimit, RouteClass
-from services.upload.ingest import sweep_expired_uploads
+from services.upload.ingest import finish_completed_uploads, sweep_expired_uploads
 from services.upload.tus import (
     TUS_ALLOW_HEADERS,
     TUS_EXPOSE_HEADERS,
@@ -56,6 +56,20 @@ async def _sweep_forever(settings: Settings) -> None:
         except Exception:
             log.exception("retention sweep failed")
         await asyncio.sleep(settings.retention_sweep_interval_s)
+
+
+async def _recover_uploads_forever(settings: Settings) -> None:
+    """Uploads whose every byte arrived but whose job a crash left waiting are completed (at
+    start, then every recovery_interval_s): this process's upload directory is the only
+    place that knows them."""
+    while True:
+        try:
+            recovered = await run_in_threadpool(finish_completed_uploads, settings.upload_dir)
+            if recovered:
+                log.info("finished or freed %d uploads a crash left undone", recovered)
+        except Exception:
+            log.exception("upload recovery failed")
+        await asyncio.sleep(settings.recovery_interval_s)
 
 
 def check_pool(settings: Settings) -> None:
@@ -93,10 +107,12 @@ def create_app() -> FastAPI:
         # The threadpool that runs sync routes and dependencies, sized to match the pool.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         sweeper = asyncio.create_task(_sweep_forever(settings))
+        recovery = asyncio.create_task(_recover_uploads_forever(settings))
         try:
             yield
         finally:
             sweeper.cancel()
+            recovery.cancel()
 
     app = FastAPI(
         title="covidct",
@@ -111,11 +127,15 @@ def create_app() -> FastAPI:
         InFlightLimit,
         classes=[
             RouteClass(
-                "jobs", jobs.router.prefix, settings.gateway_max_in_flight,
+                "jobs",
+                jobs.router.prefix,
+                settings.gateway_max_in_flight,
                 body_timeout_s=settings.gateway_body_timeout_s,
             ),
             RouteClass(
-                "uploads", UPLOADS_PREFIX, settings.gateway_max_uploads_in_flight,
+                "uploads",
+                UPLOADS_PREFIX,
+                settings.gateway_max_uploads_in_flight,
                 per_client=settings.gateway_max_uploads_per_client,
                 body_timeout_s=settings.gateway_body_timeout_s,
             ),

@@ -59,7 +59,9 @@ def refused(credentials_missing: bool, throttled_for: float | None) -> ApiError:
             429, "too_many_failed_auth", "too many failed authentications; retry later",
             {"Retry-After": str(math.ceil(throttled_for))},
         )  # fmt: skip
-    message = "missing Authorization: Bearer <api_key>" if credentials_missing else "unknown API key"
+    message = (
+        "missing Authorization: Bearer <api_key>" if credentials_missing else "unknown API key"
+    )
     return ApiError(401, "unauthorized", message, UNAUTHORIZED)
 
 

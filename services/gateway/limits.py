@@ -37,9 +37,7 @@ REJECTED_CLIENT = Counter(
     "Requests answered 429: their client already held its share of slots",
     ["route_class"],
 )
-BODY_TIMEOUTS = Counter(
-    "covidct_gateway_body_timeouts_total", "Request bodies ended for stalling"
-)
+BODY_TIMEOUTS = Counter("covidct_gateway_body_timeouts_total", "Request bodies ended for stalling")
 
 
 @dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
 import re
 import uuid
@@ -41,7 +40,13 @@ from services.common.retention import discard_partial_upload
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
 from services.common.throttle import auth_failures, identities
-from services.upload.ingest import SHA256_RE, complete_upload, release_upload
+from services.upload.ingest import (
+    SHA256_RE,
+    complete_upload,
+    completed_upload_metadata,
+    release_upload,
+    stored_filename,
+)
 from services.upload.storage import (
     CHECKSUM_MISMATCH_STATUS,
     StreamingLocalStorage,
@@ -266,13 +271,15 @@ def file_dep(request: Request) -> Callable[[dict[str, str]], Awaitable[dict[str,
         if not metadata.get("job_id"):
             return {}  # PATCH / DELETE call this with no metadata
         upload_id = uuid.uuid4().hex
-        await run_in_threadpool(_claim, metadata["job_id"], upload_id, metadata)
+        tenant_id: str = request.state.tenant_id
+        await run_in_threadpool(_claim, metadata["job_id"], upload_id, metadata, tenant_id)
         return {"uid": upload_id}
 
     return claim
 
 
-def _claim(job_id: str, upload_id: str, metadata: dict[str, str]) -> None:
+def _claim(job_id: str, upload_id: str, metadata: dict[str, str], tenant_id: str) -> None:
+    filename = stored_filename(metadata.get("filename", "upload"), tenant_id, get_settings())
     with session_scope() as session:
         claimed = session.execute(
             update(Job)
@@ -283,7 +290,7 @@ def _claim(job_id: str, upload_id: str, metadata: dict[str, str]) -> None:
             )
             .values(
                 upload_id=upload_id,
-                upload_filename=metadata.get("filename"),
+                upload_filename=filename,
                 updated_at=utcnow(),
             )
         )
@@ -305,7 +312,10 @@ def create_upload_router(settings: Settings) -> APIRouter:
 
     def _complete(path: Path, metadata: dict[str, str]) -> None:
         # Waiting for the hashing thread and the stat both stay off the event loop.
-        known = storage.take_sha256(path.name, path.stat().st_size)
+        try:
+            known = storage.take_sha256(path.name, path.stat().st_size)
+        except FileNotFoundError:
+            known = None  # a concurrent completion moved it on: complete_upload finds out
         complete_upload(path.name, path, metadata, known)
 
     # tuspyserver's annotations say hooks return None; FastAPI accepts our richer ones.
@@ -358,23 +368,10 @@ def _replace_options_route(tus: APIRouter, max_bytes: int) -> None:
         tus.add_api_route(path, tus_options, methods=["OPTIONS"], status_code=204)
 
 
-def _finished_in_creation(directory: Path, upload_id: str) -> dict[str, str] | None:
-    """Metadata of an upload that is complete, else None (reads tuspyserver's sidecar)."""
-    info_path = directory / f"{upload_id}.info"
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError):
-        return None
-    size, offset = info.get("size"), info.get("offset")
-    if size is None or offset != size:
-        return None
-    return dict(info.get("metadata") or {})
-
-
 def _discard_if_job_ended(settings: Settings, upload_id: str) -> None:
     with session_scope() as session:
         status = session.scalar(select(Job.status).where(Job.upload_id == upload_id))
-    if status is not None and JobStatus(status) in TERMINAL_STATUSES:
+    if status is None or JobStatus(status) in TERMINAL_STATUSES:  # deleted, or ended
         discard_partial_upload(settings, upload_id)
 
 
@@ -393,7 +390,7 @@ def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
         method = request.headers.get("x-http-method-override", request.method).strip().upper()
         if method == "POST" and response.status_code == 201:
             upload_id = response.headers.get("location", "").rstrip("/").rsplit("/", 1)[-1]
-            metadata = await run_in_threadpool(_finished_in_creation, directory, upload_id)
+            metadata = await run_in_threadpool(completed_upload_metadata, directory, upload_id)
             if metadata is not None:
                 file_path = directory / upload_id
                 await run_in_threadpool(complete_upload, upload_id, file_path, metadata)
