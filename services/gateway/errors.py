@@ -106,6 +106,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if isinstance(exc.detail, dict) and {"code", "message"} <= exc.detail.keys():
+            code, message = str(exc.detail["code"]), str(exc.detail["message"])  # a room's own
         response = problem(exc.status_code, code, message)
         if exc.headers:
             response.headers.update(exc.headers)

@@ -73,7 +73,10 @@ class _Running:
 
 
 CHECKSUM_MISMATCH_STATUS = 460  # tus checksum extension
-CONCURRENT_PATCH = "another request is writing this upload; retry from HEAD when it ends"
+CONCURRENT_PATCH = {
+    "code": "upload_busy",
+    "message": "another request is writing this upload; retry from HEAD when it has ended",
+}
 
 
 @dataclass

@@ -49,6 +49,7 @@ from services.upload.ingest import (
 )
 from services.upload.storage import (
     CHECKSUM_MISMATCH_STATUS,
+    CONCURRENT_PATCH,
     StreamingLocalStorage,
     expect_checksum,
 )
@@ -115,7 +116,7 @@ def tus_auth(request: Request) -> None:
     if JobStatus(found.status) in TERMINAL_STATUSES:
         # Cancelled (or failed) mid-upload: no further byte is taken; its partial upload
         # was removed with the cancel.
-        raise HTTPException(410, "the job of this upload has ended")
+        raise refusal(410, "job_ended", "the job of this upload has ended; it takes no bytes")
 
 
 def _refused(message: str, throttled_for: float | None) -> HTTPException:
@@ -128,16 +129,18 @@ def _refused(message: str, throttled_for: float | None) -> HTTPException:
 
 # Bounds of what is stored from the metadata (jobs.upload_filename is String(300)).
 MAX_FILENAME_CHARS = 255
-MAX_METADATA_VALUE_CHARS = 1000
 
 
 def _validate_creation(tenant_id: str, metadata: dict[str, str], size: int | None) -> None:
     missing = [k for k in REQUIRED_METADATA if not metadata.get(k)]
     if missing:
         raise HTTPException(400, f"missing upload metadata: {', '.join(missing)}")
+    max_value = get_settings().upload_metadata_max_value_chars
     for key, value in metadata.items():
-        if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise HTTPException(400, f"metadata {key} is longer than {MAX_METADATA_VALUE_CHARS}")
+        if len(value) > max_value:
+            raise refusal(
+                400, "metadata_too_large", f"metadata {key[:64]} is longer than {max_value}"
+            )
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise HTTPException(400, f"metadata {key} holds control characters")
     if len(metadata["filename"]) > MAX_FILENAME_CHARS:
@@ -194,9 +197,46 @@ def _upload_checksum(request: Request) -> tuple[str, bytes] | None:
     return algorithm, digest
 
 
+def refusal(status: int, code: str, message: str) -> HTTPException:
+    """An HTTPException whose body carries ``code`` (the gateway's error handler keeps it)."""
+    return HTTPException(status, {"code": code, "message": message})
+
+
+def check_metadata_bounds(raw: str | None, settings: Settings) -> None:
+    """``Upload-Metadata`` within the configured number of keys and key/value lengths,
+    checked on the raw header before tuspyserver decodes it or anything is written."""
+    if not raw:
+        return
+    pairs = [p.strip() for p in raw.split(",") if p.strip()]
+    if len(pairs) > settings.upload_metadata_max_keys:
+        raise refusal(
+            400, "metadata_too_large",
+            f"Upload-Metadata has {len(pairs)} keys; at most "
+            f"{settings.upload_metadata_max_keys} are accepted",
+        )  # fmt: skip
+    # n characters are at most 4n bytes of UTF-8, so 4 * ceil(4n / 3) of base64: a coarse
+    # bound here, the decoded value's exact length in _validate_creation.
+    max_encoded = 4 * math.ceil(4 * settings.upload_metadata_max_value_chars / 3)
+    for pair in pairs:
+        key, _, value = pair.partition(" ")
+        if len(key) > settings.upload_metadata_max_key_chars:
+            raise refusal(
+                400, "metadata_too_large",
+                f"an Upload-Metadata key is {len(key)} characters long; at most "
+                f"{settings.upload_metadata_max_key_chars} are accepted",
+            )  # fmt: skip
+        if len(value.strip()) > max_encoded:
+            raise refusal(
+                400, "metadata_too_large",
+                f"Upload-Metadata {key[:64]} is longer than "
+                f"{settings.upload_metadata_max_value_chars} characters",
+            )  # fmt: skip
+
+
 async def _check_creation(request: Request, max_bytes: int) -> None:
     if request.headers.get("upload-concat") is not None:
         raise HTTPException(400, "the concatenation extension is not supported")
+    check_metadata_bounds(request.headers.get("upload-metadata"), get_settings())
     length = _unsigned_header(request, "upload-length")
     if length is None:
         # creation-defer-length is not offered: the length is known before the first byte.
@@ -227,6 +267,8 @@ async def _check_patch(request: Request, storage: StreamingLocalStorage, uid: st
     body = _unsigned_header(request, "content-length")
     if body is None:
         raise HTTPException(400, "Content-Length is required")
+    if storage.locked(uid):  # refused before its body is read (the lock refuses it too)
+        raise HTTPException(409, CONCURRENT_PATCH)
     info = await storage.read_info(uid)
     if info is None:
         raise HTTPException(404, "Upload not found")
