@@ -3,9 +3,14 @@
 - Every tus request needs the job owner's API key; an upload of another tenant is 404.
 - Creation needs metadata ``job_id``, ``filename``, ``filetype`` (optional ``sha256``); a job
   takes one upload (a second creation is 409) and the size limit is checked up front (413).
-- tuspyserver does not fire its completion hook for an upload finished inside the creation
-  POST (creation-with-upload), nor release a job when an upload is terminated; the
-  middleware below does both.
+- tuspyserver reads a creation-with-upload body whole into memory: a creation with a body
+  is turned into a creation and a streamed PATCH (``StreamedCreationWithUpload``).
+  tuspyserver does not release a job when an upload is terminated; the lifecycle
+  middleware does.
+- A PATCH to an upload another request is writing is 409 ``upload_busy`` at once (its lock
+  is never waited for); an upload whose job ended (cancelled) is 410 ``job_ended``.
+- Upload-Metadata is bounded (number of keys, key and value lengths: settings) before
+  anything is written; 400 ``metadata_too_large``.
 - tuspyserver reads a PATCH body (and writes it) in a dependency, before it checks the
   headers: ``tus_protocol_guard`` checks every header against the stored upload first, so a
   request that will be refused writes nothing. Offered extensions: ``TUS_EXTENSIONS`` only
@@ -24,12 +29,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from sqlalchemy import select, update
-from starlette.responses import Response
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tuspyserver import create_tus_router
 from tuspyserver.router import noop
 
@@ -48,7 +56,6 @@ from services.upload.ingest import (
     stored_filename,
 )
 from services.upload.storage import (
-    CHECKSUM_MISMATCH_STATUS,
     CONCURRENT_PATCH,
     StreamingLocalStorage,
     expect_checksum,
@@ -249,13 +256,8 @@ async def _check_creation(request: Request, max_bytes: int) -> None:
             raise HTTPException(415, f"Content-Type must be {OFFSET_STREAM}")
         if body > length:
             raise HTTPException(400, f"a body of {body} bytes exceeds Upload-Length {length}")
-    checksum = _upload_checksum(request)
-    if checksum is not None:
-        # tuspyserver reads the creation body whole (request.body(), cached): so do we,
-        # before anything is created.
-        algorithm, expected = checksum
-        if hashlib.new(algorithm, await request.body()).digest() != expected:
-            raise HTTPException(CHECKSUM_MISMATCH_STATUS, "Checksum Mismatch")
+    # A creation body (and its Upload-Checksum) never reaches here: StreamedCreationWithUpload
+    # turns it into a PATCH, so nothing reads it whole.
 
 
 async def _check_patch(request: Request, storage: StreamingLocalStorage, uid: str) -> None:
@@ -417,8 +419,124 @@ def _discard_if_job_ended(settings: Settings, upload_id: str) -> None:
         discard_partial_upload(settings, upload_id)
 
 
+class _Captured:
+    """A response of an inner call, held (tus answers are headers and a few bytes)."""
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+    def header(self, name: bytes) -> str | None:
+        return next((v.decode("latin-1") for k, v in self.headers if k.lower() == name), None)
+
+    async def replay(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _json(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+class StreamedCreationWithUpload:
+    """creation-with-upload without the body in memory. tuspyserver (and a checksum of the
+    creation body) read the whole body with ``request.body()`` (a 1 GiB POST grew the
+    gateway by 2 GB); here such a POST becomes, inside the one request, a creation without
+    body and then a PATCH at offset 0 that streams the body through the same storage as any
+    PATCH (checksum, the acknowledged offset, completion). Its answer is the creation's 201
+    with the PATCH's ``Upload-Offset``; if the PATCH is refused (e.g. 460), the new upload is
+    terminated and its job freed, so a refused creation leaves nothing, as before.
+    """
+
+    _DROP_FOR_CREATION = frozenset({b"content-length", b"content-type", b"upload-checksum"})
+    _DROP_FOR_PATCH = frozenset({b"upload-length", b"upload-metadata", b"upload-offset"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._creation_with_body(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refused = self._refused(headers)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        plain = [(k, v) for k, v in scope["headers"] if k not in self._DROP_FOR_CREATION]
+        created = _Captured()
+        creation = {**scope, "headers": [*plain, (b"content-length", b"0")]}
+        await self.app(creation, _no_body, created.send)
+        location = created.header(b"location")
+        if created.status != 201 or not location:
+            await created.replay(send)
+            return
+        path = urlsplit(location).path
+        kept = [(k, v) for k, v in scope["headers"] if k not in self._DROP_FOR_PATCH]
+        patch = {
+            **scope, "method": "PATCH", "path": path, "raw_path": path.encode(),
+            "headers": [*kept, (b"upload-offset", b"0")],
+        }  # fmt: skip
+        written = _Captured()
+        await self.app(patch, receive, written.send)
+        if written.status != 204:
+            await self._terminate(scope, path)
+            await written.replay(send)
+            return
+        offset = written.header(b"upload-offset") or "0"
+        answer = [(k, v) for k, v in created.headers if k.lower() != b"upload-offset"]
+        answer.append((b"upload-offset", offset.encode()))
+        created.headers = answer
+        await created.replay(send)
+
+    @staticmethod
+    def _creation_with_body(scope: Scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        if scope["path"].rstrip("/") != UPLOADS_PREFIX:
+            return False
+        headers = Headers(scope=scope)
+        if headers.get("x-http-method-override", "POST").strip().upper() != "POST":
+            return False
+        length = headers.get("content-length", "0").strip()
+        return _UNSIGNED.match(length) is not None and int(length) > 0
+
+    @staticmethod
+    def _refused(headers: Headers) -> JSONResponse | None:
+        """What the protocol guard checked on the body before it was streamed."""
+        if headers.get("content-type") != OFFSET_STREAM:
+            return _json(415, "unsupported_media_type", f"Content-Type must be {OFFSET_STREAM}")
+        length, body = headers.get("upload-length", ""), headers["content-length"]
+        if _UNSIGNED.match(length.strip()) and int(body) > int(length):
+            return _json(400, "bad_request", f"a body of {body} bytes exceeds Upload-Length")
+        return None
+
+    async def _terminate(self, scope: Scope, path: str) -> None:
+        kept = [(k, v) for k, v in scope["headers"] if k in (b"authorization", b"tus-resumable")]
+        deletion = {
+            **scope, "method": "DELETE", "path": path, "raw_path": path.encode(),
+            "headers": [*kept, (b"content-length", b"0")],
+        }  # fmt: skip
+        await self.app(deletion, _no_body, _Captured().send)
+        await run_in_threadpool(release_upload, path.rstrip("/").rsplit("/", 1)[-1])
+
+
 def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
     directory = settings.upload_dir
+    # Inside the lifecycle hooks below: they see the one creation request.
+    app.add_middleware(StreamedCreationWithUpload)
 
     @app.middleware("http")
     async def upload_lifecycle(
