@@ -150,9 +150,11 @@ class Settings(BaseSettings):
     gateway_threads: int = 32  # AnyIO worker threads (sync routes and dependencies)
     gateway_max_in_flight: int = 24  # /v1/jobs requests served at once
     gateway_max_uploads_in_flight: int = 32  # /v1/uploads requests (a PATCH holds its slot)
-    # ... of which one client (one API key, or one address) may hold at most this many: a
-    # client with many slow connections cannot take every other tenant's slots (429).
-    gateway_max_uploads_per_client: int = 8
+    # ... of which one API key may hold this many, and one client address this many (several
+    # tenants may share an address behind a NAT): a client with many slow connections cannot
+    # take every other tenant's slots (429).
+    gateway_max_uploads_per_key: int = 8
+    gateway_max_uploads_per_address: int = 16
     # A request body (tus PATCH, creation POST, job JSON) that delivers nothing for this long
     # is ended as if the client had gone (a PATCH keeps what arrived), freeing its slot.
     gateway_body_timeout_s: float = 30.0

@@ -6,8 +6,8 @@ slot within ``gateway_queue_timeout_s`` gets a 503 with ``Retry-After`` at once 
 queueing behind the threadpool and the connection pool; everything else (``/healthz``,
 ``/readyz``, ``/metrics``, docs) is never limited.
 
-A class may also bound what one client holds (``per_client``: per API key and per client
-address, each counted on its own; over it: 429 at once, before a shared slot is taken), and
+A class may also bound what one client holds (``per_key``, ``per_address``: each counted on
+its own; over either: 429 at once, before a shared slot is taken), and
 how long its request bodies may stall (``body_timeout_s``: a body that delivers nothing for
 that long is ended as if the client had gone, so the route keeps what arrived and answers).
 Together they keep a few clients trickling bytes from holding every upload slot.
@@ -47,28 +47,36 @@ class RouteClass:
     name: str
     prefix: str
     capacity: int
-    per_client: int | None = None
+    per_key: int | None = None  # requests one API key may hold
+    per_address: int | None = None  # requests one client address may hold
     body_timeout_s: float | None = None
     _slots: anyio.Semaphore | None = field(default=None, init=False, repr=False)
     _held: Tally[str] = field(default_factory=Tally, init=False, repr=False)
 
     @contextmanager
-    def client_slots(self, scope: Scope) -> Iterator[bool]:
-        """Count this request against its key and its address; yields False (and counts
-        nothing) when either already holds ``per_client`` requests of this class."""
-        clients = _client_identities(scope) if self.per_client is not None else ()
-        if any(self._held[c] >= (self.per_client or 0) for c in clients):
-            yield False
+    def client_slots(self, scope: Scope) -> Iterator[str | None]:
+        """Count this request against its key and its address; yields what is over its
+        share (``"key"`` or ``"address"``, counting nothing) or None once counted."""
+        clients = [
+            (identity, limit)
+            for identity, limit in zip(
+                _client_identities(scope), (self.per_address, self.per_key), strict=False
+            )
+            if limit is not None
+        ]
+        over = next((i for i, limit in clients if self._held[i] >= limit), None)
+        if over is not None:
+            yield over.partition(":")[0]
             return
-        for c in clients:
-            self._held[c] += 1
+        for identity, _ in clients:
+            self._held[identity] += 1
         try:
-            yield True
+            yield None
         finally:
-            for c in clients:
-                self._held[c] -= 1
-                if self._held[c] <= 0:
-                    del self._held[c]
+            for identity, _ in clients:
+                self._held[identity] -= 1
+                if self._held[identity] <= 0:
+                    del self._held[identity]
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
@@ -107,13 +115,13 @@ class InFlightLimit:
         if route_class is None:
             await self.app(scope, receive, send)
             return
-        with route_class.client_slots(scope) as admitted:
-            if not admitted:
+        with route_class.client_slots(scope) as over:
+            if over is not None:
                 REJECTED_CLIENT.labels(route_class.name).inc()
                 response = problem(
                     429, "too_many_requests_in_flight",
-                    f"this client already has {route_class.per_client} requests in flight "
-                    f"under {route_class.prefix}; retry when one has ended",
+                    f"this {'API key' if over == 'key' else 'address'} already has its share "
+                    f"of requests in flight under {route_class.prefix}; retry when one ended",
                 )  # fmt: skip
                 response.headers.update(retry_after(self.retry_after_s))
                 await response(scope, receive, send)
@@ -147,8 +155,8 @@ class InFlightLimit:
 
 
 def _client_identities(scope: Scope) -> tuple[str, ...]:
-    """The client address and (a digest of) the presented API key, whichever are known.
-    Counted before authentication: an unknown key is simply another client."""
+    """The client address and (a digest of) the presented API key, if any. Counted before
+    authentication: an unknown key is simply another client."""
     client = scope.get("client")
     found = [f"addr:{client[0] if client else 'unknown'}"]
     for name, value in scope.get("headers", ()):

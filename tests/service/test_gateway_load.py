@@ -380,12 +380,13 @@ def test_slow_upload_clients_cannot_take_every_slot(
 ) -> None:
     isolated_settings(
         broker_url="redis://127.0.0.1:1/0",
-        gateway_max_uploads_in_flight=4,
-        gateway_max_uploads_per_client=2,
+        gateway_max_uploads_in_flight=6,
+        gateway_max_uploads_per_key=2,
+        gateway_max_uploads_per_address=4,
         gateway_body_timeout_s=3,
         gateway_queue_timeout_s=0.2,
     )
-    slow, other = make_tenant("slow"), make_tenant("other")
+    slow, slower, other = make_tenant("slow"), make_tenant("slower"), make_tenant("other")
     tus = {"Tus-Resumable": "1.0.0"}
     with in_process_gateway() as port:
         url = f"http://127.0.0.1:{port}"
@@ -405,24 +406,37 @@ def test_slow_upload_clients_cannot_take_every_slot(
                 return urlsplit(created.headers["location"]).path
 
             slow_uploads = [new_upload(slow) for _ in range(4)]
-            other_upload = new_upload(other)
+            slower_uploads = [new_upload(slower) for _ in range(2)]
+            other_uploads = [new_upload(other) for _ in range(3)]
+
+        def upload_from(address: str, location: str) -> int:
+            transport = httpx.HTTPTransport(local_address=address)
+            with httpx.Client(base_url=url, timeout=10, transport=transport) as http:
+                headers = {**tus, **auth(other), "Upload-Offset": "0", "Content-Type": OCTETS}
+                return http.patch(location, headers=headers, content=os.urandom(100)).status_code
+
         patch = {**tus, **auth(slow), "Upload-Offset": "0", "Content-Type": OCTETS}
         held = [trickling_patch(port, slow_uploads[i], patch) for i in range(2)]
         deadline = time.monotonic() + 10
         while uploads_in_flight() < 2:
             assert time.monotonic() < deadline, "the slow PATCHes never started"
             time.sleep(0.02)
-        # The same client's next slow PATCHes are refused at once: it holds its share.
+        # The same key's next slow PATCHes are refused at once: it holds its share.
         refused = [trickling_patch(port, slow_uploads[i], patch) for i in (2, 3)]
         assert [response_status(s) for s in refused] == [429, 429]
-        # Another tenant (another address) uploads meanwhile.
-        transport = httpx.HTTPTransport(local_address="127.0.0.2")
-        with httpx.Client(base_url=url, timeout=10, transport=transport) as http:
-            headers = {**tus, **auth(other), "Upload-Offset": "0", "Content-Type": OCTETS}
-            response = http.patch(other_upload, headers=headers, content=os.urandom(100))
-            assert response.status_code == 204, response.text
+        # Another tenant uploads meanwhile, even from the same address.
+        assert upload_from("127.0.0.1", other_uploads[0]) == 204
+        # A second slow key from that address fills the address's share ...
+        patch = {**tus, **auth(slower), "Upload-Offset": "0", "Content-Type": OCTETS}
+        held += [trickling_patch(port, location, patch) for location in slower_uploads]
+        while uploads_in_flight() < 4:
+            assert time.monotonic() < deadline, "the slow PATCHes never started"
+            time.sleep(0.02)
+        # ... so that address waits, and every other address uploads.
+        assert upload_from("127.0.0.1", other_uploads[1]) == 429
+        assert upload_from("127.0.0.2", other_uploads[2]) == 204
         # The stalled bodies are ended by the body timeout (the byte that came is kept).
-        assert [response_status(s) for s in held] == [204, 204]
+        assert [response_status(s) for s in held] == [204] * 4
         for sock in held + refused:
             sock.close()
         with httpx.Client(base_url=url, timeout=10) as http:

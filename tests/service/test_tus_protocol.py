@@ -811,7 +811,7 @@ def test_concurrent_patches_to_one_upload_are_409_at_once(
         broker_url="redis://127.0.0.1:1/0",
         max_upload_bytes=MAX_BYTES,
         gateway_threads=4,
-        gateway_max_uploads_per_client=16,  # the per-client share is another test's matter
+        gateway_max_uploads_per_key=16,  # the per-client share is another test's matter
     )
     uploads = settings.upload_dir
     with TestClient(create_app()) as client:
