@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ import anyio.to_thread
 from fastapi import Depends, FastAPI, Security
 from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from services.common.config import Settings, ensure_directories, get_settings
 from services.common.db import pool_capacity
@@ -27,7 +29,7 @@ from services.gateway.auth import bearer_scheme
 from services.gateway.console import install_console
 from services.gateway.errors import error_responses, install_error_handlers
 from services.gateway.limits import InFlightLimit, RouteClass
-from services.upload.ingest import sweep_expired_uploads
+from services.upload.ingest import finish_completed_uploads, sweep_expired_uploads
 from services.upload.tus import (
     TUS_ALLOW_HEADERS,
     TUS_EXPOSE_HEADERS,
@@ -56,6 +58,20 @@ async def _sweep_forever(settings: Settings) -> None:
         await asyncio.sleep(settings.retention_sweep_interval_s)
 
 
+async def _recover_uploads_forever(settings: Settings) -> None:
+    """Uploads whose every byte arrived but whose job a crash left waiting are completed (at
+    start, then every recovery_interval_s): this process's upload directory is the only
+    place that knows them."""
+    while True:
+        try:
+            recovered = await run_in_threadpool(finish_completed_uploads, settings.upload_dir)
+            if recovered:
+                log.info("finished or freed %d uploads a crash left undone", recovered)
+        except Exception:
+            log.exception("upload recovery failed")
+        await asyncio.sleep(settings.recovery_interval_s)
+
+
 def check_pool(settings: Settings) -> None:
     """Every database session of this process lives inside one call on one thread (a worker
     thread, or the event loop for a hook the upload library calls there), one session at a
@@ -66,6 +82,17 @@ def check_pool(settings: Settings) -> None:
             f"db_pool_size + db_max_overflow = {pool_capacity(settings)} is below "
             f"gateway_threads + 1 = {needed}: requests could wait for a connection"
         )
+
+
+def trusted_proxies(settings: Settings) -> list[str]:
+    """The configured proxies, each an address or a CIDR (anything else is refused at start,
+    rather than silently never matching or, as ``*``, trusting everyone)."""
+    for entry in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies: {entry!r} is not an address or CIDR") from exc
+    return list(settings.trusted_proxies)
 
 
 def create_app() -> FastAPI:
@@ -80,10 +107,12 @@ def create_app() -> FastAPI:
         # The threadpool that runs sync routes and dependencies, sized to match the pool.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
         sweeper = asyncio.create_task(_sweep_forever(settings))
+        recovery = asyncio.create_task(_recover_uploads_forever(settings))
         try:
             yield
         finally:
             sweeper.cancel()
+            recovery.cancel()
 
     app = FastAPI(
         title="covidct",
@@ -97,8 +126,20 @@ def create_app() -> FastAPI:
     app.add_middleware(
         InFlightLimit,
         classes=[
-            RouteClass("jobs", jobs.router.prefix, settings.gateway_max_in_flight),
-            RouteClass("uploads", UPLOADS_PREFIX, settings.gateway_max_uploads_in_flight),
+            RouteClass(
+                "jobs",
+                jobs.router.prefix,
+                settings.gateway_max_in_flight,
+                body_timeout_s=settings.gateway_body_timeout_s,
+            ),
+            RouteClass(
+                "uploads",
+                UPLOADS_PREFIX,
+                settings.gateway_max_uploads_in_flight,
+                per_key=settings.gateway_max_uploads_per_key,
+                per_address=settings.gateway_max_uploads_per_address,
+                body_timeout_s=settings.gateway_body_timeout_s,
+            ),
         ],
         queue_timeout_s=settings.gateway_queue_timeout_s,
         retry_after_s=settings.gateway_retry_after_s,
@@ -117,6 +158,11 @@ def create_app() -> FastAPI:
             expose_headers=["Location", "Retry-After", *TUS_EXPOSE_HEADERS],
             max_age=600,
         )
+    # Outermost: the client address that the limits and the auth-failure throttle see.
+    # X-Forwarded-For counts only from settings.trusted_proxies; the gateway runs uvicorn with
+    # --no-proxy-headers, whose default would believe any loopback peer (a client on the
+    # same host, or a sidecar, could then pose as any address).
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies(settings))
     app.include_router(jobs.router)
     app.include_router(slices.router)
     # Authenticate tus requests before any route dependency reads the body; the bearer

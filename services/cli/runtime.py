@@ -187,6 +187,8 @@ def gateway_command(port: int, host: str = "127.0.0.1") -> list[str]:
         "services.asgi:create_app", "--factory",
         "--host", host, "--port", str(port),
         "--no-access-log",
+        # The app reads X-Forwarded-For from settings.trusted_proxies only (services/asgi.py).
+        "--no-proxy-headers",
         "--log-level", get_settings().log_level.lower(),
     ]  # fmt: skip
 

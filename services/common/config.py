@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     console_dir: Path = REPO_ROOT / "console" / "dist"
     max_upload_bytes: int = 2 * 1024**3
     upload_expiry_days: int = 2  # unfinished tus uploads are removed after this
+    # tus Upload-Metadata bounds: more keys or longer keys/values are refused (400) before
+    # anything is written.
+    upload_metadata_max_keys: int = 16
+    upload_metadata_max_key_chars: int = 64
+    upload_metadata_max_value_chars: int = 1000
     # fsync every PATCH before its offset is acknowledged, so acknowledged bytes survive a
     # power loss, at ~0.75x the throughput. Off (as tusd's file store and a plain HTTP PUT),
     # they survive a process crash; after a power loss the client's sha256 catches a torn file.
@@ -95,6 +100,9 @@ class Settings(BaseSettings):
     step_redispatch_s: float = 300.0
     broker_visibility_timeout_s: int = 1800  # must exceed the longest task, or it runs twice
 
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For names the client; from any
+    # other peer the header is ignored. Empty (the default): the peer address is the client.
+    trusted_proxies: list[str] = []
     # Failed authentications per client address / key prefix before a 429 (per process).
     auth_failure_limit: int = 20
     auth_failure_window_s: float = 60.0
@@ -148,6 +156,14 @@ class Settings(BaseSettings):
     gateway_threads: int = 32  # AnyIO worker threads (sync routes and dependencies)
     gateway_max_in_flight: int = 24  # /v1/jobs requests served at once
     gateway_max_uploads_in_flight: int = 32  # /v1/uploads requests (a PATCH holds its slot)
+    # ... of which one API key may hold this many, and one client address this many (several
+    # tenants may share an address behind a NAT): a client with many slow connections cannot
+    # take every other tenant's slots (429).
+    gateway_max_uploads_per_key: int = 8
+    gateway_max_uploads_per_address: int = 16
+    # A request body (tus PATCH, creation POST, job JSON) that delivers nothing for this long
+    # is ended as if the client had gone (a PATCH keeps what arrived), freeing its slot.
+    gateway_body_timeout_s: float = 30.0
     gateway_queue_timeout_s: float = 0.5  # wait this long for a slot, then 503
     gateway_retry_after_s: int = 1  # Retry-After of a 503
 

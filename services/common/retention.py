@@ -47,6 +47,15 @@ def raw_upload_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/upload"
 
 
+def discard_partial_upload(settings: Settings, upload_id: str) -> None:
+    """Remove an unfinished tus upload (its bytes and its sidecar, which holds the file name)
+    of a job that ended: a cancelled upload keeps no byte."""
+    if not upload_id.isalnum():  # tus upload ids are hex; never a path
+        return
+    for path in (settings.upload_dir / upload_id, settings.upload_dir / f"{upload_id}.info"):
+        path.unlink(missing_ok=True)
+
+
 def purge_raw_upload_after_commit(session: Session, job_id: str) -> None:
     """Delete the job's raw upload once ``session`` commits (nothing if it rolls back)."""
     session.info.setdefault(_PENDING, set()).add(job_id)

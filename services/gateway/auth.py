@@ -48,23 +48,34 @@ BearerDoc = Annotated[HTTPAuthorizationCredentials | None, Security(bearer_schem
 class Credentials:
     key: str
     throttled_as: tuple[str, ...]  # what a failure counts against (address, key prefix)
+    throttled_for: float | None = None  # seconds those identities are throttled, if they are
+
+
+def refused(credentials_missing: bool, throttled_for: float | None) -> ApiError:
+    """What a failed authentication is answered: 429 while its address or key prefix is
+    throttled, else 401. Only failures are throttled: a valid key is never refused."""
+    if throttled_for is not None:
+        return ApiError(
+            429, "too_many_failed_auth", "too many failed authentications; retry later",
+            {"Retry-After": str(math.ceil(throttled_for))},
+        )  # fmt: skip
+    message = (
+        "missing Authorization: Bearer <api_key>" if credentials_missing else "unknown API key"
+    )
+    return ApiError(401, "unauthorized", message, UNAUTHORIZED)
 
 
 async def api_key(request: Request, _documented: BearerDoc) -> Credentials:
-    """The caller's key from the header, or 401 (429 while its address or key prefix has
-    failed too often); touches neither database nor threadpool."""
+    """The caller's key from the header, or 401 (429 while its address has failed too
+    often); touches neither database nor threadpool. Whether the key is valid is decided by
+    ``tenant_session``: a throttled address or key prefix still gets in with a valid key."""
     key = bearer_token(request.headers.get("authorization"))
     throttled_as = identities(request.client.host if request.client else None, key)
     wait = auth_failures().retry_after(*throttled_as)
-    if wait is not None:
-        raise ApiError(
-            429, "too_many_failed_auth", "too many failed authentications; retry later",
-            {"Retry-After": str(math.ceil(wait))},
-        )  # fmt: skip
     if key is None:
         auth_failures().record_failure(*throttled_as)
-        raise ApiError(401, "unauthorized", "missing Authorization: Bearer <api_key>", UNAUTHORIZED)
-    return Credentials(key, throttled_as)
+        raise refused(True, wait)
+    return Credentials(key, throttled_as, wait)
 
 
 ApiKeyDep = Annotated[Credentials, Depends(api_key)]
@@ -79,5 +90,5 @@ def tenant_session(credentials: Credentials) -> Iterator[tuple[Session, Tenant]]
         tenant = tenant_by_api_key(session, credentials.key)
         if tenant is None:
             auth_failures().record_failure(*credentials.throttled_as)
-            raise ApiError(401, "unauthorized", "unknown API key", UNAUTHORIZED)
+            raise refused(False, credentials.throttled_for)
         yield session, tenant

@@ -37,14 +37,17 @@ DESCRIPTIONS = {
     400: "Bad request (e.g. missing tus metadata)",
     401: "Missing or unknown API key (`Authorization: Bearer <api_key>`)",
     404: "No such job or upload for this API key",
-    409: "Conflict (Idempotency-Key reused with another body; the job already has an upload)",
-    410: "The upload expired",
+    409: "Conflict (Idempotency-Key reused with another body; the job already has an upload; "
+    "`upload_busy`: another request is writing this upload, retry from HEAD)",
+    410: "The upload expired, or its job ended (`job_ended`)",
     412: "Unsupported `Tus-Resumable` version",
     413: "The upload exceeds the size limit",
     415: "Wrong `Content-Type` (tus PATCH needs application/offset+octet-stream)",
     422: "The request is not valid (body, path or query)",
-    429: "Too many failed authentications from this address or for this key prefix: retry "
-    "after `Retry-After` seconds",
+    429: "Too many failed authentications from this address or for this key prefix "
+    "(`too_many_failed_auth`; a valid key is never refused), or this client already has its "
+    "share of uploads in flight (`too_many_requests_in_flight`): retry after `Retry-After` "
+    "seconds",
     503: "The gateway is at capacity or the database is unavailable: retry after "
     "`Retry-After` seconds",
 }
@@ -106,6 +109,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if isinstance(exc.detail, dict) and {"code", "message"} <= exc.detail.keys():
+            code, message = str(exc.detail["code"]), str(exc.detail["message"])  # a room's own
         response = problem(exc.status_code, code, message)
         if exc.headers:
             response.headers.update(exc.headers)

@@ -23,6 +23,7 @@ from services.common.orm import (
     SliceRecord,
     SliceScore,
 )
+from services.common.retention import discard_partial_upload
 from services.common.storage import make_storage
 from services.gateway.auth import ApiKeyDep, tenant_session
 from services.gateway.errors import ApiError, error_responses
@@ -236,10 +237,15 @@ def delete_job(job_id: JobId, key: ApiKeyDep) -> Response:
             if transition(session, job_id, JobStatus.CANCELLED, running, detail={"by": "client"}):
                 session.commit()
                 session.refresh(job)
+                if job.upload_id:  # mid-upload: the upload room refuses further PATCHes
+                    discard_partial_upload(get_settings(), job.upload_id)
                 return JSONResponse(job_view(job), status_code=202)
             session.rollback()  # it ended meanwhile: delete it below
             session.refresh(job)
+        upload_id = job.upload_id
         session.delete(job)
+    if upload_id:
+        discard_partial_upload(get_settings(), upload_id)
     # After the commit: a stage still running stores nothing that survives this
     # (common.retention.discard_if_deleted).
     make_storage(get_settings()).delete_prefix(f"jobs/{job_id}")

@@ -383,6 +383,7 @@ def _pixels(path: Path, label: str) -> NDArray[Any]:
     try:
         with _quiet():
             ds = _read(path, stop_before_pixels=False)
+            _check_pixel_data_length(ds, label)
             syntax = ds.file_meta.TransferSyntaxUID
             if _decoder_missing(syntax):
                 raise StudyError(
@@ -394,6 +395,25 @@ def _pixels(path: Path, label: str) -> NDArray[Any]:
         raise
     except Exception as exc:  # decoders raise anything from ValueError to RuntimeError
         raise StudyError(ErrorCode.CORRUPT_FILE, f"cannot decode pixels of {label}: {exc}") from exc
+
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data
+
+
+def _check_pixel_data_length(ds: Dataset, label: str) -> None:
+    """The Pixel Data element holds as many bytes as its length field says: pydicom reads a
+    value cut short by the end of the file without complaint (a length of 0xFFFFFFF0 on a
+    64 KiB file decodes "fine" from whatever follows), so a lying or cut file would pass."""
+    raw = ds.get_item(0x7FE00010)
+    declared = getattr(raw, "length", None)
+    value = getattr(raw, "value", None)
+    if declared is None or declared == _UNDEFINED_LENGTH or not isinstance(value, bytes):
+        return
+    if len(value) != declared:
+        raise StudyError(
+            ErrorCode.CORRUPT_FILE,
+            f"{label}: pixel data length field says {declared} bytes, the file holds {len(value)}",
+        )
 
 
 def _decoder_missing(syntax: UID) -> bool:

@@ -3,7 +3,11 @@ pipeline. Idempotent: only the first call for a job moves it out of ``awaiting_u
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -11,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from tuspyserver.lock import FileLock
 
-from services.common.config import get_settings
+from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode, StudyError
 from services.common.hashing import file_sha256
 from services.common.jobs import create_webhook_delivery, transition
 from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
 from services.common.retention import raw_upload_prefix
+from services.common.secretbox import derived_key
 from services.common.storage import make_storage
 from services.common.tasks import enqueue, send_pending_webhooks
 from services.upload.deidentify import deidentify_upload
@@ -35,19 +41,121 @@ def safe_filename(name: str) -> str:
     return cleaned[-120:] or "upload"
 
 
+_EXTENSION = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+def stored_filename(name: str, tenant_id: str, settings: Settings) -> str:
+    """The upload's file name as the service stores it (``jobs.upload_filename``, the blob
+    key). Hospitals often name files after the patient: with ``deidentify_uploads`` only the
+    extension (up to two, e.g. ``.nii.gz``; the reader dispatches on it) and a keyed hash
+    are kept (``upload-<hmac>.<ext>``: the same name gives the same pseudonym within one
+    tenant, and without the service's secret key it cannot be found by guessing names)."""
+    if not settings.deidentify_uploads:
+        return safe_filename(name)
+    base = Path(name.replace("\\", "/")).name
+    suffixes = [x for x in Path(base).suffixes[-2:] if _EXTENSION.match(x)]
+    while suffixes and not all(_EXTENSION.match(x) for x in suffixes):
+        suffixes.pop(0)
+    key = derived_key(settings, f"upload-filename:{tenant_id}")
+    digest = hmac.new(key, base.encode(), hashlib.sha256).hexdigest()[:20]
+    return f"upload-{digest}{''.join(suffixes).lower()}"
+
+
+COMPLETION_SUFFIX = ".completion"  # what a finished upload became, kept until the job moved on
+# A job whose claimed upload has no sidecar for this long lost it (a crash between the
+# claim and tuspyserver writing the sidecar, or after the sidecar was removed): released.
+LOST_CLAIM_GRACE_S = 300.0
+
+
 def complete_upload(
     upload_id: str, file_path: Path, metadata: dict[str, str], known_sha256: str | None = None
 ) -> str | None:
     """Called once the last byte of ``upload_id`` has arrived; returns the job's new status.
 
     ``known_sha256`` is the digest computed while the bytes streamed in, when there is one.
+
+    Idempotent and recoverable (``finish_completed_uploads`` calls it again after a crash):
+    one caller at a time per upload (a lock file, not waited for); what the upload became
+    (blob key, size, digest, error) is written next to the sidecar before the file is moved
+    into blob storage, and the sidecar goes only after the job moved on; so a crash at any
+    point leaves either the file or that record, and the sidecar that finds them again.
     """
+    lock = FileLock(str(file_path) + ".complete", locks_dir=str(file_path.parent / ".locks"))
+    if not lock.acquire(blocking=False):
+        return None  # another request or the recovery sweep is completing it now
+    try:
+        return _complete_locked(upload_id, file_path, metadata, known_sha256)
+    finally:
+        lock.release()
+
+
+def _complete_locked(
+    upload_id: str, file_path: Path, metadata: dict[str, str], known_sha256: str | None
+) -> str | None:
     settings = get_settings()
     with session_scope() as session:
         job = session.scalar(select(Job).where(Job.upload_id == upload_id))
         if job is None or job.status != JobStatus.AWAITING_UPLOAD:
             return None
         job_id, tenant_id = job.id, job.tenant_id
+    record_path = Path(f"{file_path}{COMPLETION_SUFFIX}")
+    record = _read_record(record_path)
+    if record is None:
+        if not file_path.exists():
+            log.error(
+                "upload %s: complete, but its file is gone; the job may upload again", upload_id
+            )
+            release_upload(upload_id)
+            _remove_upload_files(file_path)
+            return None
+        record = _examine(file_path, metadata, known_sha256, job_id, tenant_id, settings)
+        _write_record(record_path, record)
+    blob = record["blob"]
+    if file_path.exists():
+        if blob is None:
+            file_path.unlink()  # bytes that were not de-identified are never stored
+        else:
+            make_storage(settings).put_file(blob, file_path)
+    fields: dict[str, Any] = {
+        "upload_blob": blob, "upload_size": record["size"], "upload_sha256": record["sha256"],
+    }  # fmt: skip
+    error = tuple(record["error"]) if record["error"] else None
+    with session_scope() as session:
+        if error is not None:
+            moved = transition(
+                session, job_id, JobStatus.FAILED, [JobStatus.AWAITING_UPLOAD],
+                stage="upload", error=error, **fields,
+            )  # fmt: skip
+            if moved:
+                session.flush()
+                create_webhook_delivery(session, job_id)
+            status = JobStatus.FAILED
+        else:
+            moved = transition(
+                session, job_id, JobStatus.QUEUED, [JobStatus.AWAITING_UPLOAD],
+                stage="queued", detail=record["detail"], **fields,
+            )  # fmt: skip
+            status = JobStatus.QUEUED
+    _remove_upload_files(file_path)  # the job moved on (or ended): the sidecar has done its work
+    if not moved:
+        _discard_if_ended(job_id)
+        return None
+    if status == JobStatus.FAILED:
+        send_pending_webhooks(job_id)
+    else:
+        enqueue(job_id)
+    return status.value
+
+
+def _examine(
+    file_path: Path,
+    metadata: dict[str, str],
+    known_sha256: str | None,
+    job_id: str,
+    tenant_id: str,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Checksum and de-identification of a finished upload: what it becomes."""
     expected = (metadata.get("sha256") or "").lower()
     actual = (known_sha256 or file_sha256(file_path)) if expected else None
     size = file_path.stat().st_size
@@ -63,39 +171,111 @@ def complete_upload(
             detail["deidentified_dicom_files"] = deidentify_upload(file_path, tenant_id, settings)
         except StudyError as exc:
             error = (exc.code.value, f"the upload could not be de-identified: {exc.message}")
-    blob: str | None = f"jobs/{job_id}/upload/{safe_filename(metadata.get('filename', 'upload'))}"
+    name = stored_filename(metadata.get("filename", "upload"), tenant_id, settings)
+    blob: str | None = f"jobs/{job_id}/upload/{name}"
     if settings.deidentify_uploads and error is not None:
-        file_path.unlink()  # bytes that were not de-identified are never stored
         blob = None
-    else:
-        assert blob is not None
-        make_storage(settings).put_file(blob, file_path)
-    Path(f"{file_path}.info").unlink(missing_ok=True)
-    fields: dict[str, Any] = {"upload_blob": blob, "upload_size": size, "upload_sha256": actual}
-    with session_scope() as session:
-        if error is not None:
-            moved = transition(
-                session, job_id, JobStatus.FAILED, [JobStatus.AWAITING_UPLOAD],
-                stage="upload", error=error, **fields,
-            )  # fmt: skip
-            if moved:
-                session.flush()
-                create_webhook_delivery(session, job_id)
-            status = JobStatus.FAILED
-        else:
-            moved = transition(
-                session, job_id, JobStatus.QUEUED, [JobStatus.AWAITING_UPLOAD],
-                stage="queued", detail=detail, **fields,
-            )  # fmt: skip
-            status = JobStatus.QUEUED
-    if not moved:
-        _discard_if_ended(job_id)
+    return {"blob": blob, "size": size, "sha256": actual, "error": error, "detail": detail}
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
         return None
-    if status == JobStatus.FAILED:
-        send_pending_webhooks(job_id)
-    else:
-        enqueue(job_id)
-    return status.value
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("w") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def _remove_upload_files(file_path: Path) -> None:
+    for suffix in ("", ".info", COMPLETION_SUFFIX):
+        Path(f"{file_path}{suffix}").unlink(missing_ok=True)
+
+
+def completed_upload_metadata(upload_dir: Path, upload_id: str) -> dict[str, str] | None:
+    """Metadata of an upload whose every byte arrived, else None (tuspyserver's sidecar)."""
+    try:
+        info = json.loads((upload_dir / f"{upload_id}.info").read_text())
+    except (OSError, ValueError):
+        return None
+    size, offset = info.get("size"), info.get("offset")
+    if size is None or offset != size:
+        return None
+    return dict(info.get("metadata") or {})
+
+
+def finish_completed_uploads(upload_dir: Path, grace_s: float = LOST_CLAIM_GRACE_S) -> int:
+    """Recovery of what a crash left between "every byte arrived" and "job queued": every
+    complete upload whose job still waits is completed now (idempotent, safe while the
+    gateway serves: ``complete_upload`` takes the upload's completion lock); leftovers of
+    uploads whose job moved on or is gone are removed (their raw bytes too, if the job
+    ended); a job whose claimed upload vanished longer than ``grace_s`` ago may upload again.
+    Called at gateway start and by its periodic sweep. Returns how many it finished or freed.
+    """
+    done = 0
+    for info_path in sorted(upload_dir.glob("*.info")):
+        upload_id = info_path.name.removesuffix(".info")
+        metadata = completed_upload_metadata(upload_dir, upload_id)
+        if metadata is None:
+            continue
+        with session_scope() as session:
+            owner = session.execute(
+                select(Job.id, Job.status).where(Job.upload_id == upload_id)
+            ).first()
+        if owner is None or owner.status != JobStatus.AWAITING_UPLOAD:
+            if owner is None or _complete_once_more(upload_dir, upload_id):
+                _remove_upload_files(upload_dir / upload_id)
+            if owner is not None:
+                _discard_if_ended(owner.id)
+            continue
+        if complete_upload(upload_id, upload_dir / upload_id, metadata) is not None:
+            done += 1
+    return done + len(release_lost_claims(upload_dir, grace_s))
+
+
+def _complete_once_more(upload_dir: Path, upload_id: str) -> bool:
+    """Whether no completion of this upload is running now (its leftovers may go)."""
+    path = upload_dir / upload_id
+    lock = FileLock(str(path) + ".complete", locks_dir=str(upload_dir / ".locks"))
+    if not lock.acquire(blocking=False):
+        return False
+    lock.release()
+    return True
+
+
+def release_lost_claims(upload_dir: Path, grace_s: float = LOST_CLAIM_GRACE_S) -> list[str]:
+    """Jobs still ``awaiting_upload`` whose claimed upload has no sidecar (nor completion
+    record) for ``grace_s``: the upload is lost, so the job takes a new one instead of a
+    409 for ever; any raw bytes already stored for it are removed."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    with session_scope() as session:
+        claimed = list(
+            session.execute(
+                select(Job.id, Job.upload_id).where(
+                    Job.status == JobStatus.AWAITING_UPLOAD,
+                    Job.upload_id.is_not(None),
+                    Job.updated_at < cutoff,
+                )
+            ).all()
+        )
+    released: list[str] = []
+    for job_id, upload_id in claimed:
+        path = upload_dir / str(upload_id)
+        if Path(f"{path}.info").exists() or Path(f"{path}{COMPLETION_SUFFIX}").exists():
+            continue
+        release_upload(str(upload_id))
+        make_storage(get_settings()).delete_prefix(raw_upload_prefix(job_id))
+        path.unlink(missing_ok=True)
+        log.warning("job %s: its upload %s was lost; it may upload again", job_id, upload_id)
+        released.append(job_id)
+    return released
 
 
 def _discard_if_ended(job_id: str) -> None:
@@ -118,8 +298,6 @@ def sweep_expired_uploads(upload_dir: Path) -> int:
 
 
 def _remove_expired_uploads(upload_dir: Path) -> int:
-    import json
-
     removed = 0
     now = datetime.now(UTC)
     for info_path in upload_dir.glob("*.info"):

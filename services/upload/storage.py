@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from fastapi import HTTPException
+from tuspyserver.lock import FileLock
 from tuspyserver.storage.local import LocalFileStorage
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,10 @@ class _Running:
 
 
 CHECKSUM_MISMATCH_STATUS = 460  # tus checksum extension
+CONCURRENT_PATCH = {
+    "code": "upload_busy",
+    "message": "another request is writing this upload; retry from HEAD when it has ended",
+}
 
 
 @dataclass
@@ -102,6 +107,7 @@ class StreamingLocalStorage(LocalFileStorage):
         self._handles: dict[str, IO[bytes]] = {}
         self._hashes: dict[str, _Running] = {}
         self._guard = threading.Lock()
+        self._locked: set[str] = set()  # uploads a request of this process is writing
 
     async def append(self, uid: str, chunk: bytes) -> None:
         try:
@@ -163,14 +169,40 @@ class StreamingLocalStorage(LocalFileStorage):
     @contextlib.asynccontextmanager
     async def lock(self, uid: str) -> AsyncIterator[None]:  # type: ignore[override]
         """The upload's lock, with the file cut back to its acknowledged offset on entry and,
-        when the PATCH did not reach ``flush``, on exit (both still under the lock)."""
-        async with super().lock(uid):
-            await asyncio.to_thread(self._settle, uid)
+        when the PATCH did not reach ``flush``, on exit (both still under the lock).
+
+        Never waited for: a PATCH to an upload that another request (of this process or
+        another one sharing the directory) is writing is refused at once with 409 (tus:
+        "423/409 on concurrent access"). Waiting would park a threadpool thread for up to
+        tuspyserver's 30 s lock timeout, and a handful of such requests starve every other
+        upload and route of threads."""
+        if uid in self._locked:
+            raise HTTPException(409, CONCURRENT_PATCH)
+        self._locked.add(uid)
+        try:
+            held = await asyncio.to_thread(self._try_file_lock, uid)
+            if held is None:
+                raise HTTPException(409, CONCURRENT_PATCH)
             try:
-                yield
+                await asyncio.to_thread(self._settle, uid)
+                try:
+                    yield
+                finally:
+                    if uid in self._handles:
+                        await asyncio.to_thread(self._settle, uid)
             finally:
-                if uid in self._handles:
-                    await asyncio.to_thread(self._settle, uid)
+                await asyncio.to_thread(held.release)
+        finally:
+            self._locked.discard(uid)
+
+    def locked(self, uid: str) -> bool:
+        """Whether a request of this process is writing ``uid`` now."""
+        return uid in self._locked
+
+    def _try_file_lock(self, uid: str) -> FileLock | None:
+        """tuspyserver's cross-process lock file, taken without waiting (None: held)."""
+        lock = FileLock(self._path(uid), locks_dir=os.path.join(self.files_dir, ".locks"))
+        return lock if lock.acquire(blocking=False) else None
 
     def _settle(self, uid: str) -> None:
         """Close ``uid``'s handle if a PATCH left it open, then cut the file to the offset

@@ -3,9 +3,14 @@
 - Every tus request needs the job owner's API key; an upload of another tenant is 404.
 - Creation needs metadata ``job_id``, ``filename``, ``filetype`` (optional ``sha256``); a job
   takes one upload (a second creation is 409) and the size limit is checked up front (413).
-- tuspyserver does not fire its completion hook for an upload finished inside the creation
-  POST (creation-with-upload), nor release a job when an upload is terminated; the
-  middleware below does both.
+- tuspyserver reads a creation-with-upload body whole into memory: a creation with a body
+  is turned into a creation and a streamed PATCH (``StreamedCreationWithUpload``).
+  tuspyserver does not release a job when an upload is terminated; the lifecycle
+  middleware does.
+- A PATCH to an upload another request is writing is 409 ``upload_busy`` at once (its lock
+  is never waited for); an upload whose job ended (cancelled) is 410 ``job_ended``.
+- Upload-Metadata is bounded (number of keys, key and value lengths: settings) before
+  anything is written; 400 ``metadata_too_large``.
 - tuspyserver reads a PATCH body (and writes it) in a dependency, before it checks the
   headers: ``tus_protocol_guard`` checks every header against the stored upload first, so a
   request that will be refused writes nothing. Offered extensions: ``TUS_EXTENSIONS`` only
@@ -18,31 +23,40 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.routing import APIRoute
 from sqlalchemy import select, update
-from starlette.responses import Response
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tuspyserver import create_tus_router
 from tuspyserver.router import noop
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
-from services.common.orm import Job, JobStatus, utcnow
+from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
+from services.common.retention import discard_partial_upload
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
 from services.common.throttle import auth_failures, identities
-from services.upload.ingest import SHA256_RE, complete_upload, release_upload
+from services.upload.ingest import (
+    SHA256_RE,
+    complete_upload,
+    completed_upload_metadata,
+    release_upload,
+    stored_filename,
+)
 from services.upload.storage import (
-    CHECKSUM_MISMATCH_STATUS,
+    CONCURRENT_PATCH,
     StreamingLocalStorage,
     expect_checksum,
 )
@@ -86,40 +100,54 @@ def tus_auth(request: Request) -> None:
     """
     api_key = bearer_token(request.headers.get("authorization"))
     throttled_as = identities(request.client.host if request.client else None, api_key)
+    # Failures are throttled, never a valid key: a throttled address or key prefix still
+    # gets in with a key that is valid (the lookup is one indexed hash comparison).
     wait = auth_failures().retry_after(*throttled_as)
-    if wait is not None:
-        raise HTTPException(
-            429, "too many failed authentications", {"Retry-After": str(math.ceil(wait))}
-        )
     if api_key is None:
         auth_failures().record_failure(*throttled_as)
-        raise HTTPException(401, "missing Authorization: Bearer <api_key>")
+        raise _refused("missing Authorization: Bearer <api_key>", wait)
     upload_id = request.path_params.get("uuid")
     with session_scope() as session:
         tenant = tenant_by_api_key(session, api_key)
         if tenant is None:
             auth_failures().record_failure(*throttled_as)
-            raise HTTPException(401, "unknown API key")
+            raise _refused("unknown API key", wait)
         request.state.tenant_id = tenant.id
         if upload_id is None:
             return
-        owner = session.scalar(select(Job.tenant_id).where(Job.upload_id == upload_id))
-    if owner != request.state.tenant_id:
+        found = session.execute(
+            select(Job.tenant_id, Job.status).where(Job.upload_id == upload_id)
+        ).first()
+    if found is None or found.tenant_id != request.state.tenant_id:
         raise HTTPException(404, "Upload not found")
+    if JobStatus(found.status) in TERMINAL_STATUSES:
+        # Cancelled (or failed) mid-upload: no further byte is taken; its partial upload
+        # was removed with the cancel.
+        raise refusal(410, "job_ended", "the job of this upload has ended; it takes no bytes")
+
+
+def _refused(message: str, throttled_for: float | None) -> HTTPException:
+    if throttled_for is not None:
+        return HTTPException(
+            429, "too many failed authentications", {"Retry-After": str(math.ceil(throttled_for))}
+        )
+    return HTTPException(401, message)
 
 
 # Bounds of what is stored from the metadata (jobs.upload_filename is String(300)).
 MAX_FILENAME_CHARS = 255
-MAX_METADATA_VALUE_CHARS = 1000
 
 
 def _validate_creation(tenant_id: str, metadata: dict[str, str], size: int | None) -> None:
     missing = [k for k in REQUIRED_METADATA if not metadata.get(k)]
     if missing:
         raise HTTPException(400, f"missing upload metadata: {', '.join(missing)}")
+    max_value = get_settings().upload_metadata_max_value_chars
     for key, value in metadata.items():
-        if len(value) > MAX_METADATA_VALUE_CHARS:
-            raise HTTPException(400, f"metadata {key} is longer than {MAX_METADATA_VALUE_CHARS}")
+        if len(value) > max_value:
+            raise refusal(
+                400, "metadata_too_large", f"metadata {key[:64]} is longer than {max_value}"
+            )
         if any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise HTTPException(400, f"metadata {key} holds control characters")
     if len(metadata["filename"]) > MAX_FILENAME_CHARS:
@@ -176,9 +204,46 @@ def _upload_checksum(request: Request) -> tuple[str, bytes] | None:
     return algorithm, digest
 
 
+def refusal(status: int, code: str, message: str) -> HTTPException:
+    """An HTTPException whose body carries ``code`` (the gateway's error handler keeps it)."""
+    return HTTPException(status, {"code": code, "message": message})
+
+
+def check_metadata_bounds(raw: str | None, settings: Settings) -> None:
+    """``Upload-Metadata`` within the configured number of keys and key/value lengths,
+    checked on the raw header before tuspyserver decodes it or anything is written."""
+    if not raw:
+        return
+    pairs = [p.strip() for p in raw.split(",") if p.strip()]
+    if len(pairs) > settings.upload_metadata_max_keys:
+        raise refusal(
+            400, "metadata_too_large",
+            f"Upload-Metadata has {len(pairs)} keys; at most "
+            f"{settings.upload_metadata_max_keys} are accepted",
+        )  # fmt: skip
+    # n characters are at most 4n bytes of UTF-8, so 4 * ceil(4n / 3) of base64: a coarse
+    # bound here, the decoded value's exact length in _validate_creation.
+    max_encoded = 4 * math.ceil(4 * settings.upload_metadata_max_value_chars / 3)
+    for pair in pairs:
+        key, _, value = pair.partition(" ")
+        if len(key) > settings.upload_metadata_max_key_chars:
+            raise refusal(
+                400, "metadata_too_large",
+                f"an Upload-Metadata key is {len(key)} characters long; at most "
+                f"{settings.upload_metadata_max_key_chars} are accepted",
+            )  # fmt: skip
+        if len(value.strip()) > max_encoded:
+            raise refusal(
+                400, "metadata_too_large",
+                f"Upload-Metadata {key[:64]} is longer than "
+                f"{settings.upload_metadata_max_value_chars} characters",
+            )  # fmt: skip
+
+
 async def _check_creation(request: Request, max_bytes: int) -> None:
     if request.headers.get("upload-concat") is not None:
         raise HTTPException(400, "the concatenation extension is not supported")
+    check_metadata_bounds(request.headers.get("upload-metadata"), get_settings())
     length = _unsigned_header(request, "upload-length")
     if length is None:
         # creation-defer-length is not offered: the length is known before the first byte.
@@ -191,13 +256,8 @@ async def _check_creation(request: Request, max_bytes: int) -> None:
             raise HTTPException(415, f"Content-Type must be {OFFSET_STREAM}")
         if body > length:
             raise HTTPException(400, f"a body of {body} bytes exceeds Upload-Length {length}")
-    checksum = _upload_checksum(request)
-    if checksum is not None:
-        # tuspyserver reads the creation body whole (request.body(), cached): so do we,
-        # before anything is created.
-        algorithm, expected = checksum
-        if hashlib.new(algorithm, await request.body()).digest() != expected:
-            raise HTTPException(CHECKSUM_MISMATCH_STATUS, "Checksum Mismatch")
+    # A creation body (and its Upload-Checksum) never reaches here: StreamedCreationWithUpload
+    # turns it into a PATCH, so nothing reads it whole.
 
 
 async def _check_patch(request: Request, storage: StreamingLocalStorage, uid: str) -> None:
@@ -209,6 +269,8 @@ async def _check_patch(request: Request, storage: StreamingLocalStorage, uid: st
     body = _unsigned_header(request, "content-length")
     if body is None:
         raise HTTPException(400, "Content-Length is required")
+    if storage.locked(uid):  # refused before its body is read (the lock refuses it too)
+        raise HTTPException(409, CONCURRENT_PATCH)
     info = await storage.read_info(uid)
     if info is None:
         raise HTTPException(404, "Upload not found")
@@ -253,13 +315,15 @@ def file_dep(request: Request) -> Callable[[dict[str, str]], Awaitable[dict[str,
         if not metadata.get("job_id"):
             return {}  # PATCH / DELETE call this with no metadata
         upload_id = uuid.uuid4().hex
-        await run_in_threadpool(_claim, metadata["job_id"], upload_id, metadata)
+        tenant_id: str = request.state.tenant_id
+        await run_in_threadpool(_claim, metadata["job_id"], upload_id, metadata, tenant_id)
         return {"uid": upload_id}
 
     return claim
 
 
-def _claim(job_id: str, upload_id: str, metadata: dict[str, str]) -> None:
+def _claim(job_id: str, upload_id: str, metadata: dict[str, str], tenant_id: str) -> None:
+    filename = stored_filename(metadata.get("filename", "upload"), tenant_id, get_settings())
     with session_scope() as session:
         claimed = session.execute(
             update(Job)
@@ -270,7 +334,7 @@ def _claim(job_id: str, upload_id: str, metadata: dict[str, str]) -> None:
             )
             .values(
                 upload_id=upload_id,
-                upload_filename=metadata.get("filename"),
+                upload_filename=filename,
                 updated_at=utcnow(),
             )
         )
@@ -292,7 +356,10 @@ def create_upload_router(settings: Settings) -> APIRouter:
 
     def _complete(path: Path, metadata: dict[str, str]) -> None:
         # Waiting for the hashing thread and the stat both stay off the event loop.
-        known = storage.take_sha256(path.name, path.stat().st_size)
+        try:
+            known = storage.take_sha256(path.name, path.stat().st_size)
+        except FileNotFoundError:
+            known = None  # a concurrent completion moved it on: complete_upload finds out
         complete_upload(path.name, path, metadata, known)
 
     # tuspyserver's annotations say hooks return None; FastAPI accepts our richer ones.
@@ -345,21 +412,131 @@ def _replace_options_route(tus: APIRouter, max_bytes: int) -> None:
         tus.add_api_route(path, tus_options, methods=["OPTIONS"], status_code=204)
 
 
-def _finished_in_creation(directory: Path, upload_id: str) -> dict[str, str] | None:
-    """Metadata of an upload that is complete, else None (reads tuspyserver's sidecar)."""
-    info_path = directory / f"{upload_id}.info"
-    try:
-        info = json.loads(info_path.read_text())
-    except (OSError, ValueError):
+def _discard_if_job_ended(settings: Settings, upload_id: str) -> None:
+    with session_scope() as session:
+        status = session.scalar(select(Job.status).where(Job.upload_id == upload_id))
+    if status is None or JobStatus(status) in TERMINAL_STATUSES:  # deleted, or ended
+        discard_partial_upload(settings, upload_id)
+
+
+class _Captured:
+    """A response of an inner call, held (tus answers are headers and a few bytes)."""
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body = b""
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            self.body += message.get("body", b"")
+
+    def header(self, name: bytes) -> str | None:
+        return next((v.decode("latin-1") for k, v in self.headers if k.lower() == name), None)
+
+    async def replay(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _json(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+class StreamedCreationWithUpload:
+    """creation-with-upload without the body in memory. tuspyserver (and a checksum of the
+    creation body) read the whole body with ``request.body()`` (a 1 GiB POST grew the
+    gateway by 2 GB); here such a POST becomes, inside the one request, a creation without
+    body and then a PATCH at offset 0 that streams the body through the same storage as any
+    PATCH (checksum, the acknowledged offset, completion). Its answer is the creation's 201
+    with the PATCH's ``Upload-Offset``; if the PATCH is refused (e.g. 460), the new upload is
+    terminated and its job freed, so a refused creation leaves nothing, as before.
+    """
+
+    _DROP_FOR_CREATION = frozenset({b"content-length", b"content-type", b"upload-checksum"})
+    _DROP_FOR_PATCH = frozenset({b"upload-length", b"upload-metadata", b"upload-offset"})
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._creation_with_body(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        refused = self._refused(headers)
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        plain = [(k, v) for k, v in scope["headers"] if k not in self._DROP_FOR_CREATION]
+        created = _Captured()
+        creation = {**scope, "headers": [*plain, (b"content-length", b"0")]}
+        await self.app(creation, _no_body, created.send)
+        location = created.header(b"location")
+        if created.status != 201 or not location:
+            await created.replay(send)
+            return
+        path = urlsplit(location).path
+        kept = [(k, v) for k, v in scope["headers"] if k not in self._DROP_FOR_PATCH]
+        patch = {
+            **scope, "method": "PATCH", "path": path, "raw_path": path.encode(),
+            "headers": [*kept, (b"upload-offset", b"0")],
+        }  # fmt: skip
+        written = _Captured()
+        await self.app(patch, receive, written.send)
+        if written.status != 204:
+            await self._terminate(scope, path)
+            await written.replay(send)
+            return
+        offset = written.header(b"upload-offset") or "0"
+        answer = [(k, v) for k, v in created.headers if k.lower() != b"upload-offset"]
+        answer.append((b"upload-offset", offset.encode()))
+        created.headers = answer
+        await created.replay(send)
+
+    @staticmethod
+    def _creation_with_body(scope: Scope) -> bool:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return False
+        if scope["path"].rstrip("/") != UPLOADS_PREFIX:
+            return False
+        headers = Headers(scope=scope)
+        if headers.get("x-http-method-override", "POST").strip().upper() != "POST":
+            return False
+        length = headers.get("content-length", "0").strip()
+        return _UNSIGNED.match(length) is not None and int(length) > 0
+
+    @staticmethod
+    def _refused(headers: Headers) -> JSONResponse | None:
+        """What the protocol guard checked on the body before it was streamed."""
+        if headers.get("content-type") != OFFSET_STREAM:
+            return _json(415, "unsupported_media_type", f"Content-Type must be {OFFSET_STREAM}")
+        length, body = headers.get("upload-length", ""), headers["content-length"]
+        if _UNSIGNED.match(length.strip()) and int(body) > int(length):
+            return _json(400, "bad_request", f"a body of {body} bytes exceeds Upload-Length")
         return None
-    size, offset = info.get("size"), info.get("offset")
-    if size is None or offset != size:
-        return None
-    return dict(info.get("metadata") or {})
+
+    async def _terminate(self, scope: Scope, path: str) -> None:
+        kept = [(k, v) for k, v in scope["headers"] if k in (b"authorization", b"tus-resumable")]
+        deletion = {
+            **scope, "method": "DELETE", "path": path, "raw_path": path.encode(),
+            "headers": [*kept, (b"content-length", b"0")],
+        }  # fmt: skip
+        await self.app(deletion, _no_body, _Captured().send)
+        await run_in_threadpool(release_upload, path.rstrip("/").rsplit("/", 1)[-1])
 
 
 def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
     directory = settings.upload_dir
+    # Inside the lifecycle hooks below: they see the one creation request.
+    app.add_middleware(StreamedCreationWithUpload)
 
     @app.middleware("http")
     async def upload_lifecycle(
@@ -373,10 +550,13 @@ def install_upload_lifecycle(app: FastAPI, settings: Settings) -> None:
         method = request.headers.get("x-http-method-override", request.method).strip().upper()
         if method == "POST" and response.status_code == 201:
             upload_id = response.headers.get("location", "").rstrip("/").rsplit("/", 1)[-1]
-            metadata = await run_in_threadpool(_finished_in_creation, directory, upload_id)
+            metadata = await run_in_threadpool(completed_upload_metadata, directory, upload_id)
             if metadata is not None:
                 file_path = directory / upload_id
                 await run_in_threadpool(complete_upload, upload_id, file_path, metadata)
         elif method == "DELETE" and response.status_code == 204:
             await run_in_threadpool(release_upload, path.rsplit("/", 1)[-1])
+        elif method == "PATCH":
+            # A PATCH that was writing when its job was cancelled saved its sidecar again.
+            await run_in_threadpool(_discard_if_job_ended, settings, path.rsplit("/", 1)[-1])
         return response

@@ -3,12 +3,18 @@ and webhook secrets (encrypted, both signatures while two are active, key rotati
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import secrets
 import sqlite3
 import stat
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
@@ -17,6 +23,7 @@ from typer.testing import CliRunner
 
 from services.asgi import create_app
 from services.cli.main import app as cli
+from services.cli.runtime import free_port, gateway_command
 from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.orm import ApiKey, Tenant, WebhookSecret
@@ -32,6 +39,7 @@ from services.common.tenants import (
     webhook_secrets,
 )
 from services.webhooks.delivery import deliver_webhook, signed_request, verify
+from tests.service.test_gateway_load import _wait_healthy
 from tests.support.service import auth, callback_receiver, finished_job_with_callback, make_tenant
 
 
@@ -203,3 +211,105 @@ def test_migration_moves_existing_credentials(
             "whsec_b2xkc2VjcmV0",
         )
     clear_process_caches()
+
+
+# --- the auth-failure throttle (issue 18.13, 18.14) -----------------------------------------
+
+
+def wrong_key(prefix: str = "cct_") -> dict[str, str]:
+    """A key no tenant has, with a prefix of its own unless one is given."""
+    return {"api_key": prefix + secrets.token_urlsafe(32)[: 43 - len(prefix) + 4]}
+
+
+async def _statuses_from(
+    app: Any,
+    requests: list[tuple[str, dict[str, str]]],
+    path: str = "/v1/jobs",
+    method: str = "GET",
+) -> list[int]:
+    """``method path`` as (client address, headers), one after another, straight to the app."""
+    statuses = []
+    for address, headers in requests:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as http:
+            statuses.append((await http.request(method, path, headers=headers)).status_code)
+    return statuses
+
+
+# Defect: 20 failures from one address locked out valid keys from that address, and 20 wrong
+# keys sharing a tenant's 12-character key prefix locked that tenant out from everywhere.
+def test_failures_are_throttled_never_a_valid_key(
+    isolated_settings: Callable[..., Settings],
+) -> None:
+    isolated_settings(broker_url="redis://127.0.0.1:1/0", auth_failure_limit=20)
+    app = create_app()
+    victim = make_tenant("victim")
+    limit = 20
+    # One address fails 21 times: throttled, yet the valid key from it still works.
+    guesses = [("192.0.2.1", auth(wrong_key())) for _ in range(limit + 1)]
+    statuses = asyncio.run(_statuses_from(app, guesses))
+    assert statuses == [401] * limit + [429]
+    assert asyncio.run(_statuses_from(app, [("192.0.2.1", auth(victim))])) == [200]
+    # Wrong keys with the victim's key prefix from many addresses: the prefix is throttled...
+    prefix = victim["api_key"][:12]
+    guesses = [(f"198.51.100.{i}", auth(wrong_key(prefix))) for i in range(limit + 1)]
+    statuses = asyncio.run(_statuses_from(app, guesses))
+    assert statuses == [401] * limit + [429]
+    # ... and the victim's valid key still works, from anywhere, on the API and on tus.
+    assert asyncio.run(_statuses_from(app, [("203.0.113.9", auth(victim))])) == [200]
+    tus = {**auth(victim), "Tus-Resumable": "1.0.0"}
+    upload = "/v1/uploads/" + "0" * 32
+    assert asyncio.run(_statuses_from(app, [("192.0.2.1", tus)], upload, "HEAD")) == [404]
+    wrong = {**tus, **auth(wrong_key())}
+    assert asyncio.run(_statuses_from(app, [("192.0.2.1", wrong)], upload, "HEAD")) == [429]
+
+
+def test_forwarded_for_counts_only_from_trusted_proxies(
+    isolated_settings: Callable[..., Settings],
+) -> None:
+    isolated_settings(broker_url="redis://127.0.0.1:1/0", trusted_proxies='["10.0.0.0/8"]')
+    app = create_app()
+    # Behind the trusted proxy: each forwarded client is throttled on its own.
+    rotating = [("10.1.2.3", {**auth(wrong_key()), "X-Forwarded-For": f"192.0.2.{i}"})
+                for i in range(25)]  # fmt: skip
+    assert set(asyncio.run(_statuses_from(app, rotating))) == {401}
+    one = [("10.1.2.3", {**auth(wrong_key()), "X-Forwarded-For": "192.0.2.200"})] * 21
+    assert asyncio.run(_statuses_from(app, one))[-1] == 429
+    # From any other peer the header is ignored: the peer is the client.
+    spoofed = [("127.0.0.1", {**auth(wrong_key()), "X-Forwarded-For": f"192.0.2.{i}"})
+               for i in range(21)]  # fmt: skip
+    assert asyncio.run(_statuses_from(app, spoofed))[-1] == 429
+    isolated_settings(broker_url="redis://127.0.0.1:1/0", trusted_proxies='["*"]')
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        create_app()
+
+
+# Defect: the gateway (uvicorn's default) believed X-Forwarded-For from any loopback peer:
+# 300 guesses with a rotating header from 127.0.0.1 were never throttled.
+def test_rotating_forwarded_for_from_loopback_is_throttled(
+    isolated_settings: Callable[..., Settings],
+) -> None:
+    isolated_settings(broker_url="redis://127.0.0.1:1/0")
+    port = free_port()
+    env = {
+        **os.environ,
+        "COVIDCT_LOG_LEVEL": "WARNING",
+        "COVIDCT_BROKER_URL": "redis://127.0.0.1:1/0",
+    }
+    process = subprocess.Popen(gateway_command(port), env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, process)
+        statuses = []
+        with httpx.Client(base_url=url, timeout=10) as http:
+            for i in range(25):
+                headers = {**auth(wrong_key()), "X-Forwarded-For": f"198.51.100.{i}"}
+                statuses.append(http.get("/v1/jobs", headers=headers).status_code)
+        assert statuses == [401] * 20 + [429] * 5
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

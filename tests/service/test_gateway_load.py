@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -25,8 +29,11 @@ from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.orm import Job
 from services.gateway import auth as gateway_auth
+from services.gateway import limits
 from services.gateway.limits import InFlightLimit, RouteClass
-from tests.support.service import auth, make_tenant, new_job
+from tests.support.service import auth, make_tenant, new_job, tus_metadata
+
+OCTETS = "application/offset+octet-stream"
 
 
 @pytest.fixture
@@ -319,3 +326,119 @@ def test_concurrent_load_never_500s_and_healthz_answers(
     assert after.status_code == 200 and after.json()["id"] == job_id
     assert time.monotonic() - started < 1.0
     assert httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+
+
+# --- slow clients cannot hold every upload slot (issue 18.8) --------------------------------
+
+
+@contextmanager
+def in_process_gateway() -> Iterator[int]:
+    """The app under a real uvicorn on a free loopback port, in a thread of this process
+    (so the test's settings and database are the server's); yields the port."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app, factory=True, host="127.0.0.1", port=port, log_level="warning",
+        proxy_headers=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def trickling_patch(port: int, location: str, headers: dict[str, str]) -> socket.socket:
+    """A PATCH that declares 100 bytes, sends one and then nothing (a slow client)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    lines = [f"PATCH {location} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Length: 100"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + b"x")
+    return sock
+
+
+def response_status(sock: socket.socket) -> int:
+    """The status of the response on ``sock`` (waits for it up to the socket's timeout)."""
+    head = sock.recv(65536)
+    return int(head.split(b" ", 2)[1])
+
+
+def uploads_in_flight() -> float:
+    return float(limits.IN_FLIGHT.labels("uploads")._value.get())
+
+
+# Defect: 32 connections sending 1 byte/s made every other tenant's upload 503 for as long
+# as they lasted (no per-client share of the slots, no body timeout).
+def test_slow_upload_clients_cannot_take_every_slot(
+    isolated_settings: Callable[..., Settings], started: list[str]
+) -> None:
+    isolated_settings(
+        broker_url="redis://127.0.0.1:1/0",
+        gateway_max_uploads_in_flight=6,
+        gateway_max_uploads_per_key=2,
+        gateway_max_uploads_per_address=4,
+        gateway_body_timeout_s=3,
+        gateway_queue_timeout_s=0.2,
+    )
+    slow, slower, other = make_tenant("slow"), make_tenant("slower"), make_tenant("other")
+    tus = {"Tus-Resumable": "1.0.0"}
+    with in_process_gateway() as port:
+        url = f"http://127.0.0.1:{port}"
+        with httpx.Client(base_url=url, timeout=10) as http:
+
+            def new_upload(tenant: dict[str, str]) -> str:
+                job = http.post("/v1/jobs", json={}, headers=auth(tenant)).json()["id"]
+                metadata = tus_metadata(job_id=job, filename="s.zip", filetype="application/zip")
+                headers = {
+                    **tus,
+                    **auth(tenant),
+                    "Upload-Length": "100",
+                    "Upload-Metadata": metadata,
+                }
+                created = http.post("/v1/uploads", headers=headers)
+                assert created.status_code == 201, created.text
+                return urlsplit(created.headers["location"]).path
+
+            slow_uploads = [new_upload(slow) for _ in range(4)]
+            slower_uploads = [new_upload(slower) for _ in range(2)]
+            other_uploads = [new_upload(other) for _ in range(3)]
+
+        def upload_from(address: str, location: str) -> int:
+            transport = httpx.HTTPTransport(local_address=address)
+            with httpx.Client(base_url=url, timeout=10, transport=transport) as http:
+                headers = {**tus, **auth(other), "Upload-Offset": "0", "Content-Type": OCTETS}
+                return http.patch(location, headers=headers, content=os.urandom(100)).status_code
+
+        patch = {**tus, **auth(slow), "Upload-Offset": "0", "Content-Type": OCTETS}
+        held = [trickling_patch(port, slow_uploads[i], patch) for i in range(2)]
+        deadline = time.monotonic() + 10
+        while uploads_in_flight() < 2:
+            assert time.monotonic() < deadline, "the slow PATCHes never started"
+            time.sleep(0.02)
+        # The same key's next slow PATCHes are refused at once: it holds its share.
+        refused = [trickling_patch(port, slow_uploads[i], patch) for i in (2, 3)]
+        assert [response_status(s) for s in refused] == [429, 429]
+        # Another tenant uploads meanwhile, even from the same address.
+        assert upload_from("127.0.0.1", other_uploads[0]) == 204
+        # A second slow key from that address fills the address's share ...
+        patch = {**tus, **auth(slower), "Upload-Offset": "0", "Content-Type": OCTETS}
+        held += [trickling_patch(port, location, patch) for location in slower_uploads]
+        while uploads_in_flight() < 4:
+            assert time.monotonic() < deadline, "the slow PATCHes never started"
+            time.sleep(0.02)
+        # ... so that address waits, and every other address uploads.
+        assert upload_from("127.0.0.1", other_uploads[1]) == 429
+        assert upload_from("127.0.0.2", other_uploads[2]) == 204
+        # The stalled bodies are ended by the body timeout (the byte that came is kept).
+        assert [response_status(s) for s in held] == [204] * 4
+        for sock in held + refused:
+            sock.close()
+        with httpx.Client(base_url=url, timeout=10) as http:
+            head = http.head(slow_uploads[0], headers={**tus, **auth(slow)})
+            assert head.headers["upload-offset"] == "1"

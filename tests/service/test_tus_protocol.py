@@ -716,3 +716,406 @@ def test_jobs_without_an_upload_expire(
     assert head_offset(client, alice, live_upload) == 0
     assert job_state(client, alice, fresh)["status"] == "awaiting_upload"
     assert sweep_expired_uploads(uploads) == 0
+
+
+# --- issue 18: uploads no client can freeze, completion that survives a crash ---------------
+
+
+def http_scope(method: str, location: str, headers: dict[str, str]) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": location,
+        "raw_path": location.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+
+
+class StalledBody:
+    """A PATCH body that sends ``first`` and then waits for ``release`` before the rest."""
+
+    def __init__(self, first: bytes, rest: bytes) -> None:
+        self.parts = [first, rest]
+        self.release = anyio.Event()
+        self.done = anyio.Event()
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.parts:
+            await self.done.wait()
+            return {"type": "http.disconnect"}
+        if len(self.parts) == 1:
+            await self.release.wait()
+        body = self.parts.pop(0)
+        return {"type": "http.request", "body": body, "more_body": bool(self.parts)}
+
+
+async def asgi_call(
+    app: Any,
+    method: str,
+    location: str,
+    headers: dict[str, str],
+    receive: Callable[[], Any] | None = None,
+    body: bytes = b"",
+    done: anyio.Event | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """One request straight to the app; (status, JSON body or {})."""
+    status: list[int] = []
+    chunks: list[bytes] = []
+    finished = done or anyio.Event()
+    sent = False
+
+    async def whole_body() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await finished.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                finished.set()
+
+    await app(http_scope(method, location, headers), receive or whole_body, send)
+    raw = b"".join(chunks)
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = {}
+    return status[0], parsed if isinstance(parsed, dict) else {}
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.01)
+
+
+# Defect (issue 18.7): 7 concurrent PATCHes to one upload waited for its file lock on
+# threadpool threads; another tenant's 1 KB PATCH then took 29 s and others got 503.
+def test_concurrent_patches_to_one_upload_are_409_at_once(
+    isolated_settings: Callable[..., Settings], started: list[str]
+) -> None:
+    settings = isolated_settings(
+        broker_url="redis://127.0.0.1:1/0",
+        max_upload_bytes=MAX_BYTES,
+        gateway_threads=4,
+        gateway_max_uploads_per_key=16,  # the per-client share is another test's matter
+    )
+    uploads = settings.upload_dir
+    with TestClient(create_app()) as client:
+        alice, bob = make_tenant("alice"), make_tenant("bob")
+        data = os.urandom(200_000)
+        job_id = new_job(client, alice)
+        location = create(client, alice, job_id, len(data))
+        bob_job = new_job(client, bob)
+        bob_upload = create(client, bob, bob_job, 1024)
+        portal = client.portal
+        assert portal is not None
+
+        async def scenario() -> tuple[list[tuple[int, dict[str, Any]]], int, int]:
+            app = client.app
+            holder = StalledBody(data[:ASGI_CHUNK], data[ASGI_CHUNK:])
+            headers = patch_headers(alice, 0, **{"Content-Length": str(len(data))})
+            results: list[tuple[int, dict[str, Any]]] = []
+            held: list[int] = []
+            async with anyio.create_task_group() as group:
+
+                async def hold() -> None:
+                    done = holder.done
+                    held.append((await asgi_call(app, "PATCH", location, headers, holder.receive,
+                                                 done=done))[0])  # fmt: skip
+
+                group.start_soon(hold)
+                await wait_for(lambda: on_disk(uploads, location) >= ASGI_CHUNK)
+                with anyio.fail_after(5):  # at once, not after tuspyserver's 30 s lock wait
+
+                    async def contend() -> None:
+                        results.append(await asgi_call(app, "PATCH", location, headers, body=data))
+
+                    async with anyio.create_task_group() as contenders:
+                        for _ in range(7):
+                            contenders.start_soon(contend)
+                        bob_status, _ = await asgi_call(
+                            app, "PATCH", bob_upload,
+                            patch_headers(bob, 0, **{"Content-Length": "1024"}),
+                            body=os.urandom(1024),
+                        )  # fmt: skip
+                holder.release.set()
+            return results, bob_status, held[0]
+
+        results, bob_status, holder_status = portal.call(scenario)
+        assert [status for status, _ in results] == [409] * 7
+        assert {body.get("code") for _, body in results} == {"upload_busy"}
+        assert bob_status == 204  # another tenant's upload went on meanwhile
+        assert holder_status == 204
+        assert job_state(client, alice, job_id)["status"] == "queued"
+        assert job_state(client, bob, bob_job)["status"] == "queued"
+
+
+# Defect (issue 18.9): the body of a creation POST was read whole into memory (a 1 GiB body
+# grew the gateway by 2 GB). It must reach the disk in the pieces it arrives in.
+def test_creation_with_upload_streams_its_body(
+    client: TestClient, alice: dict[str, str], uploads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.upload import storage
+
+    appended: list[int] = []
+    real_append = storage.StreamingLocalStorage.append
+
+    async def counting(self: Any, uid: str, chunk: bytes) -> None:
+        appended.append(len(chunk))
+        await real_append(self, uid, chunk)
+
+    monkeypatch.setattr(storage.StreamingLocalStorage, "append", counting)
+    job_id = new_job(client, alice)
+    data = os.urandom(600_000)
+    headers = creation_headers(
+        alice, job_id, str(len(data)), sha256=hashlib.sha256(data).hexdigest()
+    )
+    headers.update({"Content-Type": OCTETS, "Content-Length": str(400_000)})
+    headers["Upload-Checksum"] = upload_checksum(data[:400_000])
+    assert asgi_request(client, "POST", "/v1/uploads", headers, pieces(data[:400_000])) == 201
+    assert appended == [len(p) for p in pieces(data[:400_000])]  # written as it arrived
+    assert max(appended) <= ASGI_CHUNK
+    location = "/v1/uploads/" + next(p.name for p in uploads.glob("*.info")).removesuffix(".info")
+    assert head_offset(client, alice, location) == 400_000 == on_disk(uploads, location)
+    rest = patch_headers(alice, 400_000, **{"Content-Length": "200000"})
+    assert asgi_request(client, "PATCH", location, rest, pieces(data[400_000:])) == 204
+    assert job_state(client, alice, job_id)["status"] == "queued"
+
+
+def test_creation_with_upload_that_completes_queues_the_job(
+    client: TestClient, alice: dict[str, str], started: list[str]
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(5000)
+    headers = creation_headers(alice, job_id, "5000", sha256=hashlib.sha256(data).hexdigest())
+    response = client.post("/v1/uploads", headers={**headers, "Content-Type": OCTETS}, content=data)
+    assert response.status_code == 201 and response.headers["upload-offset"] == "5000"
+    assert response.headers["location"].startswith("http")
+    assert job_state(client, alice, job_id)["status"] == "queued"
+    assert started == [job_id]
+
+
+def upload_id_of(location: str) -> str:
+    return location.rsplit("/", 1)[-1]
+
+
+# Defect (issue 18.11): after DELETE of a job mid-upload, PATCHes were still accepted and
+# the partial upload stayed until it expired (2 days).
+def test_cancel_mid_upload_refuses_further_bytes_and_keeps_none(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    location = create(client, alice, job_id, 100)
+    patch_ok(client, alice, location, 0, b"x" * 40)
+    uid = upload_id_of(location)
+    assert (uploads / uid).exists()
+    assert client.delete(f"/v1/jobs/{job_id}", headers=auth(alice)).status_code == 202
+    assert not (uploads / uid).exists() and not (uploads / f"{uid}.info").exists()
+    refused = client.patch(location, headers=patch_headers(alice, 40), content=b"y" * 60)
+    assert refused.status_code == 410 and refused.json()["code"] == "job_ended"
+    assert client.head(location, headers=tus_headers(alice)).status_code == 410
+    assert not (uploads / uid).exists() and not (uploads / f"{uid}.info").exists()
+    assert job_state(client, alice, job_id)["status"] == "cancelled"
+
+
+def test_a_patch_running_when_its_job_is_cancelled_leaves_nothing(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    data = os.urandom(200_000)
+    location = create(client, alice, job_id, len(data))
+    uid = upload_id_of(location)
+    portal = client.portal
+    assert portal is not None
+
+    async def scenario() -> int:
+        holder = StalledBody(data[:ASGI_CHUNK], data[ASGI_CHUNK:100_000])
+        headers = patch_headers(alice, 0, **{"Content-Length": "100000"})
+        statuses: list[int] = []
+        async with anyio.create_task_group() as group:
+
+            async def write() -> None:
+                call = asgi_call(client.app, "PATCH", location, headers, holder.receive,
+                                 done=holder.done)  # fmt: skip
+                statuses.append((await call)[0])
+
+            group.start_soon(write)
+            await wait_for(lambda: on_disk(uploads, location) >= ASGI_CHUNK)
+            status, _ = await asgi_call(client.app, "DELETE", f"/v1/jobs/{job_id}", auth(alice))
+            assert status == 202
+            holder.release.set()
+        return statuses[0]
+
+    portal.call(scenario)
+    assert not (uploads / uid).exists() and not (uploads / f"{uid}.info").exists()
+
+
+# Defect (issue 18.12): 3,000 metadata keys or one 15,000-character key were accepted and
+# written into the upload's sidecar.
+@pytest.mark.parametrize(
+    "extra",
+    [{f"k{i}": "v" for i in range(3000)}, {"k" * 15_000: "v"}, {"note": "n" * 5000}],
+    ids=["3000-keys", "15000-char-key", "5000-char-value"],
+)
+def test_oversized_metadata_is_400_before_anything_is_written(
+    client: TestClient, alice: dict[str, str], uploads: Path, extra: dict[str, str]
+) -> None:
+    job_id = new_job(client, alice)
+    headers = creation_headers(alice, job_id, "10", **extra)
+    response = client.post("/v1/uploads", headers=headers)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == "metadata_too_large"
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+    create(client, alice, job_id, 10)  # the job was not claimed
+
+
+# Defect (issue 18.10): the gateway killed right after the last byte: 8 ms after, the job
+# stayed awaiting_upload though HEAD said complete; 12 ms after, HEAD was 404, a new upload
+# was refused with 409 for ever and the raw study was orphaned.
+def test_a_crash_before_completion_is_finished_by_recovery(
+    client: TestClient,
+    alice: dict[str, str],
+    uploads: Path,
+    started: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.upload import tus
+    from services.upload.ingest import finish_completed_uploads
+
+    def killed(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the process died here")
+
+    job_id = new_job(client, alice)
+    data = os.urandom(1000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    real_complete = tus.complete_upload
+    monkeypatch.setattr(tus, "complete_upload", killed)
+    with pytest.raises(RuntimeError):
+        client.patch(location, headers=patch_headers(alice, 0), content=data)
+    monkeypatch.setattr(tus, "complete_upload", real_complete)
+    assert job_state(client, alice, job_id)["status"] == "awaiting_upload"
+    assert head_offset(client, alice, location) == len(data)  # HEAD still answers: complete
+    assert finish_completed_uploads(uploads) == 1
+    state = job_state(client, alice, job_id)
+    assert state["status"] == "queued" and started == [job_id]
+    assert finish_completed_uploads(uploads) == 0 and started == [job_id]  # once
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_crash_between_storing_the_blob_and_queueing_is_finished_by_recovery(
+    client: TestClient,
+    alice: dict[str, str],
+    uploads: Path,
+    settings: Settings,
+    started: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.common.storage import make_storage
+    from services.upload import ingest
+
+    real_transition = ingest.transition
+
+    def killed(*_args: Any, **_kwargs: Any) -> bool:
+        raise RuntimeError("the process died here")
+
+    job_id = new_job(client, alice)
+    data = os.urandom(1000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(ingest, "transition", killed)
+    with pytest.raises(RuntimeError):
+        client.patch(location, headers=patch_headers(alice, 0), content=data)
+    monkeypatch.setattr(ingest, "transition", real_transition)
+    uid = upload_id_of(location)
+    assert not (uploads / uid).exists()  # already moved into blob storage
+    assert job_state(client, alice, job_id)["status"] == "awaiting_upload"
+    assert ingest.finish_completed_uploads(uploads) == 1
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "queued" and job.upload_size == len(data)
+        assert job.upload_sha256 == hashlib.sha256(data).hexdigest()
+        blob = job.upload_blob
+    assert blob is not None and make_storage(settings).get_bytes(blob) == data
+    assert started == [job_id]
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+
+
+def test_a_lost_upload_frees_its_job_for_a_new_one(
+    client: TestClient, alice: dict[str, str], uploads: Path, settings: Settings
+) -> None:
+    from services.common.storage import make_storage
+    from services.upload.ingest import finish_completed_uploads
+
+    job_id = new_job(client, alice)
+    location = create(client, alice, job_id, 100)
+    uid = upload_id_of(location)
+    (uploads / uid).unlink()  # the sidecar and the file are gone (a crash mid-completion)
+    (uploads / f"{uid}.info").unlink()
+    make_storage(settings).put_bytes(f"jobs/{job_id}/upload/study.zip", b"orphan")
+    assert finish_completed_uploads(uploads) == 0  # not yet: it may be a creation under way
+    old = datetime.now(UTC) - timedelta(minutes=10)
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(updated_at=old))
+    assert finish_completed_uploads(uploads) == 1
+    assert not make_storage(settings).exists(f"jobs/{job_id}/upload/study.zip")
+    create(client, alice, job_id, 100)  # a new upload is taken, not 409 for ever
+
+
+def test_leftovers_of_a_job_that_moved_on_are_removed(
+    client: TestClient, alice: dict[str, str], uploads: Path, started: list[str]
+) -> None:
+    from services.upload.ingest import finish_completed_uploads
+
+    job_id = new_job(client, alice)
+    location = create(client, alice, job_id, 10)
+    uid = upload_id_of(location)
+    info = (uploads / f"{uid}.info").read_text()
+    patch_ok(client, alice, location, 0, b"0123456789")
+    assert started == [job_id]
+    (uploads / f"{uid}.info").write_text(info.replace('"offset": 0', '"offset": 10'))
+    assert finish_completed_uploads(uploads) == 0  # a crash before the sidecar went
+    assert not (uploads / f"{uid}.info").exists() and started == [job_id]
+
+
+# Defect (issue 18.16): the upload's file name (often the patient's name) was stored as sent.
+def test_filename_is_pseudonymised_when_deidentifying(
+    isolated_settings: Callable[..., Settings], started: list[str]
+) -> None:
+    from services.upload.ingest import stored_filename
+
+    settings = isolated_settings(
+        broker_url="redis://127.0.0.1:1/0", max_upload_bytes=MAX_BYTES, deidentify_uploads=True
+    )
+    with TestClient(create_app()) as client:
+        alice = make_tenant("alice")
+        job_id = new_job(client, alice)
+        data = os.urandom(100)
+        location = create(client, alice, job_id, 100, filename="DOE^JOHN 1961-02-03.nii.gz")
+        patch_ok(client, alice, location, 0, data)
+        with session_scope() as session:
+            job = session.get(Job, job_id)
+            assert job is not None
+            stored, blob = job.upload_filename, job.upload_blob
+    assert stored is not None and blob is not None
+    for leaked in ("DOE", "JOHN", "1961"):
+        assert leaked not in stored and leaked not in blob
+    assert stored.endswith(".nii.gz") and blob.endswith(stored)
+    again = stored_filename("DOE^JOHN 1961-02-03.nii.gz", alice["id"], settings)
+    assert again == stored  # keyed: the same name, the same pseudonym within a tenant
+    assert stored_filename("DOE^JOHN 1961-02-03.nii.gz", "another-tenant", settings) != stored
+    assert stored_filename("smith.dcm", alice["id"], settings).endswith(".dcm")
+    plain = settings.model_copy(update={"deidentify_uploads": False})
+    assert stored_filename("study.zip", alice["id"], plain) == "study.zip"

@@ -434,3 +434,46 @@ def test_unsafe_archives_through_read_study(tmp_path: Path) -> None:
     assert _code_of(bomb) == ErrorCode.UNSAFE_ARCHIVE
     small_cap = Settings(max_uncompressed_bytes=10_000_000, max_compression_ratio=1e9)
     assert _code_of(bomb, small_cap) == ErrorCode.UNSAFE_ARCHIVE
+
+
+def _synthetic_ct(path: Path, size: int = 64) -> Path:
+    """A small uncompressed CT slice (Explicit VR Little Endian)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", generate_uid(), generate_uid()
+    ds.Rows = ds.Columns = size
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.RescaleSlope, ds.RescaleIntercept, ds.InstanceNumber = 1, -1024, 1
+    ds.PixelSpacing, ds.SliceThickness = [0.7, 0.7], 1
+    pixels = np.random.default_rng(0).integers(0, 2000, (size, size), dtype=np.int16)
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+# Defect (issue 18.12): a DICOM whose pixel data length field says 0xFFFFFFF0 was read
+# (pydicom takes a value cut short by the end of the file) and scored.
+def test_pixel_data_length_beyond_the_file_is_corrupt(tmp_path: Path) -> None:
+    import struct
+
+    honest = _synthetic_ct(tmp_path / "honest.dcm")
+    assert read_study(honest, SETTINGS, check_plausibility=False).hu is not None
+    data = bytearray(honest.read_bytes())
+    at = data.rindex(b"\xe0\x7f\x10\x00OW\x00\x00") + 8  # (7FE0,0010) OW, 4-byte length
+    assert struct.unpack("<I", data[at : at + 4])[0] == 64 * 64 * 2
+    data[at : at + 4] = struct.pack("<I", 0xFFFFFFF0)
+    lying = tmp_path / "lying.dcm"
+    lying.write_bytes(bytes(data))
+    with pytest.raises(StudyError) as exc:
+        read_study(lying, SETTINGS, check_plausibility=False)
+    assert exc.value.code == ErrorCode.CORRUPT_FILE
+    assert "pixel data length" in exc.value.message
