@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.common.errors import ErrorCode, StudyError
+from services.preprocess.ct_texture import texture_features
 from services.preprocess.types import Gray8, Study
 
 MIN_JUDGED_SIDE = 64
@@ -56,6 +57,14 @@ MIN_LUNG_SLICE_SHARE = 0.2  # of the slices of a stack of >= MIN_STACK_FOR_LUNG 
 MIN_STACK_FOR_LUNG = 5
 MIN_SKULL_COVERAGE = 0.75  # directions with bone near the outline; heads 0.86-1, chests <= 0.38
 MAX_FAILING_IMAGE_SHARE = 0.5  # image sets: refused when more than this share fails
+# CT texture (services.preprocess.ct_texture), issue 18: drawings, smoothed noise, projections,
+# text and charts. Chosen on the generated non-CT kinds (tests/support/nonct.py) with a margin
+# to the real sets (services/training/ct_gate_eval.py prints both); values in brackets are
+# [highest generated non-CT that must fail, lowest real CT source's 0.5 % quantile] at 256 px.
+MAX_TWO_TONE = 0.93  # [text PNG 0.99+, masked-normal lungs-on-black <= ~0.9]
+MAX_FLAT_SHARE = 0.6  # [drawings, charts >= 0.69; img512 <= 0.49]
+MIN_DETAIL = 0.045  # [projections, smoothed noise <= 0.032; real >= 0.064 (mosmed)]
+MIN_INTERIOR_DETAIL = 0.006  # [smooth-noise drawing <= 0.004; lung-masks (smoothed) >= 0.010]
 
 _NOT_CHEST = re.compile(
     r"\b(head|brain|skull|cranial|cranium|neuro|sinus(es)?|orbits?|face|facial|dental|teeth|"
@@ -255,6 +264,11 @@ def image_verdict(image: Gray8, colour: float = 0.0) -> Verdict:
         return Verdict(
             False, f"the image looks like noise (high-frequency energy {hf:.2f})", details
         )
+    texture = texture_features(work)
+    details.update(texture)
+    refusal = _texture_refusal(texture)
+    if refusal:
+        return Verdict(False, refusal, details)
     field = lung_field(work)
     details.update(field)
     if field["share"] < MIN_FIELD_SHARE:
@@ -264,6 +278,20 @@ def image_verdict(image: Gray8, colour: float = 0.0) -> Verdict:
             False, f"the dark field is cut into {field['regions']} strips (radiograph?)", details
         )
     return Verdict(True, "", details)
+
+
+def _texture_refusal(texture: dict[str, float]) -> str:
+    """Why the image lacks CT texture (see services.preprocess.ct_texture), or ''."""
+    if texture["two_tone"] > MAX_TWO_TONE:
+        return "almost only two grey levels (text, line art or a mask), not a CT scan"
+    if texture["flat_share"] > MAX_FLAT_SHARE:
+        share = texture["flat_share"]
+        return f"{share:.0%} of the image is flat grey (a drawing, chart or screenshot), not CT"
+    if texture["detail"] < MIN_DETAIL:
+        return "no noise or fine structure anywhere (smoothed noise or a projection), not CT"
+    if texture["interior_detail"] < MIN_INTERIOR_DETAIL:
+        return "fine detail only along outlines, smooth inside (a drawing), not a CT scan"
+    return ""
 
 
 def _to_work(image: Gray8) -> Gray8:

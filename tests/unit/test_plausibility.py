@@ -18,6 +18,7 @@ from services.preprocess.plausibility import assess, check_chest_ct
 from services.preprocess.readers import read_study
 from services.preprocess.types import Study
 from services.preprocess.windowing import window_to_uint8
+from tests.support.nonct import KINDS, generate, projection
 from tests.unit.synthetic import chest_phantom, chest_radiograph, noise_image, photo_image
 
 # COVID-CT-MD writes UUIDs where DICOM wants numeric UIDs; pydicom warns on every access.
@@ -127,6 +128,41 @@ def test_volume_of_noise_is_refused(tmp_path: Path) -> None:
     assert "noise" in _refused(_nifti(tmp_path, hu, "noise.nii.gz"))
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_generated_non_ct_is_refused(tmp_path: Path, kind: str, fmt: str) -> None:
+    """Issue 18: drawings, smoothed noise, projections, photos, noise, text and charts (PNG
+    and JPEG, two seeds) are refused with not_chest_ct through the reader, never scored."""
+    for seed in (0, 1):
+        path = tmp_path / f"{kind}-{seed}.{fmt}"
+        extra = {"quality": 85} if fmt == "jpg" else {}
+        Image.fromarray(generate(kind, seed=seed)).save(path, **extra)
+        _refused(path)
+
+
+def test_issue_drawing_is_refused_as_single_upload_and_in_a_set(tmp_path: Path) -> None:
+    """The picture of issue 18 (grey ellipse, two dark ovals: scored COVID 0.991)."""
+    path = tmp_path / "chest.png"
+    Image.fromarray(generate("drawing_flat")).save(path)
+    assert "flat" in _refused(path)
+    for i in range(3):
+        Image.fromarray(generate("drawing_smooth_noise", seed=i)).save(tmp_path / f"s{i}.png")
+    path.unlink()
+    _refused(tmp_path)
+
+
+@pytest.mark.data
+def test_projection_of_a_real_ct_is_refused(covid_series: Path, tmp_path: Path) -> None:
+    """A radiograph-like projection of the real P002 series, made at test time."""
+    hu = read_study(covid_series, get_settings(), check_plausibility=False).hu
+    assert hu is not None
+    for axis in (1, 2):
+        for radiograph in (True, False):
+            path = tmp_path / f"projection-{axis}-{radiograph}.png"
+            Image.fromarray(projection(hu, axis=axis, radiograph=radiograph)).save(path)
+            _refused(path)
+
+
 # --- accepted ------------------------------------------------------------------------------
 
 
@@ -163,19 +199,35 @@ def test_real_dicom_is_accepted(data_dir: Path) -> None:
 @pytest.mark.data
 def test_real_ct_images_are_accepted(data_dir: Path, tmp_path: Path) -> None:
     """A sample of every image source (the full sets were measured: 0 refusals in 4372)."""
-    for folder in ("sarscov2-ct", "real-ct-slices", "ucsd-covid-ct"):
+    for folder in ("sarscov2-ct", "real-ct-slices", "lesion-masks-2d", "ucsd-covid-ct"):
         with (data_dir / folder / "labels.csv").open() as fh:
             rows = list(csv.DictReader(fh))
         for row in rows[:: max(1, len(rows) // 25)]:
             source = data_dir / folder / row["file"]
             verdict = assess(read_study(source, get_settings(), check_plausibility=False))
             assert verdict.ok, (row["file"], verdict)
+    for path in sorted((data_dir / "lung-masks" / "images").glob("*.png")):  # smoothed exports
+        verdict = assess(read_study(path, get_settings(), check_plausibility=False))
+        assert verdict.ok, (path.name, verdict)
     # and through the reader, as an image set
     for i, row in enumerate(rows[:5]):
         shutil.copy(
             data_dir / "ucsd-covid-ct" / row["file"], tmp_path / f"{i}_{Path(row['file']).name}"
         )
     assert len(read_study(tmp_path, get_settings())) == 5
+
+
+@pytest.mark.data
+def test_real_ct_slices_exported_in_any_window_are_accepted(ctmd_dir: Path) -> None:
+    """COVID-CT-MD slices as 8-bit exports in a lung and a soft-tissue window (every 8th)."""
+    for name in ("P002", "cap002", "normal001"):
+        hu = read_study(ctmd_dir / name, get_settings(), check_plausibility=False).hu
+        assert hu is not None
+        for center, width in ((-600.0, 1500.0), (40.0, 400.0)):
+            for i in range(0, len(hu), 8):
+                image = window_to_uint8(hu[i], center, width)
+                verdict = assess(Study(images=[image], source_format="image", is_volume=False))
+                assert verdict.ok, (name, i, center, verdict)
 
 
 def test_radiograph_and_ct_slice_differ_in_field_regions() -> None:
