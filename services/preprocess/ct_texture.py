@@ -47,7 +47,9 @@ def unclipped(image: Gray8) -> NDArray[np.bool_]:
 def texture_features(work: Gray8) -> dict[str, float]:
     """The four features of the module doc for one grey image (the gate's working scale)."""
     p1, p99 = np.percentile(work, (1, 99))
-    two_tone = float(np.mean((work <= p1 + TONE_TOL) | (work >= p99 - TONE_TOL)))
+    two_tone = 0.0
+    if p99 - p1 > 4 * TONE_TOL:  # a faint, low-contrast export is not ink on paper
+        two_tone = float(np.mean((work <= p1 + TONE_TOL) | (work >= p99 - TONE_TOL)))
     mask = unclipped(work)
     features = {"two_tone": round(two_tone, 4), "flat_share": 0.0}
     features.update({"detail": 0.0, "interior_detail": 0.0})

@@ -162,7 +162,13 @@ def _hu_verdict(hu: NDArray[np.int16], header_says_chest: bool) -> Verdict:
         return Verdict(False, "a bone ring encloses the body: a head CT", details)
     if n < MIN_STACK_FOR_LUNG:
         # One slice (or a few) in HU is CT, but not necessarily at lung level: the
-        # COVID-19-NY-SBU "chest" slices include an upper-abdomen one without lung.
+        # COVID-19-NY-SBU "chest" slices include an upper-abdomen one without lung. What a
+        # short stack must show is CT texture: a drawing saved as DICOM/NIfTI in HU has the
+        # right densities but flat or smooth regions (the image rules, lung window).
+        refusals = [_texture_refusal(texture_features(_to_work(window_to_uint8(s)))) for s in hu]
+        failing = [r for r in refusals if r]
+        if len(failing) > MAX_FAILING_IMAGE_SHARE * n:
+            return Verdict(False, failing[0], details)
         return Verdict(True, "short stack: CT by its HU profile", details)
     with_lung = sum(
         _lung_share(s, b) >= MIN_BODY_LUNG_SHARE for s, b in zip(sample, bodies, strict=True)

@@ -29,7 +29,6 @@ import numpy as np
 from PIL import Image
 
 from services.common.config import get_settings
-from services.common.errors import StudyError
 from services.preprocess.plausibility import assess
 from services.preprocess.readers import read_study
 from services.preprocess.types import Study
@@ -68,7 +67,7 @@ def real_cases(data_dir: Path) -> Iterator[tuple[str, str, Study]]:
                 yield f"{name} slices ({window})", f"{path.name}/{i}", _image_study(image)
 
 
-def generated_cases(tmp: Path) -> Iterator[tuple[str, str, Study | StudyError]]:
+def generated_cases(tmp: Path) -> Iterator[tuple[str, str, Study]]:
     """Generated non-CT images, each kind in 3 seeds x (PNG, JPEG), read by the reader."""
     sys.path.insert(0, str(REPO))
     from tests.support.nonct import KINDS, generate
@@ -78,8 +77,7 @@ def generated_cases(tmp: Path) -> Iterator[tuple[str, str, Study | StudyError]]:
         for seed in range(3):
             for ext in ("png", "jpg"):
                 path = tmp / f"{kind}-{seed}.{ext}"
-                extra = {"quality": 85} if ext == "jpg" else {}
-                Image.fromarray(generate(kind, seed=seed)).save(path, **extra)
+                Image.fromarray(generate(kind, seed=seed)).save(path, quality=85)
                 yield f"non-CT {kind}", path.name, read_study(path, settings, False)
 
 

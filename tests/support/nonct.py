@@ -104,10 +104,13 @@ def synthetic_volume(seed: int = 0) -> NDArray[np.int16]:
     return hu
 
 
-def projection(hu: NDArray[np.integer], axis: int = 1, radiograph: bool = True) -> U8:
+def projection(
+    hu: NDArray[np.integer], axis: int = 1, radiograph: bool = True, z_scale: float = 1.0
+) -> U8:
     """A radiograph-like projection of a (z, y, x) HU volume along ``axis`` (1: frontal,
     2: lateral): attenuation summed along the rays, shown as a radiograph (dense = bright)
-    or, with ``radiograph=False``, as the plain min-max normalised sum."""
+    or, with ``radiograph=False``, as the plain min-max normalised sum. ``z_scale``: slice
+    spacing over pixel spacing, so that the picture has the body's proportions."""
     mu = np.clip(hu.astype(np.float32) + 1000.0, 0.0, None) / 1000.0  # water = 1
     path = mu.sum(axis=axis)
     if radiograph:
@@ -117,7 +120,8 @@ def projection(hu: NDArray[np.integer], axis: int = 1, radiograph: bool = True) 
     img = img[::-1]  # head up, as radiographs are shown
     h, w = img.shape
     side = 512
-    return _u8(cv2.resize(img, (side, max(64, round(side * h / w * 1.0))), cv2.INTER_LINEAR))
+    size = (side, max(64, round(side * h * z_scale / w)))
+    return _u8(cv2.resize(img, size, interpolation=cv2.INTER_LINEAR))
 
 
 def photo_gray(size: int = 480, seed: int = 0) -> U8:
@@ -136,9 +140,7 @@ def photo_colour(size: int = 480, seed: int = 0) -> U8:
     horizon = 0.6 + 0.08 * np.sin(xx * 7 + rng.uniform(0, 6))
     hill = yy > horizon
     grass = _smooth_noise((size, size), 1.5, seed + 1)
-    rgb[hill] = np.stack(
-        [70 + 12 * grass[hill], 120 + 20 * grass[hill], 50 + 8 * grass[hill]], -1
-    )
+    rgb[hill] = np.stack([70 + 12 * grass[hill], 120 + 20 * grass[hill], 50 + 8 * grass[hill]], -1)
     cv2.circle(rgb, (int(0.78 * size), int(0.18 * size)), int(0.07 * size), (255, 235, 120), -1)
     x0, y0 = int(rng.uniform(0.15, 0.3) * size), int(0.42 * size)
     cv2.rectangle(rgb, (x0, y0), (x0 + size // 4, y0 + size // 5), (190, 170, 150), -1)
