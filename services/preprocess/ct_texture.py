@@ -17,6 +17,8 @@ between the image's darkest and brightest grey), at the gate's working scale:
 * ``interior_detail``: the same, only at pixels away from the image's coarse outlines (where a
   heavily blurred copy changes by more than 4 % of the grey range per pixel): a drawing with
   smoothed noise has detail only along its ellipses; CT has it inside the lungs and tissue;
+* ``grey_range``: 5th to 95th percentile of the unclipped pixels (+1): a faint export (the
+  whole body within ~20 grey levels) has little detail by the absolute step above;
 * ``two_tone``: share of all pixels within :data:`TONE_TOL` of the darkest or the brightest
   grey (1st/99th percentile): text, line art and masks are almost only ink and paper.
 """
@@ -51,7 +53,7 @@ def texture_features(work: Gray8) -> dict[str, float]:
     if p99 - p1 > 4 * TONE_TOL:  # a faint, low-contrast export is not ink on paper
         two_tone = float(np.mean((work <= p1 + TONE_TOL) | (work >= p99 - TONE_TOL)))
     mask = unclipped(work)
-    features = {"two_tone": round(two_tone, 4), "flat_share": 0.0}
+    features = {"two_tone": round(two_tone, 4), "flat_share": 0.0, "grey_range": 0.0}
     features.update({"detail": 0.0, "interior_detail": 0.0})
     if int(mask.sum()) < MIN_PIXELS:
         return features
@@ -65,6 +67,7 @@ def texture_features(work: Gray8) -> dict[str, float]:
     slope = np.hypot(cv2.Sobel(coarse, cv2.CV_32F, 1, 0), cv2.Sobel(coarse, cv2.CV_32F, 0, 1))
     outline = (slope / 8.0 > OUTLINE_SLOPE * grey_range).astype(np.uint8)  # Sobel gain 8
     interior = mask & (cv2.dilate(outline, np.ones((5, 5), np.uint8)) == 0)
+    features["grey_range"] = round(grey_range, 1)
     features["flat_share"] = round(float(np.mean(spread[mask] == 0)), 4)
     features["detail"] = round(float(np.mean(detailed[mask])), 4)
     if int(interior.sum()) >= MIN_PIXELS:

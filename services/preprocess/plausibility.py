@@ -65,6 +65,8 @@ MAX_TWO_TONE = 0.93  # [text PNG 0.99+, masked-normal lungs-on-black <= ~0.9]
 MAX_FLAT_SHARE = 0.6  # [drawings, charts >= 0.69; img512 <= 0.49]
 MIN_DETAIL = 0.045  # [projections, smoothed noise <= 0.032; real >= 0.064 (mosmed)]
 MIN_INTERIOR_DETAIL = 0.006  # [smooth-noise drawing <= 0.004; lung-masks (smoothed) >= 0.010]
+MIN_DETAIL_RANGE = 40.0  # grey range below which detail is not judged (faint img512 exports
+# have ranges from ~20; every generated smooth kind spans >= 90 levels)
 
 _NOT_CHEST = re.compile(
     r"\b(head|brain|skull|cranial|cranium|neuro|sinus(es)?|orbits?|face|facial|dental|teeth|"
@@ -293,6 +295,8 @@ def _texture_refusal(texture: dict[str, float]) -> str:
     if texture["flat_share"] > MAX_FLAT_SHARE:
         share = texture["flat_share"]
         return f"{share:.0%} of the image is flat grey (a drawing, chart or screenshot), not CT"
+    if texture["grey_range"] < MIN_DETAIL_RANGE:
+        return ""  # too faint for an absolute detail step: judged by the lung field alone
     if texture["detail"] < MIN_DETAIL:
         return "no noise or fine structure anywhere (smoothed noise or a projection), not CT"
     if texture["interior_detail"] < MIN_INTERIOR_DETAIL:
