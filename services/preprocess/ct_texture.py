@@ -18,9 +18,11 @@ between the image's darkest and brightest grey), at the gate's working scale:
   heavily blurred copy changes by more than 4 % of the grey range per pixel): a drawing with
   smoothed noise has detail only along its ellipses; CT has it inside the lungs and tissue;
 * ``grey_range``: 5th to 95th percentile of the unclipped pixels (+1): a faint export (the
-  whole body within ~20 grey levels) has little detail by the absolute step above;
-* ``two_tone``: share of all pixels within :data:`TONE_TOL` of the darkest or the brightest
-  grey (1st/99th percentile): text, line art and masks are almost only ink and paper.
+  whole body within ~20 grey levels) has little detail by the absolute step above.
+
+Text screenshots are refused before these features, by the gate's noise rule (1-pixel strokes
+are high-frequency energy); a share of "ink and paper" pixels was tried and does not separate
+text from lungs masked onto black (masked-normal up to 0.90, text 0.85-0.94).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from services.preprocess.types import Gray8
 CLIP_MARGIN = 2  # grey levels from the darkest / brightest value that count as clipped
 DETAIL_STEP = 8.0  # |Laplacian response| that counts as detail (rounding noise: sd ~1.7)
 OUTLINE_SLOPE = 0.04  # coarse slope, as a share of the grey range per pixel, of an outline
-TONE_TOL = 12  # grey levels around ink / paper (JPEG ringing stays within ~10)
 MIN_PIXELS = 64
 _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
@@ -47,13 +48,9 @@ def unclipped(image: Gray8) -> NDArray[np.bool_]:
 
 
 def texture_features(work: Gray8) -> dict[str, float]:
-    """The four features of the module doc for one grey image (the gate's working scale)."""
-    p1, p99 = np.percentile(work, (1, 99))
-    two_tone = 0.0
-    if p99 - p1 > 4 * TONE_TOL:  # a faint, low-contrast export is not ink on paper
-        two_tone = float(np.mean((work <= p1 + TONE_TOL) | (work >= p99 - TONE_TOL)))
+    """The features of the module doc for one grey image (the gate's working scale)."""
     mask = unclipped(work)
-    features = {"two_tone": round(two_tone, 4), "flat_share": 0.0, "grey_range": 0.0}
+    features = {"flat_share": 0.0, "grey_range": 0.0}
     features.update({"detail": 0.0, "interior_detail": 0.0})
     if int(mask.sum()) < MIN_PIXELS:
         return features

@@ -18,11 +18,15 @@ or re-encoded. Evidence, in order:
    (−200…+200 HU), not noise, and a lung field (air-density region inside the body) in at
    least :data:`MIN_LUNG_SLICE_SHARE` of the slices (at least one for short stacks).
 3. **Image profile** (PNG/JPEG, 8-bit grey of unknown windowing): not noise (low
-   high-frequency energy) and a lung field: a dark region of the foreground, enclosed by
-   brighter tissue rather than running into the image border, covering at least
-   :data:`MIN_FIELD_SHARE` of the foreground, and not cut into strips (a radiograph's lung
-   fields are crossed by ribs; a CT's are not). Uniform black surroundings (a round field of
-   view, screenshot padding, lungs masked out of the body) are left out as background first.
+   high-frequency energy), CT texture (:mod:`services.preprocess.ct_texture`: not flat like a
+   drawing or chart, pixel noise or fine structure like no smoothed noise or projection,
+   detail inside regions and not only along outlines; also required of DICOM/NIfTI stacks
+   of fewer than :data:`MIN_STACK_FOR_LUNG` slices) and a lung field: a dark region of the
+   foreground, enclosed by brighter tissue rather than running into the image border,
+   covering at least :data:`MIN_FIELD_SHARE` of the foreground, and not cut into strips (a
+   radiograph's lung fields are crossed by ribs; a CT's are not). Uniform black surroundings
+   (a round field of view, screenshot padding, lungs masked out of the body) are left out as
+   background first.
 
 Images smaller than :data:`MIN_JUDGED_SIDE` pixels are not judged (too little to tell; the
 readers' unit tests use such thumbnails). Image sets and volumes are refused only when most
@@ -61,7 +65,6 @@ MAX_FAILING_IMAGE_SHARE = 0.5  # image sets: refused when more than this share f
 # text and charts. Chosen on the generated non-CT kinds (tests/support/nonct.py) with a margin
 # to the real sets (services/training/ct_gate_eval.py prints both); values in brackets are
 # [highest generated non-CT that must fail, lowest real CT source's 0.5 % quantile] at 256 px.
-MAX_TWO_TONE = 0.93  # [text PNG 0.99+, masked-normal lungs-on-black <= ~0.9]
 MAX_FLAT_SHARE = 0.6  # [drawings, charts >= 0.69; img512 <= 0.49]
 MIN_DETAIL = 0.045  # [projections, smoothed noise <= 0.032; real >= 0.064 (mosmed)]
 MIN_INTERIOR_DETAIL = 0.006  # [smooth-noise drawing <= 0.004; lung-masks (smoothed) >= 0.010]
@@ -290,8 +293,6 @@ def image_verdict(image: Gray8, colour: float = 0.0) -> Verdict:
 
 def _texture_refusal(texture: dict[str, float]) -> str:
     """Why the image lacks CT texture (see services.preprocess.ct_texture), or ''."""
-    if texture["two_tone"] > MAX_TWO_TONE:
-        return "almost only two grey levels (text, line art or a mask), not a CT scan"
     if texture["flat_share"] > MAX_FLAT_SHARE:
         share = texture["flat_share"]
         return f"{share:.0%} of the image is flat grey (a drawing, chart or screenshot), not CT"
