@@ -18,11 +18,15 @@ or re-encoded. Evidence, in order:
    (−200…+200 HU), not noise, and a lung field (air-density region inside the body) in at
    least :data:`MIN_LUNG_SLICE_SHARE` of the slices (at least one for short stacks).
 3. **Image profile** (PNG/JPEG, 8-bit grey of unknown windowing): not noise (low
-   high-frequency energy) and a lung field: a dark region of the foreground, enclosed by
-   brighter tissue rather than running into the image border, covering at least
-   :data:`MIN_FIELD_SHARE` of the foreground, and not cut into strips (a radiograph's lung
-   fields are crossed by ribs; a CT's are not). Uniform black surroundings (a round field of
-   view, screenshot padding, lungs masked out of the body) are left out as background first.
+   high-frequency energy), CT texture (:mod:`services.preprocess.ct_texture`: not flat like a
+   drawing or chart, pixel noise or fine structure like no smoothed noise or projection,
+   detail inside regions and not only along outlines; also required of DICOM/NIfTI stacks
+   of fewer than :data:`MIN_STACK_FOR_LUNG` slices) and a lung field: a dark region of the
+   foreground, enclosed by brighter tissue rather than running into the image border,
+   covering at least :data:`MIN_FIELD_SHARE` of the foreground, and not cut into strips (a
+   radiograph's lung fields are crossed by ribs; a CT's are not). Uniform black surroundings
+   (a round field of view, screenshot padding, lungs masked out of the body) are left out as
+   background first.
 
 Images smaller than :data:`MIN_JUDGED_SIDE` pixels are not judged (too little to tell; the
 readers' unit tests use such thumbnails). Image sets and volumes are refused only when most
@@ -40,6 +44,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from services.common.errors import ErrorCode, StudyError
+from services.preprocess.ct_texture import texture_features
 from services.preprocess.types import Gray8, Study
 
 MIN_JUDGED_SIDE = 64
@@ -56,6 +61,15 @@ MIN_LUNG_SLICE_SHARE = 0.2  # of the slices of a stack of >= MIN_STACK_FOR_LUNG 
 MIN_STACK_FOR_LUNG = 5
 MIN_SKULL_COVERAGE = 0.75  # directions with bone near the outline; heads 0.86-1, chests <= 0.38
 MAX_FAILING_IMAGE_SHARE = 0.5  # image sets: refused when more than this share fails
+# CT texture (services.preprocess.ct_texture), issue 18: drawings, smoothed noise, projections,
+# text and charts. Chosen on the generated non-CT kinds (tests/support/nonct.py) with a margin
+# to the real sets (services/training/ct_gate_eval.py prints both); values in brackets are
+# [highest generated non-CT that must fail, lowest real CT source's 0.5 % quantile] at 256 px.
+MAX_FLAT_SHARE = 0.6  # [drawings, charts >= 0.69; img512 <= 0.49]
+MIN_DETAIL = 0.045  # [projections, smoothed noise <= 0.032; real >= 0.064 (mosmed)]
+MIN_INTERIOR_DETAIL = 0.006  # [smooth-noise drawing <= 0.004; lung-masks (smoothed) >= 0.010]
+MIN_DETAIL_RANGE = 40.0  # grey range below which detail is not judged (faint img512 exports
+# have ranges from ~20; every generated smooth kind spans >= 90 levels)
 
 _NOT_CHEST = re.compile(
     r"\b(head|brain|skull|cranial|cranium|neuro|sinus(es)?|orbits?|face|facial|dental|teeth|"
@@ -153,7 +167,13 @@ def _hu_verdict(hu: NDArray[np.int16], header_says_chest: bool) -> Verdict:
         return Verdict(False, "a bone ring encloses the body: a head CT", details)
     if n < MIN_STACK_FOR_LUNG:
         # One slice (or a few) in HU is CT, but not necessarily at lung level: the
-        # COVID-19-NY-SBU "chest" slices include an upper-abdomen one without lung.
+        # COVID-19-NY-SBU "chest" slices include an upper-abdomen one without lung. What a
+        # short stack must show is CT texture: a drawing saved as DICOM/NIfTI in HU has the
+        # right densities but flat or smooth regions (the image rules, lung window).
+        refusals = [_texture_refusal(texture_features(_to_work(window_to_uint8(s)))) for s in hu]
+        failing = [r for r in refusals if r]
+        if len(failing) > MAX_FAILING_IMAGE_SHARE * n:
+            return Verdict(False, failing[0], details)
         return Verdict(True, "short stack: CT by its HU profile", details)
     with_lung = sum(
         _lung_share(s, b) >= MIN_BODY_LUNG_SHARE for s, b in zip(sample, bodies, strict=True)
@@ -255,6 +275,11 @@ def image_verdict(image: Gray8, colour: float = 0.0) -> Verdict:
         return Verdict(
             False, f"the image looks like noise (high-frequency energy {hf:.2f})", details
         )
+    texture = texture_features(work)
+    details.update(texture)
+    refusal = _texture_refusal(texture)
+    if refusal:
+        return Verdict(False, refusal, details)
     field = lung_field(work)
     details.update(field)
     if field["share"] < MIN_FIELD_SHARE:
@@ -264,6 +289,20 @@ def image_verdict(image: Gray8, colour: float = 0.0) -> Verdict:
             False, f"the dark field is cut into {field['regions']} strips (radiograph?)", details
         )
     return Verdict(True, "", details)
+
+
+def _texture_refusal(texture: dict[str, float]) -> str:
+    """Why the image lacks CT texture (see services.preprocess.ct_texture), or ''."""
+    if texture["flat_share"] > MAX_FLAT_SHARE:
+        share = texture["flat_share"]
+        return f"{share:.0%} of the image is flat grey (a drawing, chart or screenshot), not CT"
+    if texture["grey_range"] < MIN_DETAIL_RANGE:
+        return ""  # too faint for an absolute detail step: judged by the lung field alone
+    if texture["detail"] < MIN_DETAIL:
+        return "no noise or fine structure anywhere (smoothed noise or a projection), not CT"
+    if texture["interior_detail"] < MIN_INTERIOR_DETAIL:
+        return "fine detail only along outlines, smooth inside (a drawing), not a CT scan"
+    return ""
 
 
 def _to_work(image: Gray8) -> Gray8:
