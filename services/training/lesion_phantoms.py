@@ -133,7 +133,14 @@ def _pick_centre(
         ok = (depth > 0.4 * radius) & (depth < 0.8 * radius)
     elif kind == "subpleural_consolidation":
         ok = (depth > 0.3 * radius) & (depth < 0.6 * radius)
-        ok &= zz < z0 + 0.5 * (z1 - z0)  # dependent, lower half
+        ok &= zz < z0 + 0.5 * (z1 - z0)  # lower half
+        # Against the chest wall (posterior-lateral), not the heart or the diaphragm.
+        rows = np.arange(y)[None, :, None]
+        cols = np.arange(x)[None, None, :]
+        ys = np.flatnonzero(lungs.any(axis=(0, 2)))
+        xs = np.flatnonzero(lungs.any(axis=(0, 1)))
+        ok &= rows > ys[0] + 0.55 * (ys[-1] - ys[0])
+        ok &= np.abs(cols - (xs[0] + xs[-1]) / 2.0) > 0.25 * (xs[-1] - xs[0])
     elif kind == "hilar_ggo":
         # Central: near the lung's medial surface at mid height, near the lung's middle row.
         cols = np.arange(x)[None, None, :]
