@@ -346,6 +346,8 @@ def _grounded(
     lung below them within a few cm.
     """
     dense = work >= air_hu
+    if work.shape[0] < 3:  # a slab (or one slice) has no "below" to stand on
+        return np.zeros(work.shape, bool)
     run = np.zeros(work.shape, np.int32)
     run[0] = dense[0]
     for k in range(1, work.shape[0]):
@@ -471,7 +473,9 @@ def _lesions(
     if tubes.any() and cfg.rim_mm > 0:
         near = ndimage.distance_transform_edt(~tubes, sampling=spacing) <= cfg.rim_mm
         structures = tubes | (near & candidate)
-    seeds = _drop_small(_open(candidate & ~structures, cfg.open_mm, spacing), cfg.min_lesion_ml, spacing)
+    seeds = _drop_small(
+        _open(candidate & ~structures, cfg.open_mm, spacing), cfg.min_lesion_ml, spacing
+    )
     if not seeds.any():
         return np.zeros(lung.shape, bool), np.zeros(lung.shape, bool)
     # Grow the opacities back by grow_mm: over the vessels and septa that run through them
@@ -514,10 +518,13 @@ def _tubes(
     dec_bg = [max(1, int(cfg.background_mm / s / 1.5)) for s in spacing]
     coarse = vol[:: dec_bg[0], :: dec_bg[1], :: dec_bg[2]]
     bg = ndimage.gaussian_filter(
-        coarse, [cfg.background_mm / (s * d) for s, d in zip(spacing, dec_bg, strict=True)],
+        coarse,
+        [cfg.background_mm / (s * d) for s, d in zip(spacing, dec_bg, strict=True)],
         truncate=2.5,
     )
-    in_air = bg[tuple(np.minimum(p // d, n - 1) for p, d, n in zip(points, dec_bg, bg.shape, strict=True))]
+    in_air = bg[
+        tuple(np.minimum(p // d, n - 1) for p, d, n in zip(points, dec_bg, bg.shape, strict=True))
+    ]
     points = tuple(p[in_air < cfg.tube_background_hu] for p in points)
     if points[0].size == 0:
         return found
@@ -575,10 +582,14 @@ def _close(
     ball = _ball(radius_mm, spacing)
     pad = [(r, r) for r in np.array(ball.shape) // 2]
     closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)
-    return np.asarray(closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape, strict=True))])
+    return np.asarray(
+        closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape, strict=True))]
+    )
 
 
-def _drop_small(mask: NDArray[np.bool_], min_ml: float, spacing: tuple[float, float, float]) -> NDArray[np.bool_]:
+def _drop_small(
+    mask: NDArray[np.bool_], min_ml: float, spacing: tuple[float, float, float]
+) -> NDArray[np.bool_]:
     if not mask.any():
         return mask
     labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 2))
@@ -586,4 +597,3 @@ def _drop_small(mask: NDArray[np.bool_], min_ml: float, spacing: tuple[float, fl
     keep = sizes >= min_ml
     keep[0] = False
     return np.asarray(keep[labels])
-

@@ -98,7 +98,10 @@ def _blob(
         for c, h, n in zip(centre, half, shape, strict=True)
     )
     grids = np.meshgrid(
-        *[(np.arange(b.start, b.stop) - c) * s for b, c, s in zip(box, centre, spacing, strict=True)],
+        *[
+            (np.arange(b.start, b.stop) - c) * s
+            for b, c, s in zip(box, centre, spacing, strict=True)
+        ],
         indexing="ij",
     )
     axes = radius_mm * rng.uniform(0.7, 1.3, 3)
@@ -110,7 +113,9 @@ def _blob(
     return soft.astype(np.float32), (box[0], box[1], box[2])
 
 
-def _lung_distance(lungs: NDArray[np.bool_], spacing: tuple[float, float, float]) -> NDArray[np.float32]:
+def _lung_distance(
+    lungs: NDArray[np.bool_], spacing: tuple[float, float, float]
+) -> NDArray[np.float32]:
     return ndimage.distance_transform_edt(lungs, sampling=spacing).astype(np.float32)
 
 
@@ -196,7 +201,9 @@ def insert_lesions(
         labels[box][region] = i + 1
         classes[box][region] = 2 if kind == "subpleural_consolidation" else 1
         # Keep later lesions apart (a margin of one radius).
-        grown = ndimage.binary_dilation(region, iterations=max(1, int(RADIUS_MM[kind] / spacing[1])))
+        grown = ndimage.binary_dilation(
+            region, iterations=max(1, int(RADIUS_MM[kind] / spacing[1]))
+        )
         taken[box] |= grown
     alpha[air_paths] = 0.0
     out = hu.astype(np.float32)
@@ -215,7 +222,9 @@ def _septal_net(
     shape: tuple[int, ...], spacing: tuple[float, float, float], rng: np.random.Generator
 ) -> NDArray[np.float32]:
     """1 on a 3-D net of thin walls (interlobular septa, ~6 mm cells), 0 elsewhere."""
-    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    grids = np.meshgrid(
+        *[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
+    )
     net = np.zeros(shape, bool)
     for _ in range(3):
         direction = rng.normal(size=3)
@@ -282,7 +291,9 @@ def apply_kernel(
     if kernel == "none":
         return hu
     if kernel == "soft":
-        return ndimage.gaussian_filter(hu, [0, SOFT_SIGMA_MM / spacing[1], SOFT_SIGMA_MM / spacing[2]])
+        return ndimage.gaussian_filter(
+            hu, [0, SOFT_SIGMA_MM / spacing[1], SOFT_SIGMA_MM / spacing[2]]
+        )
     if kernel == "sharp":
         rng = np.random.default_rng(seed)
         white = rng.standard_normal(hu.shape).astype(np.float32)
