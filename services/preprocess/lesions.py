@@ -287,8 +287,12 @@ def _lungs(
     if count:
         border = np.unique(
             np.concatenate(
-                [labels[:, 0, :].ravel(), labels[:, -1, :].ravel()]
-                + [labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+                [
+                    labels[:, 0, :].ravel(),
+                    labels[:, -1, :].ravel(),
+                    labels[:, :, 0].ravel(),
+                    labels[:, :, -1].ravel(),
+                ]
             )
         )
         outside = np.isin(labels, border[border > 0])
@@ -389,10 +393,7 @@ def _split_sides(
 ) -> NDArray[np.uint8]:
     """Label 1 the lung on the image's left, 2 the one on the image's right."""
     out = np.zeros(lung.shape, np.uint8)
-    if big.size == 2:
-        parts = [labels == big[0], labels == big[1]]
-    else:
-        parts = _split_fused(lung, spacing)
+    parts = [labels == big[0], labels == big[1]] if big.size == 2 else _split_fused(lung, spacing)
     if len(parts) == 1:
         # One lung only (or could not split): side by the body midline.
         cols = np.flatnonzero(lung.any(axis=(0, 1)))
@@ -592,7 +593,7 @@ def _drop_small(
 ) -> NDArray[np.bool_]:
     if not mask.any():
         return mask
-    labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 2))
+    labels, _count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 2))
     sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0)
     keep = sizes >= min_ml
     keep[0] = False

@@ -270,7 +270,7 @@ def resample_slices(
     n = volume.shape[0]
     extent = n * source_mm
     m = max(1, int(extent // target_mm))
-    out = np.zeros((m,) + volume.shape[1:], np.float32)
+    out = np.zeros((m, *volume.shape[1:]), np.float32)
     for j in range(m):
         a, b = j * target_mm, (j + 1) * target_mm
         i0, i1 = int(a // source_mm), min(n - 1, int(np.ceil(b / source_mm)) - 1)
