@@ -130,7 +130,9 @@ class LesionConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown lesion config keys: {sorted(unknown)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        kwargs: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in values.items()
+        }
         return cls(**kwargs)
 
     def to_mapping(self) -> dict[str, Any]:

@@ -249,11 +249,12 @@ def run_masks2d(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
     cfg2d = LesionConfig.from_mapping({**config.to_mapping(), "min_lung_ml": 20.0})
     dices, skipped = [], 0
     for row in rows:
-        image = cv2.imread(str(root / row["file"]), cv2.IMREAD_GRAYSCALE)
+        grey = cv2.imread(str(root / row["file"]), cv2.IMREAD_GRAYSCALE)
         truth = cv2.imread(str(root / row["mask"]), cv2.IMREAD_GRAYSCALE)
-        if image is None or truth is None:
+        if grey is None or truth is None:
             skipped += 1
             continue
+        image = np.asarray(grey, np.uint8)
         lung = lung_mask_2d(image)
         anchors = estimate_anchors(image, lung)
         if anchors is None or not anchors.ok():

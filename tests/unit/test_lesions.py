@@ -86,7 +86,7 @@ def test_vessels_are_not_lesions() -> None:
     for cy, cx, r in ((110, 70, 2.5), (140, 90, 3.5), (120, 60, 2.5)):
         vessels[:] |= ((yy - cy) * SPACING[1]) ** 2 + ((xx - cx) * SPACING[2]) ** 2 <= r**2
     for k in z:
-        cx = 160 + k  # oblique in the image-right lung
+        cx = 160 + int(k)  # oblique in the image-right lung
         vessels[k] |= ((yy - 125) * SPACING[1]) ** 2 + ((xx - cx) * SPACING[2]) ** 2 <= 3.0**2
     vessels &= truth
     hu = np.where(vessels, 40, hu).astype(np.int16)
@@ -106,7 +106,7 @@ def test_dense_juxtapleural_lesion_stays_in_the_lung() -> None:
 
 def test_bad_input_is_rejected() -> None:
     with pytest.raises(ValueError):
-        segment_lesions(np.zeros((4, 4), np.int16), SPACING)  # type: ignore[arg-type]
+        segment_lesions(np.zeros((4, 4), np.int16), SPACING)
     with pytest.raises(ValueError):
         segment_lesions(np.zeros((4, 4, 4), np.int16), (0.0, 1.0, 1.0))
 
