@@ -245,7 +245,11 @@ def run_masks2d(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
     with (root / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     # One slice: no 3-D lung size to go by; 10 mm slab so a 100 cm2 lung holds 100 mL.
-    cfg2d = LesionConfig.from_mapping({**config.to_mapping(), "min_lung_ml": 20.0})
+    # The 3-D tube test is meaningless on one slice (no z curvature: every in-plane blob looks
+    # like a tube along z), so it is switched off here; the opening still removes vessels.
+    cfg2d = LesionConfig.from_mapping(
+        {**config.to_mapping(), "min_lung_ml": 20.0, "tube_strength_hu": 1e9}
+    )
     dices, skipped = [], 0
     for row in rows:
         grey = cv2.imread(str(root / row["file"]), cv2.IMREAD_GRAYSCALE)
