@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from typing import Any
 
-ZONE_ORDER = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle", "left_lower")
+ZONE_ORDER = (
+    "right_upper",
+    "right_middle",
+    "right_lower",
+    "left_upper",
+    "left_middle",
+    "left_lower",
+)
 
 
 def findings_lines(findings: dict[str, Any] | None) -> list[str]:
@@ -18,11 +25,13 @@ def findings_lines(findings: dict[str, Any] | None) -> list[str]:
     if findings.get("category"):
         lines.append(f"category: {findings['category']}")
     if findings.get("opacity_percent") is not None:
+        lesion_ml = float(findings.get("lesion_volume_ml") or 0.0)
+        lung_ml = float(findings.get("lung_volume_ml") or 0.0)
         lines.append(
             f"opacity {findings['opacity_percent']:.1f} % of the lungs "
             f"(high opacity {findings.get('high_opacity_percent', 0.0):.1f} %), lesions "
-            f"{findings.get('lesion_volume_ml', 0.0):.0f} mL of {findings.get('lung_volume_ml', 0.0):.0f}"
-            f" mL lung, severity {findings.get('severity_score', 0)}/24"
+            f"{lesion_ml:.0f} mL of {lung_ml:.0f} mL lung, "
+            f"severity {findings.get('severity_score', 0)}/24"
         )
         zones = findings.get("zone_opacity_percent") or {}
         if zones:

@@ -8,26 +8,27 @@ lesion masks' measurements (``PreparedStudy.lesion_findings``, written by
 * **atypical** (RSNA, Simpson et al. 2020): a lung mass (≥ 3 cm) or cavitation, always (a mass
   is not COVID-19 whatever surrounds it); otherwise, when the typical distribution is absent,
   lobar/segmental consolidation without ground glass or multiple centrilobular nodules;
-* **typical**: bilateral, multifocal opacities with ground glass (at least
-  ``min_ggo_fraction`` of the lesion volume) and the COVID-19 distribution: peripheral
-  predominance or lower-zone predominance;
+* **typical**: bilateral, peripheral-predominant, multifocal opacities with ground glass (at
+  least ``min_ggo_fraction`` of the lesion volume); lower-zone predominance is reported as
+  support, not required (RSNA's definition does not require it);
 * **negative**: no lung zone with ``involved_percent`` opacity and none of the above;
 * **indeterminate**: opacities without those features (unilateral, central, diffuse).
 
 P(COVID) is the v2 computation unchanged: prior odds × the published likelihood ratio of the
 category (Som et al. 2020; :data:`~services.ensemble.series_verdict.PUBLISHED_LIKELIHOOD_RATIOS`).
 ``label`` stays binary (P(COVID) ≥ threshold). The three-way ``category`` (the COVID-CT-MD
-classes COVID / CAP / Normal) is:
+classes COVID / CAP / Normal) decides first whether there is pneumonia, then its cause:
 
-=============  =============================================================
-pattern        category
-=============  =============================================================
-typical        ``covid`` (``indeterminate`` when P(COVID) < threshold: weak)
-atypical       ``other_pneumonia`` (pneumonia of another cause, or a mass /
-               nodules to work up: ``findings.mass``, ``nodules`` say which)
-negative       ``no_pneumonia``
-indeterminate  ``indeterminate`` (opacities, but the pattern does not decide)
-=============  =============================================================
+* pattern negative → ``no_pneumonia``;
+* a mass, cavitation, centrilobular nodules or lobar consolidation (atypical) →
+  ``other_pneumonia`` (pneumonia of another cause, or a lesion to work up: ``findings.mass``,
+  ``nodules``, ``cavitation`` say which);
+* opacities below ``weak_opacity_percent`` of the lungs (near the segmenter's false-positive
+  floor), or P(COVID) within ``abstain_margin`` of the threshold → ``indeterminate``
+  (the evidence is weak);
+* otherwise by P(COVID): ``covid`` at or above the threshold (the typical pattern at the
+  default prior), ``other_pneumonia`` below it (the RSNA-indeterminate pattern: opacities
+  2:1 against COVID-19 at a prior of 0.5).
 """
 
 from __future__ import annotations
@@ -41,7 +42,14 @@ from typing import Any
 
 from services.ensemble.series_verdict import PUBLISHED_LIKELIHOOD_RATIOS, Pattern
 
-ZONE_NAMES = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle", "left_lower")
+ZONE_NAMES = (
+    "right_upper",
+    "right_middle",
+    "right_lower",
+    "left_upper",
+    "left_middle",
+    "left_lower",
+)
 
 
 class Category(StrEnum):
@@ -49,14 +57,6 @@ class Category(StrEnum):
     OTHER_PNEUMONIA = "other_pneumonia"
     NO_PNEUMONIA = "no_pneumonia"
     INDETERMINATE = "indeterminate"
-
-
-CATEGORY_OF_PATTERN = {
-    Pattern.TYPICAL: Category.COVID,
-    Pattern.ATYPICAL: Category.OTHER_PNEUMONIA,
-    Pattern.NEGATIVE: Category.NO_PNEUMONIA,
-    Pattern.INDETERMINATE: Category.INDETERMINATE,
-}
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,10 @@ class LesionVerdictConfig:
     min_ggo_fraction: float = 1.0 / 3.0  # "ground glass with or without consolidation"
     peripheral_ratio: float = 1.0  # peripheral/central opacity ratio above this: peripheral
     lower_zone_fraction: float = 0.5  # over half the lesion volume in the lower zones
+    # Category: less opacity than this (% of lung) is too little to name a cause; the
+    # segmenter's false-positive target on a normal series is 0.3 % (issue 16).
+    weak_opacity_percent: float = 0.5
+    abstain_margin: float = 0.1  # P(COVID) this close to the threshold: indeterminate
     prior_covid: float = 0.5  # pre-test probability; set it to the local prevalence
     threshold: float = 0.5  # P(COVID) at or above this is labelled COVID
     likelihood_ratios: dict[str, float] = field(
@@ -83,6 +87,8 @@ class LesionVerdictConfig:
             raise ValueError("threshold must lie strictly between 0 and 1")
         if not 0.0 <= self.min_ggo_fraction <= 1.0 or not 0.0 <= self.lower_zone_fraction <= 1.0:
             raise ValueError("min_ggo_fraction and lower_zone_fraction are fractions 0..1")
+        if not 0.0 <= self.abstain_margin < 0.5 or self.weak_opacity_percent < 0:
+            raise ValueError("abstain_margin must lie in [0, 0.5), weak_opacity_percent >= 0")
         if self.involved_percent <= 0 or self.min_involved_zones < 1 or self.min_lung_slices < 1:
             raise ValueError("involved_percent, min_involved_zones, min_lung_slices must be > 0")
         missing = {p.value for p in Pattern} - set(self.likelihood_ratios)
@@ -116,9 +122,11 @@ def classify(findings: Mapping[str, Any], config: LesionVerdictConfig) -> tuple[
     """The RSNA category of a series from its lesion measurements, and why, in words."""
     opacity = float(findings.get("opacity_percent", 0.0))
     ggo_fraction = float(findings.get("ggo_fraction", 0.0))
+    lesion_ml = float(findings.get("lesion_volume_ml", 0.0))
+    severity = int(findings.get("severity_score", 0))
     reasons = [
-        f"opacity {opacity:.1f} % of the lungs ({float(findings.get('lesion_volume_ml', 0)):.0f} "
-        f"mL, ground glass {ggo_fraction:.0%} of it), severity {findings.get('severity_score', 0)}/24"
+        f"opacity {opacity:.1f} % of the lungs ({lesion_ml:.0f} mL, ground glass "
+        f"{ggo_fraction:.0%} of it), severity {severity}/24"
     ]
     if findings.get("mass"):
         diameter = float(findings.get("mass_diameter_mm", 0.0))
@@ -142,7 +150,9 @@ def classify(findings: Mapping[str, Any], config: LesionVerdictConfig) -> tuple[
             *reasons,
             f"no lung zone has {config.involved_percent:g} % opacity or more",
         ]
-    reasons.append(f"{len(zones)} of 6 zones involved: {', '.join(z.replace('_', ' ') for z in zones)}")
+    reasons.append(
+        f"{len(zones)} of 6 zones involved: {', '.join(z.replace('_', ' ') for z in zones)}"
+    )
     bilateral = len(sides) == 2
     components = int(findings.get("lesion_components", 0))
     multifocal = len(zones) >= config.min_involved_zones or components >= config.min_components
@@ -155,11 +165,12 @@ def classify(findings: Mapping[str, Any], config: LesionVerdictConfig) -> tuple[
         f"peripheral/central opacity ratio {ratio:.2f}, {lower:.0%} of it in the lower zones, "
         f"{components} foci"
     )
-    if bilateral and multifocal and with_ggo and (peripheral or lower_zone):
-        where = " and ".join(
-            w for w, on in (("peripheral", peripheral), ("lower-zone", lower_zone)) if on
-        )
-        return Pattern.TYPICAL, [*reasons, f"bilateral, multifocal, {where} ground glass"]
+    if bilateral and multifocal and with_ggo and peripheral:
+        lower_words = ", lower-zone predominant" if lower_zone else ""
+        return Pattern.TYPICAL, [
+            *reasons,
+            f"bilateral, multifocal, peripheral ground glass{lower_words}",
+        ]
     if atypical:
         return Pattern.ATYPICAL, [*reasons, *atypical]
     missing = [
@@ -168,7 +179,7 @@ def classify(findings: Mapping[str, Any], config: LesionVerdictConfig) -> tuple[
             ("bilateral", bilateral),
             ("multifocal", multifocal),
             ("ground glass", with_ggo),
-            ("peripheral or lower-zone", peripheral or lower_zone),
+            ("peripheral", peripheral),
         )
         if not on
     ]
@@ -192,11 +203,41 @@ class LesionPatternVerdict:
         prior = self.config.prior_covid
         odds = prior / (1.0 - prior) * float(self.config.likelihood_ratios[pattern.value])
         p_covid = odds / (1.0 + odds)
-        category = CATEGORY_OF_PATTERN[pattern]
-        if category is Category.COVID and p_covid < self.config.threshold:
-            category = Category.INDETERMINATE
-            reasons = [*reasons, f"P(COVID) {p_covid:.2f} at prior {prior:g} is below the threshold"]
-        return LesionReading(pattern, category, reasons, p_covid)
+        category, why = self.category(pattern, findings, p_covid)
+        return LesionReading(pattern, category, [*reasons, why], p_covid)
+
+    def category(
+        self, pattern: Pattern, findings: Mapping[str, Any], p_covid: float
+    ) -> tuple[Category, str]:
+        """The three-way category (module docstring) and the reason for it, in words."""
+        config = self.config
+        if pattern is Pattern.NEGATIVE:
+            return Category.NO_PNEUMONIA, "category no_pneumonia: no involved lung zone"
+        if pattern is Pattern.ATYPICAL:
+            return (
+                Category.OTHER_PNEUMONIA,
+                "category other_pneumonia: features atypical of COVID-19",
+            )
+        opacity = float(findings.get("opacity_percent", 0.0))
+        if opacity < config.weak_opacity_percent:
+            return Category.INDETERMINATE, (
+                f"category indeterminate: opacity {opacity:.2f} % is below "
+                f"{config.weak_opacity_percent:g} % of the lungs (weak evidence)"
+            )
+        if abs(p_covid - config.threshold) < config.abstain_margin:
+            return Category.INDETERMINATE, (
+                f"category indeterminate: P(COVID) {p_covid:.2f} is within "
+                f"{config.abstain_margin:g} of the threshold {config.threshold:g} (weak evidence)"
+            )
+        if p_covid >= config.threshold:
+            return (
+                Category.COVID,
+                f"category covid: P(COVID) {p_covid:.2f} at prior {config.prior_covid:g}",
+            )
+        return Category.OTHER_PNEUMONIA, (
+            f"category other_pneumonia: opacities, P(COVID) {p_covid:.2f} at prior "
+            f"{config.prior_covid:g}"
+        )
 
     @classmethod
     def load(cls, config_path: Path) -> LesionPatternVerdict:

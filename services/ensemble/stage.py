@@ -132,7 +132,10 @@ def verdict(
         threshold = ensemble.lesions.config.threshold
         return Verdict(
             label="COVID" if lesion_reading.p_covid >= threshold else "NonCOVID",
-            probabilities={"NonCOVID": 1.0 - lesion_reading.p_covid, "COVID": lesion_reading.p_covid},
+            probabilities={
+                "NonCOVID": 1.0 - lesion_reading.p_covid,
+                "COVID": lesion_reading.p_covid,
+            },
             model_versions=versions | {"verdict": LESION_PATTERN_KIND},
             # The lesion measurements replace the HU-range features: one source of numbers.
             findings=dict(lesion_findings)

@@ -162,10 +162,11 @@ def _components(
     }
     if count == 0:
         return out
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
-    solid = np.bincount(labels.ravel(), weights=consolidation.ravel(), minlength=count + 1)
+    # Counting over the lesion voxels only (~1 % of the volume) keeps this fast.
+    sizes = np.bincount(labels[lesion], minlength=count + 1)
+    solid = np.bincount(labels[consolidation & lesion], minlength=count + 1)
     min_voxels = MIN_COMPONENT_ML / voxel_ml
-    out["lesion_components"] = int((sizes[1:] >= min_voxels).sum())
+    out["lesion_components"] = np.count_nonzero(sizes[1:] >= min_voxels)
     out["largest_component_ml"] = round(float(sizes[1:].max()) * voxel_ml, 2)
     small_nodules = 0
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -222,14 +223,24 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
     if len(spacing) != 3 or min(spacing) <= 0:
         raise ValueError(f"spacing_mm must be three positive numbers, got {masks.spacing_mm}")
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    in_lung = lungs > 0
-    ggo = masks.ggo & in_lung
-    consolidation = masks.consolidation & in_lung & ~ggo
-    lesion = ggo | consolidation
     n = lungs.shape[0]
+    # Everything below is measured inside the lungs' in-plane bounding box (same numbers,
+    # a third of the voxels of a 512 x 512 series).
+    rows = np.flatnonzero(lungs.any(axis=(0, 2)))
+    cols = np.flatnonzero(lungs.any(axis=(0, 1)))
+    if rows.size:
+        box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        lungs, hu = lungs[box], hu[box]
+        ggo_in, cons_in = masks.ggo[box], masks.consolidation[box]
+    else:
+        ggo_in, cons_in = masks.ggo, masks.consolidation
+    in_lung = lungs > 0
+    ggo = ggo_in & in_lung
+    consolidation = cons_in & in_lung & ~ggo
+    lesion = ggo | consolidation
 
-    lung_n = int(in_lung.sum())
-    lesion_n = int(lesion.sum())
+    lung_n = np.count_nonzero(in_lung)
+    lesion_n = np.count_nonzero(lesion)
 
     def percent(part: int, whole: int) -> float:
         return round(100.0 * part / whole, 3) if whole else 0.0
@@ -243,23 +254,25 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
         "lung_slices": int(in_lung.reshape(n, -1).any(axis=1).sum()),
         "lung_volume_ml": ml(lung_n),
         "lesion_volume_ml": ml(lesion_n),
-        "ggo_volume_ml": ml(int(ggo.sum())),
-        "consolidation_volume_ml": ml(int(consolidation.sum())),
+        "ggo_volume_ml": ml(np.count_nonzero(ggo)),
+        "consolidation_volume_ml": ml(np.count_nonzero(consolidation)),
         "opacity_percent": percent(lesion_n, lung_n),
-        "high_opacity_percent": percent(int((lesion & (hu >= HIGH_OPACITY_HU)).sum()), lung_n),
-        "ggo_fraction": round(float(ggo.sum()) / lesion_n, 4) if lesion_n else 0.0,
+        "high_opacity_percent": percent(np.count_nonzero(lesion & (hu >= HIGH_OPACITY_HU)), lung_n),
+        "ggo_fraction": round(float(np.count_nonzero(ggo)) / lesion_n, 4) if lesion_n else 0.0,
     }
     levels = _level_map(lungs)
     zone_percent: dict[str, float] = {}
     for side, label in SIDES:
         side_lung = lungs == label
-        side_lung_n = int(side_lung.sum())
-        side_lesion_n = int((lesion & side_lung).sum())
+        side_lung_n = np.count_nonzero(side_lung)
+        side_lesion_n = np.count_nonzero(lesion & side_lung)
         out[f"opacity_percent_{side}"] = percent(side_lesion_n, side_lung_n)
         out[f"lesion_volume_ml_{side}"] = ml(side_lesion_n)
         for level_index, level in enumerate(LEVELS):
             zone = side_lung & (levels == level_index)
-            zone_percent[f"{side}_{level}"] = percent(int((lesion & zone).sum()), int(zone.sum()))
+            zone_percent[f"{side}_{level}"] = percent(
+                np.count_nonzero(lesion & zone), np.count_nonzero(zone)
+            )
     zone_severity = {zone: severity_band(p) for zone, p in zone_percent.items()}
     out["zone_opacity_percent"] = zone_percent
     out["zone_severity"] = zone_severity
@@ -271,14 +284,14 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
     out["bilateral"] = out["sides_involved"] == 2
 
     peripheral = _peripheral_map(lungs)
-    lesion_peripheral = int((lesion & peripheral).sum())
+    lesion_peripheral = np.count_nonzero(lesion & peripheral)
     lesion_central = lesion_n - lesion_peripheral
-    lung_peripheral = int(peripheral.sum())
+    lung_peripheral = np.count_nonzero(peripheral)
     out["peripheral_fraction"] = round(lesion_peripheral / lesion_n, 4) if lesion_n else 0.0
     share_p = lesion_peripheral / lung_peripheral if lung_peripheral else 0.0
     share_c = lesion_central / (lung_n - lung_peripheral) if lung_n > lung_peripheral else 0.0
     out["peripheral_central_ratio"] = round((share_p + _EPS) / (share_c + _EPS), 3)
-    lower = int((lesion & (levels == 2)).sum())
+    lower = np.count_nonzero(lesion & (levels == 2))
     out["lower_zone_fraction"] = round(lower / lesion_n, 4) if lesion_n else 0.0
 
     out |= _components(lesion, consolidation, hu, spacing)  # type: ignore[arg-type]
