@@ -85,6 +85,10 @@ ZONES = tuple(f"{side}_{level}" for side, _ in SIDES for level in LEVELS)
 _EPS = 1e-3
 
 
+def _count(mask: NDArray[np.bool_]) -> int:
+    return int(np.count_nonzero(mask))
+
+
 def severity_band(percent: float) -> int:
     """0–4 score of one zone's opacity percent (bands in the module docstring)."""
     if percent < NONE_BELOW_PERCENT:
@@ -166,7 +170,7 @@ def _components(
     sizes = np.bincount(labels[lesion], minlength=count + 1)
     solid = np.bincount(labels[consolidation & lesion], minlength=count + 1)
     min_voxels = MIN_COMPONENT_ML / voxel_ml
-    out["lesion_components"] = np.count_nonzero(sizes[1:] >= min_voxels)
+    out["lesion_components"] = _count(sizes[1:] >= min_voxels)
     out["largest_component_ml"] = round(float(sizes[1:].max()) * voxel_ml, 2)
     small_nodules = 0
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -239,8 +243,8 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
     consolidation = cons_in & in_lung & ~ggo
     lesion = ggo | consolidation
 
-    lung_n = np.count_nonzero(in_lung)
-    lesion_n = np.count_nonzero(lesion)
+    lung_n = _count(in_lung)
+    lesion_n = _count(lesion)
 
     def percent(part: int, whole: int) -> float:
         return round(100.0 * part / whole, 3) if whole else 0.0
@@ -254,25 +258,23 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
         "lung_slices": int(in_lung.reshape(n, -1).any(axis=1).sum()),
         "lung_volume_ml": ml(lung_n),
         "lesion_volume_ml": ml(lesion_n),
-        "ggo_volume_ml": ml(np.count_nonzero(ggo)),
-        "consolidation_volume_ml": ml(np.count_nonzero(consolidation)),
+        "ggo_volume_ml": ml(_count(ggo)),
+        "consolidation_volume_ml": ml(_count(consolidation)),
         "opacity_percent": percent(lesion_n, lung_n),
-        "high_opacity_percent": percent(np.count_nonzero(lesion & (hu >= HIGH_OPACITY_HU)), lung_n),
-        "ggo_fraction": round(float(np.count_nonzero(ggo)) / lesion_n, 4) if lesion_n else 0.0,
+        "high_opacity_percent": percent(_count(lesion & (hu >= HIGH_OPACITY_HU)), lung_n),
+        "ggo_fraction": round(float(_count(ggo)) / lesion_n, 4) if lesion_n else 0.0,
     }
     levels = _level_map(lungs)
     zone_percent: dict[str, float] = {}
     for side, label in SIDES:
         side_lung = lungs == label
-        side_lung_n = np.count_nonzero(side_lung)
-        side_lesion_n = np.count_nonzero(lesion & side_lung)
+        side_lung_n = _count(side_lung)
+        side_lesion_n = _count(lesion & side_lung)
         out[f"opacity_percent_{side}"] = percent(side_lesion_n, side_lung_n)
         out[f"lesion_volume_ml_{side}"] = ml(side_lesion_n)
         for level_index, level in enumerate(LEVELS):
             zone = side_lung & (levels == level_index)
-            zone_percent[f"{side}_{level}"] = percent(
-                np.count_nonzero(lesion & zone), np.count_nonzero(zone)
-            )
+            zone_percent[f"{side}_{level}"] = percent(_count(lesion & zone), _count(zone))
     zone_severity = {zone: severity_band(p) for zone, p in zone_percent.items()}
     out["zone_opacity_percent"] = zone_percent
     out["zone_severity"] = zone_severity
@@ -284,17 +286,17 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
     out["bilateral"] = out["sides_involved"] == 2
 
     peripheral = _peripheral_map(lungs)
-    lesion_peripheral = np.count_nonzero(lesion & peripheral)
+    lesion_peripheral = _count(lesion & peripheral)
     lesion_central = lesion_n - lesion_peripheral
-    lung_peripheral = np.count_nonzero(peripheral)
+    lung_peripheral = _count(peripheral)
     out["peripheral_fraction"] = round(lesion_peripheral / lesion_n, 4) if lesion_n else 0.0
     share_p = lesion_peripheral / lung_peripheral if lung_peripheral else 0.0
     share_c = lesion_central / (lung_n - lung_peripheral) if lung_n > lung_peripheral else 0.0
     out["peripheral_central_ratio"] = round((share_p + _EPS) / (share_c + _EPS), 3)
-    lower = np.count_nonzero(lesion & (levels == 2))
+    lower = _count(lesion & (levels == 2))
     out["lower_zone_fraction"] = round(lower / lesion_n, 4) if lesion_n else 0.0
 
-    out |= _components(lesion, consolidation, hu, spacing)  # type: ignore[arg-type]
+    out |= _components(lesion, consolidation, hu, spacing)
 
     lung_px = in_lung.reshape(n, -1).sum(axis=1)
     lesion_px = lesion.reshape(n, -1).sum(axis=1)
