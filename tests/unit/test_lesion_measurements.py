@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,9 @@ def test_volumes_percentages_and_high_opacity() -> None:
     assert len(out["slice_lesion_share"]) == Z
     assert out["slice_lesion_share"][10] == pytest.approx(100 / 6000, abs=1e-4)
     assert out["slice_lesion_share"][25] == 0.0
+    # Plain JSON types only: the dict goes into a JSON column and to other rooms as is.
+    assert json.loads(json.dumps(out)) == out
+    assert all(type(v) in (int, float, bool, list, dict) for v in out.values())
 
 
 def test_zones_are_thirds_of_each_lungs_own_extent_and_score_in_bands() -> None:
