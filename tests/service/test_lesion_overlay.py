@@ -77,7 +77,7 @@ def test_overlay_colours_lesions_and_leaves_the_rest_transparent(
     first = client.get(f"/v1/jobs/{job_id}/slices/0/lesions.png", headers=auth(alice))
     assert first.status_code == 200
     blank = cv2.imdecode(np.frombuffer(first.content, np.uint8), cv2.IMREAD_UNCHANGED)
-    assert blank[..., 3].max() == 0
+    assert blank is not None and blank[..., 3].max() == 0
 
 
 def test_slices_listing_says_which_overlays_exist(
