@@ -33,7 +33,8 @@ fissures and the partial-volume rims of all three fall in the −700…+100 HU r
 6. **Components** smaller than ``min_lesion_ml`` are dropped (noise, residual vessel stubs).
 7. **Holes put back**: vessels and septa running *through* an opacity belong to it (a
    radiologist's mask includes them): voxels removed in steps 4–5 that a closing of radius
-   ``fill_mm`` of the lesion covers are lesion again, with the class of the lesion around them.
+   ``grow_mm`` of a lesion seed (down to ``pv_margin_hu`` below the GGO range: the partial-volume
+   border) are lesion again, with the class of the nearest seed.
 
 Class: GGO where the smoothed HU is below ``consolidation_hu[0]``, consolidation otherwise.
 The masks are brought back to the input grid by repeating the working voxels.
@@ -83,9 +84,9 @@ class LesionConfig:
     # Smoothing before classifying density: the noise of a sharp kernel (SD 50-100 HU)
     # otherwise scatters GGO voxels across the range limits.
     smooth_mm: float = 1.0
-    # Ground glass -750..-300 HU (Colombi 2020 / Lanza 2020 poorly aerated -700..-300, widened
-    # to -750 for faint GGO: the smoothing has already removed the noise of aerated lung).
-    ggo_hu: tuple[float, float] = (-750.0, -300.0)
+    # Ground glass -700..-300 HU (Colombi 2020 / Lanza 2020 poorly aerated lung); normal
+    # dependent lung reaches -750, so a lower bound there fills the lung bases with "GGO".
+    ggo_hu: tuple[float, float] = (-700.0, -300.0)
     # Consolidation (non-aerated) -300..+100 HU; above +100 is calcification / contrast.
     consolidation_hu: tuple[float, float] = (-300.0, 100.0)
     # Hessian scales (Gaussian sigma): a cylinder of radius R answers best at sigma ~ R/sqrt(3);
@@ -97,8 +98,14 @@ class LesionConfig:
     # ... and scale-normalised |lambda2| * sigma^2 above this (HU): a vessel against lung gives
     # ~150-250, against ground glass ~100; noise and texture < 30.
     tube_strength_hu: float = 50.0
-    # Only dense voxels can be a vessel (vessel core ~ +40 HU, blurred by the smoothing).
-    tube_min_hu: float = -450.0
+    # Tubes are looked for among all candidate voxels: small vessels read as ground glass
+    # (-600..-400) once averaged into 1.25 mm voxels.
+    tube_min_hu: float = -700.0
+    # ... whose surroundings (Gaussian mean over background_mm) are aerated: a vessel of radius
+    # 2-5 mm in lung or GGO reads < -450; a voxel inside consolidation or against the chest
+    # wall reads > -300.
+    background_mm: float = 5.0
+    tube_background_hu: float = -350.0
     # Partial-volume rim of a tube: one working voxel around it.
     rim_mm: float = 1.5
     # Opening radius: fissures (< 1 mm), airway walls (1-2 mm), small vessels and pleural
@@ -106,8 +113,15 @@ class LesionConfig:
     open_mm: float = 2.0
     # Smallest lesion kept: 0.1 mL is a 5.8 mm sphere (smaller ones are nodules/noise).
     min_lesion_ml: float = 0.1
-    # Closing radius that puts vessels/septa running through an opacity back into it.
-    fill_mm: float = 2.5
+    # Growth of each opacity over what was removed inside it (a vessel of radius 1.5 mm plus
+    # its 1.5 mm rim) and out to its partial-volume border.
+    grow_mm: float = 3.0
+    # Growth reaches this far below the GGO range: a faint GGO at -600 HU in lung at -860 has
+    # its half-way (volume-defining) surface at -730.
+    pv_margin_hu: float = 60.0
+    # Consolidation thicker than 2 x 4 mm is kept whole (no tube search inside): only the
+    # lobar/hilar vessels are that thick, and they sit at the hilum, outside the lung mask.
+    thick_mm: float = 4.0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> LesionConfig:
@@ -273,8 +287,12 @@ def _lungs(
     if count:
         border = np.unique(
             np.concatenate(
-                [labels[:, 0, :].ravel(), labels[:, -1, :].ravel()]
-                + [labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]
+                [
+                    labels[:, 0, :].ravel(),
+                    labels[:, -1, :].ravel(),
+                    labels[:, :, 0].ravel(),
+                    labels[:, :, -1].ravel(),
+                ]
             )
         )
         outside = np.isin(labels, border[border > 0])
@@ -332,6 +350,8 @@ def _grounded(
     lung below them within a few cm.
     """
     dense = work >= air_hu
+    if work.shape[0] < 3:  # a slab (or one slice) has no "below" to stand on
+        return np.zeros(work.shape, bool)
     run = np.zeros(work.shape, np.int32)
     run[0] = dense[0]
     for k in range(1, work.shape[0]):
@@ -373,10 +393,7 @@ def _split_sides(
 ) -> NDArray[np.uint8]:
     """Label 1 the lung on the image's left, 2 the one on the image's right."""
     out = np.zeros(lung.shape, np.uint8)
-    if big.size == 2:
-        parts = [labels == big[0], labels == big[1]]
-    else:
-        parts = _split_fused(lung, spacing)
+    parts = [labels == big[0], labels == big[1]] if big.size == 2 else _split_fused(lung, spacing)
     if len(parts) == 1:
         # One lung only (or could not split): side by the body midline.
         cols = np.flatnonzero(lung.any(axis=(0, 1)))
@@ -448,30 +465,32 @@ def _lesions(
     lo, hi = cfg.ggo_hu[0], cfg.consolidation_hu[1]
     candidate = inside & (smooth >= lo) & (smooth <= hi)
 
-    tubes = _tubes(vol, candidate & (smooth >= cfg.tube_min_hu), spacing, cfg)
+    # Dense regions thicker than 2 x thick_mm (consolidation) are not searched for tubes: their
+    # air bronchograms and their edges against the chest wall curve like vessels do.
+    dense = inside & (smooth >= cfg.consolidation_hu[0]) & (smooth <= hi)
+    thick = _open(dense, cfg.thick_mm, spacing)
+    tubes = _tubes(vol, candidate & ~thick & (smooth >= cfg.tube_min_hu), spacing, cfg)
     structures = tubes
     if tubes.any() and cfg.rim_mm > 0:
         near = ndimage.distance_transform_edt(~tubes, sampling=spacing) <= cfg.rim_mm
         structures = tubes | (near & candidate)
-    kept = candidate & ~structures
-    kept = _open(kept, cfg.open_mm, spacing)
-    kept = _drop_small(kept, cfg.min_lesion_ml, spacing)
-    if kept.any() and cfg.fill_mm > 0:
-        closed = _close(kept, cfg.fill_mm, spacing)
-        kept = kept | (closed & candidate & structures)
-        # Vessels running through: dense, but the class of the opacity around them.
+    seeds = _drop_small(
+        _open(candidate & ~structures, cfg.open_mm, spacing), cfg.min_lesion_ml, spacing
+    )
+    if not seeds.any():
+        return np.zeros(lung.shape, bool), np.zeros(lung.shape, bool)
+    # Grow the opacities back by grow_mm: over the vessels and septa that run through them
+    # (removed above as structures) and out to their partial-volume border, down to
+    # pv_margin_hu below the GGO range (the half-way surface of a faint GGO lies there).
+    dist, idx = ndimage.distance_transform_edt(~seeds, sampling=spacing, return_indices=True)
+    grown = inside & (dist <= cfg.grow_mm) & (smooth >= lo - cfg.pv_margin_hu) & (smooth <= hi)
+    kept = seeds | grown
     ggo = kept & (smooth < cfg.consolidation_hu[0])
+    # Voxels reached by growing (vessels inside GGO) take the class of their nearest seed.
+    seed_ggo = (seeds & ggo)[idx[0], idx[1], idx[2]]
+    added = kept & ~seeds
+    ggo = (ggo & ~added) | (added & seed_ggo)
     cons = kept & ~ggo
-    if cons.any() and ggo.any():
-        added = kept & structures & cons
-        if added.any():
-            _, idx = ndimage.distance_transform_edt(
-                ~(kept & ~structures), sampling=spacing, return_indices=True
-            )
-            own_ggo = (ggo & ~structures)[idx[0], idx[1], idx[2]]
-            relabel = added & own_ggo
-            ggo = ggo | relabel
-            cons = cons & ~relabel
     out_ggo = np.zeros(lung.shape, bool)
     out_cons = np.zeros(lung.shape, bool)
     out_ggo[box] = ggo & inside
@@ -495,6 +514,21 @@ def _tubes(
     if not where.any():
         return found
     points = np.nonzero(where)
+    # A vessel is a bright tube in aerated lung (or ground glass); inside a consolidation or
+    # against the chest wall the surroundings are dense and a curvature there is no vessel.
+    dec_bg = [max(1, int(cfg.background_mm / s / 1.5)) for s in spacing]
+    coarse = vol[:: dec_bg[0], :: dec_bg[1], :: dec_bg[2]]
+    bg = ndimage.gaussian_filter(
+        coarse,
+        [cfg.background_mm / (s * d) for s, d in zip(spacing, dec_bg, strict=True)],
+        truncate=2.5,
+    )
+    in_air = bg[
+        tuple(np.minimum(p // d, n - 1) for p, d, n in zip(points, dec_bg, bg.shape, strict=True))
+    ]
+    points = tuple(p[in_air < cfg.tube_background_hu] for p in points)
+    if points[0].size == 0:
+        return found
     for sigma_mm in cfg.tube_sigmas_mm:
         dec = [max(1, int(sigma_mm / s / 1.5)) for s in spacing]
         grid = vol[:: dec[0], :: dec[1], :: dec[2]] if max(dec) > 1 else vol
@@ -549,15 +583,18 @@ def _close(
     ball = _ball(radius_mm, spacing)
     pad = [(r, r) for r in np.array(ball.shape) // 2]
     closed = ndimage.binary_closing(np.pad(mask, pad), structure=ball)
-    return np.asarray(closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape, strict=True))])
+    return np.asarray(
+        closed[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape, strict=True))]
+    )
 
 
-def _drop_small(mask: NDArray[np.bool_], min_ml: float, spacing: tuple[float, float, float]) -> NDArray[np.bool_]:
+def _drop_small(
+    mask: NDArray[np.bool_], min_ml: float, spacing: tuple[float, float, float]
+) -> NDArray[np.bool_]:
     if not mask.any():
         return mask
-    labels, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 2))
+    labels, _count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 2))
     sizes = np.bincount(labels.ravel()) * (float(np.prod(spacing)) / 1000.0)
     keep = sizes >= min_ml
     keep[0] = False
     return np.asarray(keep[labels])
-

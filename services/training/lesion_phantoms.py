@@ -98,7 +98,10 @@ def _blob(
         for c, h, n in zip(centre, half, shape, strict=True)
     )
     grids = np.meshgrid(
-        *[(np.arange(b.start, b.stop) - c) * s for b, c, s in zip(box, centre, spacing, strict=True)],
+        *[
+            (np.arange(b.start, b.stop) - c) * s
+            for b, c, s in zip(box, centre, spacing, strict=True)
+        ],
         indexing="ij",
     )
     axes = radius_mm * rng.uniform(0.7, 1.3, 3)
@@ -110,7 +113,9 @@ def _blob(
     return soft.astype(np.float32), (box[0], box[1], box[2])
 
 
-def _lung_distance(lungs: NDArray[np.bool_], spacing: tuple[float, float, float]) -> NDArray[np.float32]:
+def _lung_distance(
+    lungs: NDArray[np.bool_], spacing: tuple[float, float, float]
+) -> NDArray[np.float32]:
     return ndimage.distance_transform_edt(lungs, sampling=spacing).astype(np.float32)
 
 
@@ -133,7 +138,14 @@ def _pick_centre(
         ok = (depth > 0.4 * radius) & (depth < 0.8 * radius)
     elif kind == "subpleural_consolidation":
         ok = (depth > 0.3 * radius) & (depth < 0.6 * radius)
-        ok &= zz < z0 + 0.5 * (z1 - z0)  # dependent, lower half
+        ok &= zz < z0 + 0.5 * (z1 - z0)  # lower half
+        # Against the chest wall (posterior-lateral), not the heart or the diaphragm.
+        rows = np.arange(y)[None, :, None]
+        cols = np.arange(x)[None, None, :]
+        ys = np.flatnonzero(lungs.any(axis=(0, 2)))
+        xs = np.flatnonzero(lungs.any(axis=(0, 1)))
+        ok &= rows > ys[0] + 0.55 * (ys[-1] - ys[0])
+        ok &= np.abs(cols - (xs[0] + xs[-1]) / 2.0) > 0.25 * (xs[-1] - xs[0])
     elif kind == "hilar_ggo":
         # Central: near the lung's medial surface at mid height, near the lung's middle row.
         cols = np.arange(x)[None, None, :]
@@ -189,7 +201,9 @@ def insert_lesions(
         labels[box][region] = i + 1
         classes[box][region] = 2 if kind == "subpleural_consolidation" else 1
         # Keep later lesions apart (a margin of one radius).
-        grown = ndimage.binary_dilation(region, iterations=max(1, int(RADIUS_MM[kind] / spacing[1])))
+        grown = ndimage.binary_dilation(
+            region, iterations=max(1, int(RADIUS_MM[kind] / spacing[1]))
+        )
         taken[box] |= grown
     alpha[air_paths] = 0.0
     out = hu.astype(np.float32)
@@ -208,7 +222,9 @@ def _septal_net(
     shape: tuple[int, ...], spacing: tuple[float, float, float], rng: np.random.Generator
 ) -> NDArray[np.float32]:
     """1 on a 3-D net of thin walls (interlobular septa, ~6 mm cells), 0 elsewhere."""
-    grids = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij")
+    grids = np.meshgrid(
+        *[np.arange(n) * s for n, s in zip(shape, spacing, strict=True)], indexing="ij"
+    )
     net = np.zeros(shape, bool)
     for _ in range(3):
         direction = rng.normal(size=3)
@@ -254,7 +270,7 @@ def resample_slices(
     n = volume.shape[0]
     extent = n * source_mm
     m = max(1, int(extent // target_mm))
-    out = np.zeros((m,) + volume.shape[1:], np.float32)
+    out = np.zeros((m, *volume.shape[1:]), np.float32)
     for j in range(m):
         a, b = j * target_mm, (j + 1) * target_mm
         i0, i1 = int(a // source_mm), min(n - 1, int(np.ceil(b / source_mm)) - 1)
@@ -275,7 +291,9 @@ def apply_kernel(
     if kernel == "none":
         return hu
     if kernel == "soft":
-        return ndimage.gaussian_filter(hu, [0, SOFT_SIGMA_MM / spacing[1], SOFT_SIGMA_MM / spacing[2]])
+        return ndimage.gaussian_filter(
+            hu, [0, SOFT_SIGMA_MM / spacing[1], SOFT_SIGMA_MM / spacing[2]]
+        )
     if kernel == "sharp":
         rng = np.random.default_rng(seed)
         white = rng.standard_normal(hu.shape).astype(np.float32)

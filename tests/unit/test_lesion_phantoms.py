@@ -1,0 +1,74 @@
+"""Phantom generator (services.training.lesion_phantoms): known volumes, resampling, DICOM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from services.common.config import get_settings
+from services.preprocess.readers import read_study
+from services.training.lesion_phantoms import (
+    acquire,
+    insert_lesions,
+    resample_slices,
+    write_dicom_series,
+)
+from tests.unit.synthetic import chest_phantom
+
+SPACING = (2.0, 1.25, 1.25)
+
+
+def _phantom():  # type: ignore[no-untyped-def]
+    hu, truth = chest_phantom(slices=40, size=256, seed=0)
+    lungs = np.where(truth, np.where(np.arange(256)[None, None, :] < 128, 1, 2), 0)
+    return hu, insert_lesions(
+        hu, lungs.astype(np.uint8), SPACING, kinds=("peripheral_ggo", "subpleural_consolidation")
+    )
+
+
+def test_lesions_change_hu_only_inside_and_keep_texture() -> None:
+    hu, ph = _phantom()
+    assert set(np.unique(ph.labels)) == {0, 1, 2}
+    changed = np.abs(ph.hu.astype(int) - hu) > 40
+    near = ph.labels > 0
+    # What changed lies in the lesions (plus their soft ~1 mm border and bronchograms).
+    assert (changed & ~near).sum() <= 0.25 * changed.sum()
+    ggo = ph.hu[ph.labels == 1]
+    assert -720 < np.median(ggo) < -450
+    cons = ph.hu[ph.labels == 2]
+    assert -150 < np.median(cons) < 80
+    assert ggo.std() > 20  # texture, not a flat fill
+    assert set(np.unique(ph.classes)) == {0, 1, 2}
+
+
+def test_slab_resampling_keeps_volume_and_mean() -> None:
+    vol = np.random.default_rng(0).normal(size=(40, 8, 8)).astype(np.float32)
+    thick = resample_slices(vol, 2.0, 5.0)
+    assert thick.shape[0] == 16
+    assert np.isclose(thick.mean(), vol.mean(), atol=1e-3)
+    block = np.zeros((40, 4, 4), np.float32)
+    block[10:20] = 1.0  # 20 mm
+    for t in (1.0, 2.5, 5.0):
+        assert np.isclose(resample_slices(block, 2.0, t).sum() * t, 20.0 * 16, rtol=0.01)
+
+
+def test_acquired_phantom_keeps_lesion_volume() -> None:
+    _, ph = _phantom()
+    v0 = (ph.labels > 0).sum() * np.prod(ph.spacing_mm)
+    for t, kernel in ((1.0, "sharp"), (5.0, "soft")):
+        seen = acquire(ph, t, kernel)
+        v = (seen.labels > 0).sum() * np.prod(seen.spacing_mm)
+        assert abs(v - v0) / v0 < 0.15
+        assert seen.spacing_mm[0] == t
+
+
+def test_dicom_round_trip_through_the_reader(tmp_path: Path) -> None:
+    _, ph = _phantom()
+    seen = acquire(ph, 5.0, "none")
+    folder = write_dicom_series(seen, tmp_path / "series")
+    assert (tmp_path / "series_truth.npz").is_file()
+    study = read_study(folder, get_settings(), check_plausibility=False)
+    assert study.hu is not None and study.spacing_mm is not None
+    assert np.array_equal(study.hu, seen.hu)
+    assert np.allclose(study.spacing_mm, seen.spacing_mm)

@@ -1,0 +1,116 @@
+"""Lesion segmenter (services.preprocess.lesions) on small synthetic chests, in HU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from services.preprocess.lesions import (
+    CONFIG_PATH,
+    LesionConfig,
+    default_config,
+    segment_lesions,
+)
+from tests.unit.synthetic import chest_phantom
+
+SPACING = (2.0, 1.25, 1.25)  # the working grid itself: no block averaging, fast
+
+
+def _chest(seed: int = 0) -> tuple[NDArray[np.int16], NDArray[np.bool_]]:
+    # 40 slices of 2 mm, 256 px of 1.25 mm: lungs ~ 150 x 90 mm wide.
+    return chest_phantom(slices=40, size=256, seed=seed)
+
+
+def _ball(
+    shape: tuple[int, ...], centre: tuple[int, int, int], radius_mm: float
+) -> NDArray[np.bool_]:
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    d2 = ((z - centre[0]) * SPACING[0]) ** 2 + ((y - centre[1]) * SPACING[1]) ** 2
+    d2 = d2 + ((x - centre[2]) * SPACING[2]) ** 2
+    return np.asarray(d2 <= radius_mm**2)
+
+
+def _dice(a: NDArray[np.bool_], b: NDArray[np.bool_]) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_config_file_equals_dataclass_defaults() -> None:
+    data = json.loads(Path(CONFIG_PATH).read_text())
+    assert LesionConfig.from_mapping(data["lesion_config"]) == LesionConfig()
+    assert default_config() == LesionConfig()
+
+
+def test_unknown_config_key_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown"):
+        LesionConfig.from_mapping({"no_such_threshold": 1})
+
+
+def test_lesion_free_chest_has_no_lesion_and_two_lungs() -> None:
+    hu, truth = _chest()
+    masks = segment_lesions(hu, SPACING)
+    assert masks.lesion.sum() <= 0.003 * truth.sum()
+    assert set(np.unique(masks.lungs)) == {0, 1, 2}
+    # Patient's right lung (1) is on the image's left in the radiological view.
+    cols_right = np.nonzero(masks.lungs == 1)[2].mean()
+    cols_left = np.nonzero(masks.lungs == 2)[2].mean()
+    assert cols_right < cols_left
+    assert _dice(masks.lungs > 0, truth) > 0.9
+    flipped = segment_lesions(hu, SPACING, patient_left_on_image_right=False)
+    assert np.nonzero(flipped.lungs == 1)[2].mean() > np.nonzero(flipped.lungs == 2)[2].mean()
+
+
+def test_ggo_blob_is_found_with_its_volume() -> None:
+    hu, _ = _chest(1)
+    blob = _ball(hu.shape, (20, 125, 80), 12.0)  # in the image-left lung, 7 mL
+    rng = np.random.default_rng(3)
+    # Alveolar filling: lung -850 -> about -580, texture kept.
+    lesion_hu = hu.astype(np.float32) + 0.3 * (40.0 - hu) + rng.normal(0, 15, hu.shape)
+    hu = np.where(blob, lesion_hu, hu).astype(np.int16)
+    masks = segment_lesions(hu, SPACING)
+    assert _dice(masks.lesion, blob) >= 0.8
+    assert (masks.ggo & blob).sum() > 0.9 * (masks.lesion & blob).sum()
+    assert not (masks.ggo & masks.consolidation).any()
+
+
+def test_vessels_are_not_lesions() -> None:
+    hu, truth = _chest(2)
+    z = np.arange(hu.shape[0])
+    # Three straight vessels (radius 2.5 and 3.5 mm, +40 HU) running along z through the lung
+    # on the image left, and one oblique one in the other lung.
+    yy, xx = np.mgrid[: hu.shape[1], : hu.shape[2]]
+    vessels = np.zeros(hu.shape, bool)
+    for cy, cx, r in ((110, 70, 2.5), (140, 90, 3.5), (120, 60, 2.5)):
+        vessels[:] |= ((yy - cy) * SPACING[1]) ** 2 + ((xx - cx) * SPACING[2]) ** 2 <= r**2
+    for k in z:
+        cx = 160 + k  # oblique in the image-right lung
+        vessels[k] |= ((yy - 125) * SPACING[1]) ** 2 + ((xx - cx) * SPACING[2]) ** 2 <= 3.0**2
+    vessels &= truth
+    hu = np.where(vessels, 40, hu).astype(np.int16)
+    masks = segment_lesions(hu, SPACING)
+    assert masks.lesion.sum() <= 0.1 * vessels.sum()
+
+
+def test_dense_juxtapleural_lesion_stays_in_the_lung() -> None:
+    hu, truth = _chest(4)
+    # Consolidation (+30 HU) against the lateral chest wall of the image-left lung.
+    blob = _ball(hu.shape, (18, 125, 48), 10.0) & truth
+    hu = np.where(blob, 30, hu).astype(np.int16)
+    masks = segment_lesions(hu, SPACING)
+    assert (masks.lungs[blob] > 0).mean() >= 0.8
+    assert (masks.consolidation & blob).sum() >= 0.7 * blob.sum()
+
+
+def test_bad_input_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        segment_lesions(np.zeros((4, 4), np.int16), SPACING)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        segment_lesions(np.zeros((4, 4, 4), np.int16), (0.0, 1.0, 1.0))
+
+
+def test_air_only_volume_gives_empty_masks() -> None:
+    masks = segment_lesions(np.full((5, 64, 64), -1000, np.int16), SPACING)
+    assert not masks.lesion.any() and not masks.lungs.any()
