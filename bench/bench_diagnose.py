@@ -36,7 +36,14 @@ def main() -> dict[str, float]:
         "preprocess": best_of(lambda: preprocess_path(series, settings, info), 2),
         "score": best_of(lambda: score_slices(prepared.inputs, scorer), 2),
         "ensemble": best_of(
-            lambda: verdict(scores.probabilities, prepared.lung_features, ensemble, "bench"), 2
+            lambda: verdict(
+                scores.probabilities,
+                prepared.lung_features,
+                ensemble,
+                "bench",
+                prepared.lesion_findings,
+            ),
+            2,
         ),
     }
     wall = best_of(lambda: diagnose_path(series), 2)

@@ -53,7 +53,7 @@ RUN set -eux; \
 FROM python AS app
 ARG VERSION=0.1.0
 ARG SLICE_MODEL_VERSION=v1.1
-ARG ENSEMBLE_MODEL_VERSION=v2
+ARG ENSEMBLE_MODEL_VERSION=v3
 LABEL org.opencontainers.image.title="covidct-app" \
       org.opencontainers.image.description="covidct gateway, Celery workers, migrations and CLI" \
       org.opencontainers.image.version="${VERSION}" \

@@ -27,7 +27,8 @@ class Diagnosis:
     slices_used: int
     slice_probabilities: list[float]  # P(COVID) of each used slice, in slice order
     model_versions: dict[str, str]
-    findings: dict[str, Any] | None = None  # HU lung findings (DICOM/NIfTI inputs)
+    # HU findings (DICOM/NIfTI inputs): lesion measurements, category and pattern under v3
+    findings: dict[str, Any] | None = None
     dropped: list[dict[str, Any]] = field(default_factory=list)
     series: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -56,7 +57,13 @@ def diagnose_path(path: Path) -> tuple[Diagnosis, PreparedStudy]:
     prep_done = time.perf_counter()
     scores = score_slices(prepared.inputs, scorer)
     score_done = time.perf_counter()
-    decided = verdict(scores.probabilities, prepared.lung_features, ensemble, scores.model_version)
+    decided = verdict(
+        scores.probabilities,
+        prepared.lung_features,
+        ensemble,
+        scores.model_version,
+        prepared.lesion_findings,
+    )
     return Diagnosis(
         label=decided.label,
         probabilities=decided.probabilities,

@@ -18,6 +18,7 @@ const STUDY = env('STUDY_ZIP');
 const EXPECTED_LABEL = env('EXPECTED_LABEL');
 const EXPECTED_P_COVID = Number(env('EXPECTED_P_COVID'));
 const EXPECTED_PATTERN = process.env.EXPECTED_PATTERN ?? '';
+const EXPECTED_CATEGORY = process.env.EXPECTED_CATEGORY ?? '';
 const STUDY_DIR = process.env.STUDY_DIR;
 const ARTIFACTS = process.env.ARTIFACT_DIR ?? 'test-results';
 const JOB_TIMEOUT_MS = Number(process.env.JOB_TIMEOUT_MS ?? 480_000);
@@ -154,6 +155,12 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   expect(Math.abs(pCovid - EXPECTED_P_COVID)).toBeLessThan(1e-3);
   // A whole-lung HU series shows the RSNA pattern it was read as (P002: typical).
   if (EXPECTED_PATTERN) await expect(page.getByTestId('ct-pattern')).toHaveText(EXPECTED_PATTERN);
+  // Ensemble v3: the category comes first, with the lesion measurements and the overlay switch.
+  if (EXPECTED_CATEGORY) {
+    await expect(page.getByTestId('category')).toHaveAttribute('data-category', EXPECTED_CATEGORY);
+    await expect(page.getByTestId('opacity')).toContainText('%');
+    await expect(page.getByTestId('lesion-legend')).toBeVisible();
+  }
   const slices = await (await api(page, KEY_A, 'GET', `/v1/jobs/${studyJobId}/slices`)).json();
   const kept = slices.slices.filter((s: { kept: boolean }) => s.kept).length;
   await expect(page.getByTestId('slice-plot')).toHaveAttribute('data-points', String(kept));

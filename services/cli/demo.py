@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.cli.findings_text import findings_lines
 from services.common.config import REPO_ROOT, get_settings
 
 DEMO_STUDY = REPO_ROOT / "demo" / "covid-ct-md-P002"
@@ -107,9 +108,8 @@ def main() -> int:
         f"slices used {result['slices_used']} of {result['slices_total']}; "
         f"models {result['model_versions']}"
     )
-    findings = result.get("findings") or {}
-    if findings.get("pattern"):
-        print(f"CT pattern (RSNA): {findings['pattern']}: {'; '.join(findings['pattern_reasons'])}")
+    for line in findings_lines(result.get("findings")):
+        print(line)
     print("the service stopped; `covidct diagnose PATH` gives the same verdict in one process")
     return 0
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 
+from services.cli.findings_text import findings_lines
 from services.common.config import get_settings
 from services.common.errors import StudyError
 
@@ -69,6 +70,8 @@ def diagnose(
     typer.echo(
         f"slices used {result.slices_used} of {result.slices_total}; models {result.model_versions}"
     )
+    for line in findings_lines(result.findings):
+        typer.echo(line)
     for p in body.get("heatmaps", []):
         typer.echo(f"heatmap {p}")
 

@@ -21,7 +21,7 @@ class Settings(BaseSettings):
     # Shipped, versioned model artefacts.
     models_dir: Path = REPO_ROOT / "models"
     slice_model_version: str = "v1.1"
-    ensemble_model_version: str = "v2"
+    ensemble_model_version: str = "v3"
 
     # Input limits: a hospital upload must never exhaust disk or memory.
     max_slices: int = 1000

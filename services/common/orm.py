@@ -129,6 +129,10 @@ class Job(Base):
     series: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     # Quantitative HU lung features (preprocess stage; DICOM/NIfTI only), input of the verdict.
     lung_features: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    # Lesion measurements (preprocess, HU volumes; input of verdict v3) and the blob of the
+    # kept slices' lesion label maps (the console's overlay), migration 0008.
+    lesion_findings: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    lesions_blob: Mapped[str | None] = mapped_column(String(300), default=None)
     error_code: Mapped[str | None] = mapped_column(String(40), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

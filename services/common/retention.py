@@ -143,6 +143,7 @@ def sweep_retention(settings: Settings, now: datetime | None = None) -> dict[str
                 if job is None:
                     continue
                 job.purged_at, job.upload_blob, job.slices_blob = now, None, None
+                job.lesions_blob = None
                 detail = {
                     "purged": f"derived data removed {settings.retention_derived_days} "
                     "days after the job ended (retention policy)"

@@ -10,6 +10,11 @@ Two paths, chosen per study by what it holds:
   features (ensemble v2);
 * anything else (single slices, screenshots, short series) goes to the XGBoost+SVM soft vote
   over slice probabilities, which was trained on data of that shape (ensemble v1).
+
+Ensemble v3 (kind ``lesion-pattern``) reads whole-lung HU series from their lesion
+measurements instead (:class:`~services.ensemble.lesion_verdict.LesionPatternVerdict`) and
+adds ``findings.category``; a job without lesion measurements falls back to its ``series``
+rule when the config names one, else to the soft vote.
 """
 
 from __future__ import annotations
@@ -25,10 +30,12 @@ from numpy.typing import NDArray
 from services.common.caches import process_cache
 from services.common.config import get_settings
 from services.common.modelinfo import CLASS_NAMES
+from services.ensemble.lesion_verdict import LesionPatternVerdict, LesionVerdictConfig
 from services.ensemble.model import SoftVoteEnsemble, load_ensemble
 from services.ensemble.series_verdict import SeriesPatternVerdict, SeriesVerdictConfig
 
 SERIES_PATTERN_KIND = "series-pattern"
+LESION_PATTERN_KIND = "lesion-pattern"
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class LoadedEnsemble:
     version: str
     series: SeriesPatternVerdict | None = None  # whole-lung HU series, when the version has it
     soft_vote_version: str | None = None  # version of ``model`` when it differs from ``version``
+    lesions: LesionPatternVerdict | None = None  # whole-lung HU series with lesion masks (v3)
 
 
 @dataclass(frozen=True)
@@ -84,18 +92,27 @@ def loaded_ensemble() -> LoadedEnsemble:
 
 
 def load_ensemble_version(directory: Path, version: str) -> LoadedEnsemble:
-    """A soft-vote directory (v1), or a series-pattern one naming its soft vote (v2)."""
+    """A soft-vote directory (v1), a series-pattern one naming its soft vote (v2), or a
+    lesion-pattern one (v3: lesion rule, optional series rule, soft vote)."""
     config = json.loads((directory / "config.json").read_text())
-    if config.get("kind") != SERIES_PATTERN_KIND:
+    kind = config.get("kind")
+    if kind not in (SERIES_PATTERN_KIND, LESION_PATTERN_KIND):
         return LoadedEnsemble(load_ensemble(directory), version)
     if tuple(config.get("classes", CLASS_NAMES)) != CLASS_NAMES:
         raise ValueError(f"{directory} decides {config.get('classes')}, expected {CLASS_NAMES}")
     soft_vote = str(config["soft_vote"])
+    series = None
+    if kind == SERIES_PATTERN_KIND or "series" in config:
+        series = SeriesPatternVerdict(SeriesVerdictConfig.from_mapping(config.get("series", {})))
+    lesions = None
+    if kind == LESION_PATTERN_KIND:
+        lesions = LesionPatternVerdict(LesionVerdictConfig.from_mapping(config.get("lesions", {})))
     return LoadedEnsemble(
         model=load_ensemble(directory.parent / soft_vote),
         version=version,
-        series=SeriesPatternVerdict(SeriesVerdictConfig.from_mapping(config.get("series", {}))),
+        series=series,
         soft_vote_version=soft_vote,
+        lesions=lesions,
     )
 
 
@@ -104,10 +121,30 @@ def verdict(
     lung_features: dict[str, Any] | None,
     ensemble: LoadedEnsemble,
     slice_model_version: str,
+    lesion_findings: dict[str, Any] | None = None,
 ) -> Verdict:
     """(N, 2) [NonCOVID, COVID] slice probabilities in slice order (plus the study's HU lung
-    features when it had HU) -> patient verdict and its findings."""
+    features and lesion measurements when it had HU) -> patient verdict and its findings."""
     versions = {"slice_cnn": slice_model_version, "ensemble": ensemble.version}
+    if ensemble.lesions is not None and ensemble.lesions.applies(lesion_findings):
+        assert lesion_findings is not None
+        lesion_reading = ensemble.lesions.read(lesion_findings)
+        threshold = ensemble.lesions.config.threshold
+        return Verdict(
+            label="COVID" if lesion_reading.p_covid >= threshold else "NonCOVID",
+            probabilities={
+                "NonCOVID": 1.0 - lesion_reading.p_covid,
+                "COVID": lesion_reading.p_covid,
+            },
+            model_versions=versions | {"verdict": LESION_PATTERN_KIND},
+            # The lesion measurements replace the HU-range features: one source of numbers.
+            findings=dict(lesion_findings)
+            | {
+                "category": lesion_reading.category.value,
+                "pattern": lesion_reading.pattern.value,
+                "pattern_reasons": lesion_reading.reasons,
+            },
+        )
     reported = findings(lung_features)
     if ensemble.series is not None and ensemble.series.applies(lung_features):
         assert lung_features is not None and reported is not None

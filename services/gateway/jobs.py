@@ -169,6 +169,8 @@ def _slices(session: Session, job: Job) -> dict[str, Any]:
     rows = session.scalars(
         select(SliceRecord).where(SliceRecord.job_id == job_id).order_by(SliceRecord.index)
     ).all()
+    lesion_share = (job.lesion_findings or {}).get("slice_lesion_share") or []
+    has_lesions = job.lesions_blob is not None
     slices = []
     for row in rows:
         score = scores.get(row.index)
@@ -191,12 +193,21 @@ def _slices(session: Session, job: Job) -> dict[str, Any]:
                     if score and score.heatmap_blob
                     else None
                 ),
+                "lesion_share": (
+                    float(lesion_share[row.index]) if row.index < len(lesion_share) else None
+                ),
+                "lesions_url": (
+                    f"/v1/jobs/{job_id}/slices/{row.index}/lesions.png"
+                    if has_lesions and row.kept
+                    else None
+                ),
             }
         )
     return {
         "job_id": job_id,
         "slices_total": job.slices_total,
         "slices_used": job.slices_used,
+        "has_lesions": has_lesions,
         "slices": slices,
     }
 

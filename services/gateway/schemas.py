@@ -72,8 +72,11 @@ class JobResult(BaseModel):
     model_versions: dict[str, str]
     findings: dict[str, Any] | None = Field(
         default=None,
-        description="Quantitative lung findings from HU (DICOM/NIfTI): share of lung in the "
-        "ground-glass and consolidation ranges, per side and zone; null for image inputs.",
+        description="Quantitative lung findings from HU (DICOM/NIfTI), null for image inputs. "
+        "Ensemble v3: the lesion measurements (opacity_percent, high_opacity_percent, volumes "
+        "in mL, zone_opacity_percent, severity_score 0-24, slice_lesion_share...), the RSNA "
+        "pattern with its reasons and category (covid, other_pneumonia, no_pneumonia, "
+        "indeterminate); see the README section on findings.",
     )
 
 
@@ -110,12 +113,25 @@ class SliceOut(BaseModel):
     probabilities: dict[str, float] | None
     model_version: str | None
     heatmap_url: str | None
+    lesion_share: float | None = Field(
+        default=None,
+        description="lesion (ground glass + consolidation) share of this slice's lung area, "
+        "0..1, for HU series with lesion masks; null otherwise",
+    )
+    lesions_url: str | None = Field(
+        default=None,
+        description="RGBA PNG overlay of this kept slice's lesions (ground glass amber, "
+        "consolidation red), the geometry of the slice PNG; null without lesion masks",
+    )
 
 
 class SlicesOut(BaseModel):
     job_id: str
     slices_total: int | None
     slices_used: int | None
+    has_lesions: bool = Field(
+        default=False, description="the job has lesion masks (HU series): overlays exist"
+    )
     slices: list[SliceOut]
 
 

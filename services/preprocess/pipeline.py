@@ -16,8 +16,11 @@ from services.preprocess.dedup import find_near_duplicates
 from services.preprocess.enhance import enhance
 from services.preprocess.gate import is_high_contrast
 from services.preprocess.image_segmentation import lung_mask_2d
-from services.preprocess.lung_features import study_lung_features
+from services.preprocess.lesion_measurements import measure, slice_label_maps
+from services.preprocess.lesions import segment_lesions
+from services.preprocess.lung_features import patient_left_on_image_right, study_lung_features
 from services.preprocess.segmentation import (
+    crop_labels_to_lungs,
     crop_to_lungs,
     lung_bbox,
     segment_lungs,
@@ -57,6 +60,8 @@ class PreprocessOptions:
     high_contrast_min_pixels: int = 1000
     # Quantitative HU features (services.preprocess.lung_features) for DICOM/NIfTI studies.
     lung_features: bool = True
+    # Lesion masks and measurements (services.preprocess.lesions) for HU volumes with spacing.
+    lesions: bool = True
 
 
 def prepare_slice(
@@ -102,6 +107,16 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
     lung_features = None
     if options.lung_features and study.hu is not None and volume_masks is not None:
         lung_features = study_lung_features(study, volume_masks)
+    lesion_findings, lesion_labels = None, None
+    has_volume = study.is_volume and len(study) > 2 and volume_masks is not None
+    if options.lesions and has_volume and study.hu is not None and study.spacing_mm is not None:
+        lesion_masks = segment_lesions(
+            study.hu,
+            study.spacing_mm,
+            patient_left_on_image_right=patient_left_on_image_right(study),
+        )
+        lesion_findings = measure(lesion_masks, study.hu)
+        lesion_labels = slice_label_maps(lesion_masks)
     high_contrast = [
         is_high_contrast(image, min_pixels=options.high_contrast_min_pixels)
         for image in study.images
@@ -149,6 +164,20 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
             for i in kept
         ]
     )
+    lesion_maps = None
+    if lesion_labels is not None:
+        # Cut like the CNN input of the same slice (prepare_slice), so the overlay fits it.
+        lesion_maps = np.stack(
+            [
+                crop_labels_to_lungs(
+                    lesion_labels[i],
+                    masks[i] if _plausible_crop(masks[i]) else np.zeros_like(masks[i]),
+                    options.size,
+                    min_lung_fraction=options.min_lung_fraction,
+                )
+                for i in kept
+            ]
+        )
     return PreparedStudy(
         inputs=inputs,
         kept=kept,
@@ -157,4 +186,6 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
         lung_fraction=lung_fraction,
         slices_total=len(study),
         lung_features=lung_features,
+        lesion_findings=lesion_findings,
+        lesion_maps=lesion_maps,
     )

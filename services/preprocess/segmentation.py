@@ -221,13 +221,16 @@ def _border_value(image: Gray8) -> int:
     return int(np.bincount(border, minlength=256).argmax())
 
 
-def _square(image: Gray8, y0: int, y1: int, x0: int, x1: int) -> Gray8:
-    """Region grown to a square around its centre; parts outside the image are padded."""
+def _square(
+    image: Gray8, y0: int, y1: int, x0: int, x1: int, fill: int | None = None
+) -> Gray8:
+    """Region grown to a square around its centre; parts outside the image are padded (with
+    the image's border value unless ``fill`` is given)."""
     side = max(y1 - y0, x1 - x0)
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
     sy0, sx0 = cy - side // 2, cx - side // 2
     h, w = image.shape
-    out = np.full((side, side), _border_value(image), np.uint8)
+    out = np.full((side, side), _border_value(image) if fill is None else fill, np.uint8)
     iy0, ix0 = max(0, sy0), max(0, sx0)
     iy1, ix1 = min(h, sy0 + side), min(w, sx0 + side)
     out[iy0 - sy0 : iy1 - sy0, ix0 - sx0 : ix1 - sx0] = image[iy0:iy1, ix0:ix1]
@@ -247,6 +250,18 @@ def crop_to_lungs(
     y0, y1, x0, x1 = box if box is not None else (0, h, 0, w)
     square = _square(image, y0, y1, x0, x1)
     return _u8(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA))
+
+
+def crop_labels_to_lungs(
+    labels: Gray8, mask: BoolMask, size: int, min_lung_fraction: float = 0.02
+) -> Gray8:
+    """A label map (e.g. lesion classes) cut and resized exactly as :func:`crop_to_lungs` cuts
+    the image of the same slice, nearest neighbour so labels stay labels, padded with 0."""
+    h, w = labels.shape
+    box = lung_bbox(mask) if mask.mean() >= min_lung_fraction else None
+    y0, y1, x0, x1 = box if box is not None else (0, h, 0, w)
+    square = _square(labels, y0, y1, x0, x1, fill=0)
+    return _u8(cv2.resize(square, (size, size), interpolation=cv2.INTER_NEAREST))
 
 
 MIN_SLICES = 3  # a 3-D lung component spans at least this many slices (2 mm: 6 mm)

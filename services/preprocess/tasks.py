@@ -64,6 +64,13 @@ def _preprocess(job_id: str) -> str:
     np.save(buffer, prepared.inputs, allow_pickle=False)
     slices_blob = f"jobs/{job_id}/slices.npy"
     storage.put_bytes(slices_blob, buffer.getvalue())
+    lesions_blob = None
+    if prepared.lesion_maps is not None:
+        # Lesion label maps of the kept slices, aligned with slices.npy (the overlay).
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, labels=prepared.lesion_maps.astype(np.uint8))
+        lesions_blob = f"jobs/{job_id}/lesions.npz"
+        storage.put_bytes(lesions_blob, buffer.getvalue())
     if discard_if_deleted(settings, job_id):
         return "deleted"
     dropped = {d.index: d for d in prepared.dropped}
@@ -95,6 +102,8 @@ def _preprocess(job_id: str) -> str:
             slices_used=len(prepared.kept),
             series=out.series,
             lung_features=prepared.lung_features,
+            lesion_findings=prepared.lesion_findings,
+            lesions_blob=lesions_blob,
         )
         if not moved:
             session.rollback()  # cancelled meanwhile: keep nothing

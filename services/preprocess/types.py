@@ -62,3 +62,8 @@ class PreparedStudy:
     slices_total: int
     # Quantitative lung features (services.preprocess.lung_features) when HU are available.
     lung_features: dict[str, Any] | None = None
+    # Lesion measurements (services.preprocess.lesion_measurements) when HU and voxel spacing
+    # are available, and the lesion label maps of the kept slices at the geometry of
+    # ``inputs`` ((K, S, S) uint8: 0 none, 1 ground glass, 2 consolidation, 3 other lung).
+    lesion_findings: dict[str, Any] | None = None
+    lesion_maps: NDArray[np.uint8] | None = None

@@ -1,8 +1,10 @@
-"""Evaluate ensemble v2 (series-pattern verdict) on the COVID-CT-MD series and the demo study.
+"""Evaluate a whole-series ensemble (v3 lesion pattern, v2 series pattern) on the COVID-CT-MD
+series and the demo study.
 
-For every shared series: the patient verdict, P(COVID), RSNA pattern and the findings that
-decided it, through the same stage functions as ``covidct diagnose``. Leave-one-series-out
-is trivial here and said so in the output: the verdict fits nothing on any series.
+For every shared series: the patient verdict, P(COVID), category (v3), RSNA pattern, opacity,
+severity and the findings that decided it, through the same stage functions as
+``covidct diagnose``. Leave-one-series-out is trivial here and said so in the output: the
+verdict fits nothing on any series.
 
 Also the slice-level evidence on the same kept slices, scored two ways, with the infected-
 slice AUC of :func:`services.training.realct_eval.ctmd_report` (P002 infected slices vs all
@@ -10,12 +12,13 @@ kept slices of cap002 and normal001, overall and per inferior/mid/superior band,
 CIs over slices):
 
 * ``hu_ggo_share``: each slice's ground-glass share of its lung area (HU, no training);
+* ``lesion_share``: each slice's lesion share of its lung area (lesion masks, v3 findings);
 * ``slice_cnn``: P(COVID) of the served slice CNN.
 
 Run::
 
     python -m services.training.verdict_eval --data-dir ../shared/data \\
-        --out models/ensemble/v2/metrics.json
+        --ensemble models/ensemble/v3 --out models/ensemble/v3/metrics.json
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from services.training.realct_eval import _infected, ctmd_report
 
 DEMO_STUDY = Path(__file__).resolve().parents[2] / "demo" / "covid-ct-md-P002"
 REPORTED_FINDINGS = (
+    "category",
     "pattern",
     "pattern_reasons",
     "ggo_share",
@@ -52,6 +56,19 @@ REPORTED_FINDINGS = (
     "zones_involved",
     "sides_involved",
     "lower_zone_fraction",
+    "opacity_percent",
+    "high_opacity_percent",
+    "lesion_volume_ml",
+    "lung_volume_ml",
+    "severity_score",
+    "zone_opacity_percent",
+    "peripheral_fraction",
+    "bilateral",
+    "lesion_components",
+    "mass",
+    "nodules",
+    "cavitation",
+    "lobar_consolidation",
 )
 
 
@@ -74,13 +91,23 @@ def evaluate(data_dir: Path, ensemble_dir: Path) -> dict[str, Any]:
     studies.append(("demo:P002-subsampled", "COVID", DEMO_STUDY))
 
     verdicts: dict[str, Any] = {}
-    slice_scores: dict[str, dict[str, list[Any]]] = {"hu_ggo_share": {}, "slice_cnn": {}}
+    slice_scores: dict[str, dict[str, list[Any]]] = {
+        "hu_ggo_share": {},
+        "lesion_share": {},
+        "slice_cnn": {},
+    }
     for name, diagnosis, path in studies:
         started = time.perf_counter()
         study = read_study(path, settings)
         prepared = preprocess_study(study, options)
         probabilities = model.predict_proba(prepared.inputs)
-        decided = verdict(probabilities, prepared.lung_features, ensemble, model.version)
+        decided = verdict(
+            probabilities,
+            prepared.lung_features,
+            ensemble,
+            model.version,
+            prepared.lesion_findings,
+        )
         findings = decided.findings or {}
         verdicts[name] = {
             "diagnosis": diagnosis,
@@ -99,7 +126,11 @@ def evaluate(data_dir: Path, ensemble_dir: Path) -> dict[str, Any]:
         flags = [int(r) in infected.get(name, set()) for r in rank[order]]
         ggo = np.asarray(prepared.lung_features["slice_ggo_share"])[prepared.kept]
         cnn = probabilities[:, COVID_INDEX]
-        for key, values in (("hu_ggo_share", ggo), ("slice_cnn", cnn)):
+        columns = [("hu_ggo_share", ggo), ("slice_cnn", cnn)]
+        if prepared.lesion_findings is not None:
+            lesion = np.asarray(prepared.lesion_findings["slice_lesion_share"])[prepared.kept]
+            columns.append(("lesion_share", lesion))
+        for key, values in columns:
             slice_scores[key][name] = [
                 diagnosis,
                 values[order].tolist(),
@@ -111,14 +142,20 @@ def evaluate(data_dir: Path, ensemble_dir: Path) -> dict[str, Any]:
         "ensemble": str(ensemble_dir),
         "slice_cnn": model.version,
         "leave_one_series_out": (
-            "trivial: ensemble v2 fits no parameter on any series, so every series is scored "
-            "by a verdict whose constants were set without it"
+            f"trivial: ensemble {ensemble_dir.name} fits no parameter on any series, so every "
+            "series is scored by a verdict whose constants were set without it (see the model "
+            "card for the choices made after seeing the series)"
         ),
         "verdicts": verdicts,
         "infected_slice_auc": {
             "hu_ggo_share": ctmd_report(slice_scores["hu_ggo_share"], INVOLVED_SHARE),
             "slice_cnn": ctmd_report(slice_scores["slice_cnn"], model.threshold),
-        },
+        }
+        | (
+            {"lesion_share": ctmd_report(slice_scores["lesion_share"], INVOLVED_SHARE)}
+            if slice_scores["lesion_share"]
+            else {}
+        ),
         "slice_scores": slice_scores,
     }
 
@@ -126,9 +163,13 @@ def evaluate(data_dir: Path, ensemble_dir: Path) -> dict[str, Any]:
 def summary_lines(report: dict[str, Any]) -> list[str]:
     lines = []
     for name, v in report["verdicts"].items():
+        opacity = v.get("opacity_percent")
+        severity = v.get("severity_score")
         lines.append(
-            f"{name:22s} {v['diagnosis']:7s} -> {v['label']:8s} P(COVID) {v['p_covid']:.3f} "
-            f"{v['pattern'] or '-':13s} {v['seconds']:.1f} s"
+            f"{name:22s} {v['diagnosis']:7s} -> {v['label']:8s} {v.get('category') or '-':15s} "
+            f"P(COVID) {v['p_covid']:.3f} {v['pattern'] or '-':13s} "
+            f"opacity {'-' if opacity is None else f'{opacity:.2f} %':>8s} "
+            f"severity {'-' if severity is None else f'{severity}/24':>5s} {v['seconds']:.1f} s"
         )
     for key, rep in report["infected_slice_auc"].items():
         parts = []
@@ -143,9 +184,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=get_settings().data_dir)
-    parser.add_argument(
-        "--ensemble", type=Path, default=get_settings().models_dir / "ensemble" / "v2"
-    )
+    parser.add_argument("--ensemble", type=Path, default=get_settings().ensemble_model_dir)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)

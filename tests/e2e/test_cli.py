@@ -50,24 +50,29 @@ def test_diagnose_json_contract_on_the_shared_covid_series(p002_result: dict) ->
 
 
 def test_diagnose_calls_the_shared_covid_series_covid(p002_result: dict) -> None:
-    # P002 is COVID-19 (COVID-CT-MD studies.csv). Ensemble v2 reads the HU lung features:
+    # P002 is COVID-19 (COVID-CT-MD studies.csv). Ensemble v3 reads the lesion measurements:
     # bilateral, peripheral, multifocal ground glass is the RSNA "typical" pattern.
     assert p002_result["label"] == "COVID"
-    assert p002_result["model_versions"]["verdict"] == "series-pattern"
-    assert p002_result["findings"]["pattern"] == "typical"
-    assert p002_result["findings"]["bilateral"] is True
+    assert p002_result["model_versions"]["verdict"] == "lesion-pattern"
+    findings = p002_result["findings"]
+    assert findings["category"] == "covid"
+    assert findings["pattern"] == "typical"
+    assert findings["bilateral"] is True
+    assert 0 < findings["opacity_percent"] < 100 and 0 <= findings["severity_score"] <= 24
+    assert findings["lesion_volume_ml"] < findings["lung_volume_ml"]
+    assert len(findings["slice_lesion_share"]) == p002_result["slices_total"]
 
 
 @pytest.mark.parametrize(
-    ("series", "pattern"), [("cap002", "indeterminate"), ("normal001", "negative")]
+    ("series", "category"), [("cap002", "other_pneumonia"), ("normal001", "no_pneumonia")]
 )
 def test_diagnose_calls_the_shared_cap_and_normal_series_noncovid(
-    ctmd_dir: Path, series: str, pattern: str
+    ctmd_dir: Path, series: str, category: str
 ) -> None:
     body = run_json("diagnose", str(ctmd_dir / series))
     assert body["label"] == "NonCOVID"
     assert body["probabilities"]["COVID"] < 0.5
-    assert body["findings"]["pattern"] == pattern
+    assert body["findings"]["category"] == category
 
 
 def test_diagnose_json_matches_the_in_process_pipeline(

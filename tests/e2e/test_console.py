@@ -98,6 +98,7 @@ def test_console_in_chromium(console_stack: Stack, covid_series: Path, tmp_path:
         EXPECTED_LABEL=floor.label,
         EXPECTED_P_COVID=repr(floor.probabilities["COVID"]),
         EXPECTED_PATTERN=str((floor.findings or {}).get("pattern", "")),
+        EXPECTED_CATEGORY=str((floor.findings or {}).get("category", "")),
         ARTIFACT_DIR=str(ARTIFACTS),
     )
     _run([node, "node_modules/@playwright/test/cli.js", "test"], env, PLAYWRIGHT_TIMEOUT_S)

@@ -115,9 +115,10 @@ def _assert_verdict_and_callback(
     final = client.wait(job_id, timeout_s=JOB_TIMEOUT_S)
     assert final["status"] == "succeeded", final
     result = final["result"]
-    # P002 is COVID-19: the service must say so, by the same series-pattern verdict.
+    # P002 is COVID-19: the service must say so, by the same lesion-pattern verdict (v3).
     assert result["label"] == floor.label == "COVID"
     assert result["findings"]["pattern"] == "typical"
+    assert result["findings"]["category"] == "covid"
     for name, p in floor.probabilities.items():
         assert result["probabilities"][name] == pytest.approx(p, abs=1e-4)
     assert (result["slices_total"], result["slices_used"]) == (
@@ -125,8 +126,8 @@ def _assert_verdict_and_callback(
         floor.slices_used,
     )
     assert result["model_versions"] == floor.model_versions
-    # HU lung findings: computed by preprocess, stored with the job, reported with the verdict.
-    assert floor.findings is not None and floor.findings["ggo_share"] > 0.01
+    # Lesion measurements: computed by preprocess, stored with the job, reported with the verdict.
+    assert floor.findings is not None and floor.findings["opacity_percent"] > 1.0
     numeric = {k for k, v in floor.findings.items() if isinstance(v, float)}
     assert {k: result["findings"][k] for k in numeric} == pytest.approx(
         {k: floor.findings[k] for k in numeric}

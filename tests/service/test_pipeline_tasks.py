@@ -7,15 +7,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from pydicom.data import get_testdata_file
 from sqlalchemy import func, select
 
 from services.asgi import create_app
-from services.common.config import Settings
+from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.orm import (
+    Job,
     JobEvent,
     Result,
     SliceRecord,
@@ -24,6 +26,7 @@ from services.common.orm import (
     WebhookDelivery,
 )
 from services.common.queue import celery_app
+from services.common.storage import make_storage
 from services.diagnosis import diagnose_path
 from services.ensemble.tasks import ensemble_job
 from services.inference.tasks import score_job
@@ -112,3 +115,58 @@ def test_a_job_passes_each_stage_function_once(
     body = eager.get(f"/v1/jobs/{job['id']}", headers=auth(tenant)).json()
     assert body["status"] == "succeeded", body
     assert calls == ["preprocess_path", "score_slices", "verdict"]
+
+
+def test_lesion_measurements_and_overlay_travel_from_preprocess_to_the_verdict(
+    eager: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HU volumes: preprocess stores the lesion label maps (jobs/<id>/lesions.npz, aligned
+    with slices.npy) and jobs.lesion_findings; the ensemble task hands them to verdict v3,
+    and the gateway serves the overlay. (CT_small is one slice, too small for the segmenter:
+    the stage's output gets a typical-COVID measurement added to test the wiring.)"""
+    import services.preprocess.tasks as preprocess_tasks
+
+    zones = ("right_upper", "right_middle", "right_lower", "left_upper", "left_middle")
+    findings = {
+        "lung_slices": 120,
+        "opacity_percent": 6.0,
+        "lesion_volume_ml": 240.0,
+        "ggo_fraction": 0.9,
+        "severity_score": 7,
+        "zone_opacity_percent": dict.fromkeys(zones, 3.0) | {"left_lower": 20.0},
+        "peripheral_central_ratio": 3.0,
+        "lower_zone_fraction": 0.55,
+        "lesion_components": 12,
+        "slice_lesion_share": [0.25],
+    }
+    real = preprocess_tasks.preprocess_path
+
+    def with_lesions(*args: Any, **kwargs: Any) -> Any:
+        out = real(*args, **kwargs)
+        maps = np.zeros(out.prepared.inputs.shape, np.uint8)
+        maps[:, :10, :10] = 1
+        maps[:, -10:, -10:] = 2
+        out.prepared.lesion_findings, out.prepared.lesion_maps = findings, maps
+        return out
+
+    monkeypatch.setattr(preprocess_tasks, "preprocess_path", with_lesions)
+    data = Path(str(get_testdata_file("CT_small.dcm", download=False))).read_bytes()
+    tenant = make_tenant("lesions")
+    job_id = upload_study(eager, tenant, data)
+    body = eager.get(f"/v1/jobs/{job_id}", headers=auth(tenant)).json()
+    assert body["status"] == "succeeded", body
+    assert body["result"]["model_versions"]["verdict"] == "lesion-pattern"
+    assert body["result"]["findings"]["category"] == "covid"
+    assert body["result"]["label"] == "COVID"
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.lesion_findings == findings
+        assert job.lesions_blob == f"jobs/{job_id}/lesions.npz"
+    path = make_storage(get_settings()).local_path(f"jobs/{job_id}/lesions.npz")
+    with np.load(path) as archive:
+        labels = archive["labels"]
+    assert labels.dtype == np.uint8 and labels[0, 0, 0] == 1 and labels[0, -1, -1] == 2
+    listing = eager.get(f"/v1/jobs/{job_id}/slices", headers=auth(tenant)).json()
+    assert listing["has_lesions"] is True and listing["slices"][0]["lesion_share"] == 0.25
+    overlay = eager.get(listing["slices"][0]["lesions_url"], headers=auth(tenant))
+    assert overlay.status_code == 200 and overlay.content[:8] == b"\x89PNG\r\n\x1a\n"

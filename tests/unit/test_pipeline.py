@@ -34,6 +34,14 @@ def test_real_series_keeps_lung_slices_and_drops_the_rest(p002: Study) -> None:
     no_lung = [d.index for d in prepared.dropped if d.reason is DropReason.NO_LUNG]
     assert no_lung and all(i < 20 or i > 110 for i in no_lung)
     assert len(prepared.high_contrast) == len(prepared.lung_fraction) == 133
+    # HU with spacing: lesion measurements over the study and an overlay per kept slice.
+    findings = prepared.lesion_findings
+    assert findings is not None and len(findings["slice_lesion_share"]) == 133
+    assert findings["lung_volume_ml"] > 1000 and findings["opacity_percent"] > 0
+    assert 0 <= findings["severity_score"] <= 24
+    maps = prepared.lesion_maps
+    assert maps is not None and maps.shape == prepared.inputs.shape and maps.dtype == np.uint8
+    assert set(np.unique(maps)) <= {0, 1, 2, 3} and (maps == 1).any()
 
 
 def test_inserted_copy_is_dropped_as_near_duplicate(p002: Study) -> None:
@@ -44,6 +52,25 @@ def test_inserted_copy_is_dropped_as_near_duplicate(p002: Study) -> None:
     duplicates = [d for d in prepared.dropped if d.reason is DropReason.NEAR_DUPLICATE]
     assert [d.index for d in duplicates] == [3]
     assert "slice 2" in duplicates[0].detail
+    assert prepared.lesion_findings is None and prepared.lesion_maps is None  # no HU
+
+
+def test_lesion_maps_are_cut_like_the_cnn_input() -> None:
+    """The overlay of a slice is cut and resized exactly as its CNN input (crop_to_lungs)."""
+    from services.preprocess.segmentation import crop_labels_to_lungs, crop_to_lungs
+
+    mask = np.zeros((300, 400), bool)
+    mask[60:240, 40:180] = True
+    mask[60:240, 220:360] = True
+    marker = np.zeros((300, 400), np.uint8)
+    marker[100:140, 60:120] = 255  # a lesion-sized square inside the right lung
+    image_crop = crop_to_lungs(marker, mask, 224) > 127
+    labels_crop = crop_labels_to_lungs((marker > 0).astype(np.uint8) * 2, mask, 224) == 2
+    overlap = (image_crop & labels_crop).sum() / (image_crop | labels_crop).sum()
+    assert overlap > 0.95
+    # Padding is 0 (no label), not the image's border value.
+    edge = np.full((300, 400), 3, np.uint8)
+    assert crop_labels_to_lungs(edge, np.zeros_like(mask), 224)[0, 0] == 0
 
 
 def test_contrast_gate_is_recorded_and_routes_only_on_request() -> None:

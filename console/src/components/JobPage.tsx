@@ -6,7 +6,7 @@ import { useApi } from '../api/context';
 import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
 import { plotData } from '../lib/slicePlot';
-import { patternSummary } from '../lib/findings';
+import { categoryText, lesionSummary, patternSummary } from '../lib/findings';
 import { StatusTag } from './StatusTag';
 import { formatTime } from './JobsPage';
 import { SlicePlot } from './SlicePlot';
@@ -72,6 +72,8 @@ export function JobPage({ jobId }: { jobId: string }) {
   const tl = timeline(j.status, events.data?.events ?? []);
   const plot = slices.data ? plotData(slices.data.slices) : null;
   const pattern = patternSummary(j.result?.findings);
+  const lesions = lesionSummary(j.result?.findings);
+  const ml = (v: number | null) => (v === null ? '–' : `${v.toFixed(0)} mL`);
   const title = j.external_id || j.id;
 
   return (
@@ -116,6 +118,14 @@ export function JobPage({ jobId }: { jobId: string }) {
       {j.result && (
         <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Verdict</Typography.Title>}>
           <Descriptions column={{ xs: 1, md: 3 }} bordered size="small">
+            {lesions?.category && (
+              <Descriptions.Item label="Category" span={3}>
+                <strong data-testid="category" data-category={lesions.category} style={{ fontSize: 16 }}>
+                  {categoryText(lesions.category)}
+                </strong>{' '}
+                ({lesions.category})
+              </Descriptions.Item>
+            )}
             <Descriptions.Item label="Verdict">
               <strong data-testid="verdict">{j.result.label}</strong>
             </Descriptions.Item>
@@ -138,6 +148,30 @@ export function JobPage({ jobId }: { jobId: string }) {
                   ))}
                 </ul>
               </Descriptions.Item>
+            )}
+            {lesions && (
+              <>
+                <Descriptions.Item label="Opacity">
+                  <span data-testid="opacity">{lesions.opacityPercent.toFixed(1)} %</span> of the lungs
+                </Descriptions.Item>
+                <Descriptions.Item label="High opacity (≥ −200 HU)">
+                  {lesions.highOpacityPercent === null ? '–' : `${lesions.highOpacityPercent.toFixed(1)} %`}
+                </Descriptions.Item>
+                <Descriptions.Item label="Severity score">
+                  <span data-testid="severity">{lesions.severityScore ?? '–'}</span> / 24
+                </Descriptions.Item>
+                <Descriptions.Item label="Volumes" span={3}>
+                  lesions {ml(lesions.lesionMl)} (ground glass {ml(lesions.ggoMl)}, consolidation{' '}
+                  {ml(lesions.consolidationMl)}) of {ml(lesions.lungMl)} lung
+                </Descriptions.Item>
+                <Descriptions.Item label="Opacity per zone (score 0–4)" span={3}>
+                  <span data-testid="zones">
+                    {lesions.zones
+                      .map((z) => `${z.name} ${z.opacityPercent.toFixed(1)} %${z.severity === null ? '' : ` (${z.severity})`}`)
+                      .join(' · ')}
+                  </span>
+                </Descriptions.Item>
+              </>
             )}
             {Object.entries(j.result.model_versions).map(([name, v]) => (
               <Descriptions.Item key={name} label={`Model ${name}`}>

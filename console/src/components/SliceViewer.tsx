@@ -1,8 +1,9 @@
 import { useEffect, useMemo, useState } from 'react';
-import { Alert, Button, Slider, Space, Typography } from 'antd';
+import { Alert, Button, Slider, Space, Switch, Typography } from 'antd';
 import { imageUrl, type Slice } from '../api/client';
 import { useApi } from '../api/context';
 import { stepKept } from '../lib/slicePlot';
+import { LESION_LEGEND } from '../lib/findings';
 
 function useImage(apiKey: string, path: string | null): { url: string | null; error: boolean } {
   const [state, setState] = useState<{ url: string | null; error: boolean }>({ url: null, error: false });
@@ -37,6 +38,10 @@ export function SliceViewer({ jobId, slices }: { jobId: string; slices: Slice[] 
   const slice = slices.find((s) => s.index === current);
   const image = useImage(apiKey, kept.length ? `/v1/jobs/${jobId}/slices/${current}.png` : null);
   const heatmap = useImage(apiKey, slice?.heatmap_url ?? null);
+  // Lesion overlay (HU series): ground glass and consolidation from the lesion masks.
+  const hasLesions = useMemo(() => slices.some((s) => s.lesions_url), [slices]);
+  const [showLesions, setShowLesions] = useState(true);
+  const lesions = useImage(apiKey, showLesions ? (slice?.lesions_url ?? null) : null);
 
   if (kept.length === 0) return <Alert type="info" title="No slice was kept, so there is nothing to show." />;
   const step = (delta: number) => setCurrent((c) => stepKept(kept, c, delta));
@@ -79,7 +84,28 @@ export function SliceViewer({ jobId, slices }: { jobId: string; slices: Slice[] 
             style={{ position: 'absolute', inset: 0, width: '100%', height: '100%', opacity: opacity / 100 }}
           />
         )}
+        {lesions.url && (
+          <img
+            data-testid="lesion-overlay"
+            src={lesions.url}
+            alt={`Lesions of slice ${current}: ground glass and consolidation`}
+            style={{ position: 'absolute', inset: 0, width: '100%', height: '100%', imageRendering: 'pixelated' }}
+          />
+        )}
       </div>
+      {hasLesions && (
+        <Space wrap data-testid="lesion-legend">
+          <Switch checked={showLesions} onChange={setShowLesions} aria-label="Show lesions" />
+          <span>Lesions</span>
+          {LESION_LEGEND.map(([name, colour]) => (
+            <span key={name}>
+              <span aria-hidden style={{ display: 'inline-block', width: 12, height: 12, background: colour, marginRight: 4 }} />
+              {name}
+            </span>
+          ))}
+          {slice?.lesion_share != null && <span>{(slice.lesion_share * 100).toFixed(1)} % of this slice&apos;s lung</span>}
+        </Space>
+      )}
       <Space wrap>
         <Button onClick={() => step(-1)} disabled={position <= 0}>
           Previous slice
