@@ -136,7 +136,9 @@ class Settings(BaseSettings):
         for number, key in enumerate(keys, start=1):
             value = key.get_secret_value()
             if holds_placeholder(value):
-                raise ValueError(f"key {number} is a placeholder; make a key with {MAKE_FERNET_KEY}")
+                raise ValueError(
+                    f"key {number} is a placeholder; make a key with {MAKE_FERNET_KEY}"
+                )
             try:
                 Fernet(value.encode())
             except ValueError:
