@@ -1,5 +1,5 @@
-"""``python -m services.cli`` runs the ``covidct`` command."""
+"""``python -m services.cli``: the same as the ``covidct`` executable."""
 
-from services.cli.main import app
+from services.cli.entry import run
 
-app()
+run()

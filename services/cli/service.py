@@ -152,12 +152,31 @@ def gateway(
     os.execv(sys.executable, gateway_command(port, host))
 
 
-def migrate_cmd() -> None:
+def migrate_cmd(
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Apply nothing: wait until another process has brought the schema to this "
+            "code's head revision (exit 1 after --timeout).",
+        ),
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits.")] = 600.0,
+) -> None:
     """Apply the Alembic migrations to COVIDCT_DATABASE_URL (SQLite by default)."""
-    from services.common.db import migrate
+    from services.common.db import head_revision, migrate, wait_for_schema
 
     settings = get_settings()
     ensure_directories(settings)
     url = settings.sqlalchemy_url
+    where = url.split("@")[-1]
+    if wait:
+        if not wait_for_schema(url, timeout):
+            typer.echo(
+                f"error: {where} is not at revision {head_revision()} after {timeout:g} s", err=True
+            )
+            raise typer.Exit(1)
+        typer.echo(f"{where} is at revision {head_revision()}")
+        return
     migrate(url)
-    typer.echo(f"migrated {url.split('@')[-1]}")
+    typer.echo(f"migrated {where}")

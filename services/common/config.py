@@ -5,12 +5,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import SecretStr
+from cryptography.fernet import Fernet
+from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.caches import process_cache
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# The placeholders of .env.example and k8s/secrets.example.env: a process configured with one
+# refuses to start (a template copied unchanged is a known password, not a secret).
+PLACEHOLDER_MARKERS = ("change-me", "changeme")
+MAKE_FERNET_KEY = (
+    "python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+)
+
+
+def holds_placeholder(value: str) -> bool:
+    lowered = value.lower()
+    return any(marker in lowered for marker in PLACEHOLDER_MARKERS)
 
 
 class Settings(BaseSettings):
@@ -128,6 +141,40 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _fernet_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        """Checked at start-up, so a bad key stops the process with one clear line instead of
+        failing the first request that encrypts (the value itself is never printed)."""
+        for number, key in enumerate(keys, start=1):
+            value = key.get_secret_value()
+            if holds_placeholder(value):
+                raise ValueError(
+                    f"key {number} is a placeholder; make a key with {MAKE_FERNET_KEY}"
+                )
+            try:
+                Fernet(value.encode())
+            except ValueError:
+                raise ValueError(
+                    f"key {number} is not a Fernet key (urlsafe base64 of 32 bytes); "
+                    f"make one with {MAKE_FERNET_KEY}"
+                ) from None
+        return keys
+
+    @field_validator("database_url", "broker_url", "storage_url")
+    @classmethod
+    def _no_placeholder_password(cls, url: str | None) -> str | None:
+        if url is not None and holds_placeholder(url):
+            raise ValueError("holds a placeholder password (change-me): set a real one")
+        return url
+
+    @field_validator("storage_secret_access_key")
+    @classmethod
+    def _no_placeholder_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and holds_placeholder(secret.get_secret_value()):
+            raise ValueError("is a placeholder: set the real key or leave it unset")
+        return secret
 
     @property
     def sqlalchemy_url(self) -> str:

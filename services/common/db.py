@@ -82,12 +82,78 @@ def session_scope() -> Iterator[Session]:
         session.close()
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to the newest Alembic revision (both SQLite and PostgreSQL)."""
-    from alembic import command
+# pg_advisory_lock key of `covidct migrate`: gateway pods starting together (each runs the
+# migrations in an init container) take turns instead of racing on the same DDL.
+MIGRATION_LOCK_KEY = 0x636F7669  # "covi"
+
+
+def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(REPO_ROOT / "migrations"))
     config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "head")
+    return config
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to the newest Alembic revision (both SQLite and PostgreSQL)."""
+    from alembic import command
+
+    config = _alembic_config(url)
+    if not url.startswith("postgresql"):
+        command.upgrade(config, "head")
+        return
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as connection:
+            # Session-level lock on its own connection: held across Alembic's transaction.
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            try:
+                command.upgrade(config, "head")
+            finally:
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str:
+    """The newest revision of the migrations shipped with this code."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+    assert head is not None, "no migrations found"
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    """The database's revision; None when it has no schema yet (or cannot be reached)."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url, pool_size=1, max_overflow=0)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def wait_for_schema(url: str, timeout_s: float, poll_s: float = 2.0) -> bool:
+    """Whether the database reached this code's head revision within ``timeout_s``.
+
+    Workers start only on the schema they were built for: their init container waits here
+    while the gateway's init container migrates (k8s), instead of crashing on a missing column.
+    """
+    import time
+
+    head = head_revision()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if current_revision(url) == head:
+                return True
+        except Exception:  # unreachable or not yet created: keep waiting until the deadline
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_s)

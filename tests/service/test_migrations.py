@@ -49,3 +49,20 @@ def test_sqlite(tmp_path: Path) -> None:
 def test_postgresql() -> None:
     with fresh_postgres_database("covidct_migrations") as url:
         _check_no_drift(url)
+
+
+def test_gateways_migrating_at_once_take_turns_and_workers_wait_for_the_head() -> None:
+    """k8s: every gateway pod migrates in an init container and workers wait for the head
+    (issue 19 item 6); two migrations at once on a fresh database must both succeed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from services.common.db import current_revision, head_revision, wait_for_schema
+
+    with fresh_postgres_database("covidct_migrations_race") as url:
+        assert not wait_for_schema(url, timeout_s=0.3, poll_s=0.1)  # empty: not at head
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            runs = [pool.submit(migrate, url) for _ in range(3)]
+            for run in runs:
+                run.result(timeout=120)  # a race would raise DuplicateTable here
+        assert current_revision(url) == head_revision()
+        assert wait_for_schema(url, timeout_s=5)
