@@ -157,4 +157,5 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
         lung_fraction=lung_fraction,
         slices_total=len(study),
         lung_features=lung_features,
+        lung_masks=[np.asarray(m, dtype=bool) for m in masks],
     )

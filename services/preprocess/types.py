@@ -62,3 +62,5 @@ class PreparedStudy:
     slices_total: int
     # Quantitative lung features (services.preprocess.lung_features) when HU are available.
     lung_features: dict[str, Any] | None = None
+    # Lung mask of every original slice (bool, the slice's own shape): the viewer's overlay.
+    lung_masks: list[NDArray[np.bool_]] = field(default_factory=list)
