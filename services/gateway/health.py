@@ -47,7 +47,7 @@ class Readiness(BaseModel):
     checks: dict[str, bool]
 
 
-@router.get("/healthz", response_model=Health)
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
 async def healthz() -> JSONResponse:
     """Liveness: answered on the event loop, touching neither the database nor the
     threadpool, so it answers at once however loaded the gateway is."""
