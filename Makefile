@@ -34,7 +34,8 @@ console: $(CONSOLE_STAMP)
 
 install: $(STAMP) $(CONSOLE_STAMP)
 
-demo: $(STAMP)
+# The console too (when Node.js is here): the demo offers it while the service runs.
+demo: $(STAMP) $(CONSOLE_STAMP)
 	$(BIN)/python -m services.cli.demo
 
 test: $(STAMP) $(CONSOLE_STAMP)

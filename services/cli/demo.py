@@ -3,7 +3,9 @@
 It runs `covidct up` (SQLite, embedded Redis, a Celery worker, the gateway, the in-process
 scorer) in a scratch directory, creates a tenant, submits the sample study through the REST
 API with a tus upload, waits for the verdict, prints it beside the study's known diagnosis,
-and stops every process.
+and stops every process. Run from a terminal with the web console built (``make demo`` builds
+it when Node.js is there), it first keeps the service running and prints the console's URL
+and the demo tenant's key, until Ctrl-C: a URL is printed only while it answers.
 
 The sample is the shared COVID-CT-MD series P002 (COVID, 133 slices, JPEG-Lossless) when
 ../shared/data is there; otherwise the small derived copy of it shipped in
@@ -21,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from services.common.config import REPO_ROOT, get_settings
 
@@ -44,6 +47,12 @@ def sample_study() -> Sample:
         f"shipped demo study {DEMO_STUDY.name} ({known['slices']} slices; {known['source']})",
         str(known["diagnosis"]),
     )
+
+
+def keep_serving(console_dir: Path, interactive: bool) -> bool:
+    """Whether the demo keeps the service up after the verdict for the web console: only
+    when the console is built and someone at a terminal can stop it with Ctrl-C."""
+    return interactive and (console_dir / "index.html").is_file()
 
 
 def _covidct(*args: str, env: dict[str, str], **kwargs: object) -> subprocess.Popen[str]:
@@ -70,7 +79,11 @@ def main() -> int:
         port = free_port()
         server = f"http://127.0.0.1:{port}"
         print(f"starting the embedded service: covidct up --port {port}")
-        up = _covidct("up", "--port", str(port), env=env, start_new_session=False)
+        # Its own lines (a console URL among them) are not printed: the demo says what is live.
+        up = _covidct(
+            "up", "--port", str(port), env=env, start_new_session=False,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
         try:
             wait_ready(server, timeout_s=300)
             tenant = subprocess.run(
@@ -90,12 +103,27 @@ def main() -> int:
                 return 2
             job = json.loads(submit.stdout)
             elapsed = time.perf_counter() - started
+            status = print_job(job, elapsed, sample)
+            if status == 0 and keep_serving(get_settings().console_dir, sys.stdin.isatty()):
+                print(f"web console: {server}/ (API key {api_key}); the job is in its worklist")
+                print("the service keeps running for the console; Ctrl-C stops the demo")
+                try:
+                    up.wait()
+                except KeyboardInterrupt:
+                    pass
         finally:
             up.send_signal(signal.SIGTERM)
             try:
                 up.wait(60)
             except subprocess.TimeoutExpired:
                 up.kill()
+    if status == 0:
+        print("the service stopped; `covidct diagnose PATH` gives the same verdict in one process")
+    return status
+
+
+def print_job(job: dict[str, Any], elapsed: float, sample: Sample) -> int:
+    """The verdict beside the known diagnosis; 0 when the job succeeded, else 2."""
     print(f"job {job['id']}: {job['status']} in {elapsed:.1f}s")
     if job["status"] != "succeeded":
         print(f"error: {job['error']['code']}: {job['error']['message']}")
@@ -107,10 +135,16 @@ def main() -> int:
         f"slices used {result['slices_used']} of {result['slices_total']}; "
         f"models {result['model_versions']}"
     )
+    series = result.get("series") or {}
+    if series.get("series_instance_uid"):
+        print(
+            f"series read: {series.get('series_description') or '(no description)'} "
+            f"{series['series_instance_uid']}, {series.get('instances')} instances "
+            f"({series.get('reason')})"
+        )
     findings = result.get("findings") or {}
     if findings.get("pattern"):
         print(f"CT pattern (RSNA): {findings['pattern']}: {'; '.join(findings['pattern_reasons'])}")
-    print("the service stopped; `covidct diagnose PATH` gives the same verdict in one process")
     return 0
 
 

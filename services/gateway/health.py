@@ -47,7 +47,8 @@ class Readiness(BaseModel):
     checks: dict[str, bool]
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health)
+@router.get("/healthz", response_model=Health)
+@router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz() -> JSONResponse:
     """Liveness: answered on the event loop, touching neither the database nor the
     threadpool, so it answers at once however loaded the gateway is."""
