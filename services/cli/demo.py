@@ -14,6 +14,7 @@ The sample is the shared COVID-CT-MD series P002 (COVID, 133 slices, JPEG-Lossle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -107,10 +108,8 @@ def main() -> int:
             if status == 0 and keep_serving(get_settings().console_dir, sys.stdin.isatty()):
                 print(f"web console: {server}/ (API key {api_key}); the job is in its worklist")
                 print("the service keeps running for the console; Ctrl-C stops the demo")
-                try:
+                with contextlib.suppress(KeyboardInterrupt):
                     up.wait()
-                except KeyboardInterrupt:
-                    pass
         finally:
             up.send_signal(signal.SIGTERM)
             try:

@@ -63,4 +63,3 @@ def install_docs(app: FastAPI) -> None:
         return FileResponse(ASSETS_DIR / name, media_type=ASSETS[name], headers=headers)
 
     app.include_router(router)
-

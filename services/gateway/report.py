@@ -231,8 +231,14 @@ def render_report(
     pdf.multi_cell(0, 4.5, _plain(RESEARCH_USE), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 9)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    rows([("Job", view["id"]), ("External id", view.get("external_id")),
-          ("Created", view["created_at"]), ("Report generated", generated)])  # fmt: skip
+    rows(
+        [
+            ("Job", view["id"]),
+            ("External id", view.get("external_id")),
+            ("Created", view["created_at"]),
+            ("Report generated", generated),
+        ]
+    )
 
     heading("Verdict")
     probabilities = result.get("probabilities") or {}
@@ -240,10 +246,15 @@ def render_report(
     pdf.set_font("Helvetica", "B", 12)
     pdf.cell(0, 7, _plain(f"Category: {category}"), new_x="LMARGIN", new_y="NEXT")
     pdf.set_font("Helvetica", "", 9)
-    rows([("Label", result.get("label")),
-          *((f"P({name})", probabilities[name]) for name in probabilities),
-          ("CT pattern (RSNA)", findings.get("pattern")),
-          ("Slices used / read", f"{result.get('slices_used')} of {result.get('slices_total')}")])  # fmt: skip
+    used = f"{result.get('slices_used')} of {result.get('slices_total')}"
+    rows(
+        [
+            ("Label", result.get("label")),
+            *((f"P({name})", probabilities[name]) for name in probabilities),
+            ("CT pattern (RSNA)", findings.get("pattern")),
+            ("Slices used / read", used),
+        ]
+    )
     for reason in findings.get("pattern_reasons") or []:
         pdf.multi_cell(0, 4.5, _plain(f"- {reason}"), new_x="LMARGIN", new_y="NEXT")
     if series.get("single_slice_note"):

@@ -427,9 +427,11 @@ def series_identifiers(ordered: list[_Slice]) -> dict[str, Any]:
     image whose header says its series has more (ImagesInAcquisition, or an InstanceNumber
     above 1), so the verdict rests on a fragment of the scan."""
     first = ordered[0]
-    thickness = statistics.median(s.thickness for s in ordered if s.thickness) if any(
-        s.thickness for s in ordered
-    ) else None
+    thickness = (
+        statistics.median(s.thickness for s in ordered if s.thickness)
+        if any(s.thickness for s in ordered)
+        else None
+    )
     single_of_many = len(ordered) == 1 and (
         (first.images_in_acquisition or 0) > 1 or (first.instance_number or 0) > 1
     )

@@ -145,7 +145,9 @@ def test_series_read_is_reported_with_why_the_others_were_not(
     }
     assert sorted(s["instance_number"] for s in slices) == sorted(headers)
     for s in slices:
-        assert s["slice_location"] == pytest.approx(float(headers[s["instance_number"]].SliceLocation))
+        assert s["slice_location"] == pytest.approx(
+            float(headers[s["instance_number"]].SliceLocation)
+        )
         assert s["file"].startswith("ct/") and (s["rows"], s["columns"]) == (512, 512)
     locations = [s["slice_location"] for s in slices]
     assert locations == sorted(locations)  # index runs inferior -> superior
@@ -230,7 +232,9 @@ def test_deidentified_uploads_report_the_pseudonyms(
     assert body["study"]["patient_id"] == series["patient_id"]
     assert client.get("/v1/jobs", params={"q": "P002"}, headers=auth(tenant)).json()["total"] == 0
     pseudonym = series["patient_id"]
-    assert client.get("/v1/jobs", params={"q": pseudonym}, headers=auth(tenant)).json()["total"] == 1
+    assert (
+        client.get("/v1/jobs", params={"q": pseudonym}, headers=auth(tenant)).json()["total"] == 1
+    )
 
 
 def test_image_inputs_serve_the_image_as_sent(eager_app: Callable[..., TestClient]) -> None:
@@ -252,7 +256,9 @@ def test_image_inputs_serve_the_image_as_sent(eager_app: Callable[..., TestClien
     assert listing["native"] == "gray"
     (only,) = listing["slices"]
     assert only["sop_instance_uid"] is None and only["instance_number"] is None
-    shown = _png(client.get(only["image_url"] + "?window=mediastinal", headers=auth(tenant)).content)
+    shown = _png(
+        client.get(only["image_url"] + "?window=mediastinal", headers=auth(tenant)).content
+    )
     np.testing.assert_array_equal(shown, picture)
 
 
