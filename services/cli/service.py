@@ -34,7 +34,7 @@ def up(
     if (settings.console_dir / "index.html").is_file():
         typer.echo(f"web console: {stack.url}/ (sign in with a key from `covidct tenants create`)")
     else:
-        typer.echo("web console not built: install Node.js 20+, then run make install")
+        typer.echo("web console not built: install Node.js 20.19+, then run make install")
     raise typer.Exit(run_until_stopped(stack))
 
 

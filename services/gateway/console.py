@@ -46,7 +46,7 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 NOT_BUILT = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>covidct console not built</title></head><body>
 <h1>The covidct console is not built</h1>
-<p>Install Node.js 20 or later, then run <code>make install</code> (or
+<p>Install Node.js 20.19 or later, then run <code>make install</code> (or
 <code>cd console &amp;&amp; npm ci &amp;&amp; npm run build</code>) and reload this page.
 The API works without it: see <a href="/docs">/docs</a>.</p></body></html>"""
 
