@@ -10,6 +10,7 @@ downloads that slice only, never the whole study. Windowing happens at request t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +27,12 @@ WINDOWS: dict[str, tuple[float, float]] = {
     "mediastinal": (400.0, 40.0),
 }
 MASK_RGBA = (0, 200, 255, 90)  # overlay colour of the lung mask (translucent cyan)
+# The HU ranges the lung features count (services.preprocess.lung_features), shown until a
+# lesion segmenter's masks exist: ground glass -700 <= HU < -300, consolidation -300..100.
+DENSITY_RANGES: dict[str, tuple[tuple[float, float], tuple[int, int, int, int]]] = {
+    "ggo": ((-700.0, -300.0), (255, 170, 0, 120)),
+    "consolidation": ((-300.0, 100.0), (230, 30, 30, 140)),
+}
 
 
 def native_blob_key(job_id: str) -> str:
@@ -58,7 +65,7 @@ def encode_mask(mask: NDArray[Any]) -> bytes:
 
 
 def pack_native(
-    slices: list[NDArray[Any]], masks: list[NDArray[Any] | None]
+    slices: Sequence[NDArray[Any]], masks: Sequence[NDArray[Any] | None]
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """The blob and, per slice, ``{"kind", "rows", "columns", "image": [offset, length],
     "mask": [offset, length] | None}`` to store with the slice's row."""
@@ -134,4 +141,17 @@ def mask_overlay_png(mask: NDArray[np.bool_]) -> bytes:
     rgba = np.zeros((*mask.shape, 4), np.uint8)
     rgba[mask] = MASK_RGBA
     # OpenCV writes BGRA: swap so the PNG holds RGBA.
+    return _png(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+
+
+def density_overlay_png(
+    hu: NDArray[Any], lung: NDArray[np.bool_], ranges: dict[str, tuple[float, float]]
+) -> bytes:
+    """RGBA PNG: lung pixels in each named HU range (``DENSITY_RANGES`` colours, half-open
+    ``low <= HU < high``; consolidation includes its upper bound), transparent elsewhere."""
+    rgba = np.zeros((*lung.shape, 4), np.uint8)
+    for name, (low, high) in ranges.items():
+        colour = DENSITY_RANGES[name][1]
+        upper = hu <= high if name == "consolidation" else hu < high
+        rgba[lung & (hu >= low) & upper] = colour
     return _png(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))

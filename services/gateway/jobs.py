@@ -251,6 +251,11 @@ def _slices(session: Session, job: Job) -> dict[str, Any]:
                 "columns": native.get("columns"),
                 "image_url": f"{base}/image" if native.get("image") else None,
                 "lung_mask_url": f"{base}/lung-mask.png" if native.get("mask") else None,
+                "density_overlay_url": (
+                    f"{base}/density-overlay.png"
+                    if native.get("mask") and native.get("kind") == "hu"
+                    else None
+                ),
                 "kept": row.kept,
                 "drop_reason": row.drop_reason,
                 "drop_detail": row.drop_detail,

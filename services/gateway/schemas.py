@@ -186,6 +186,11 @@ class SliceOut(BaseModel):
         description="the slice at native resolution, PNG (append ?window=lung|mediastinal|W,L)",
     )
     lung_mask_url: str | None = Field(default=None, description="RGBA lung-mask overlay PNG")
+    density_overlay_url: str | None = Field(
+        default=None,
+        description="RGBA PNG of the lung pixels in the ground-glass and consolidation HU "
+        "ranges the CT pattern counts (HU studies only)",
+    )
     kept: bool
     drop_reason: str | None
     drop_detail: str | None

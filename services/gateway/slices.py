@@ -15,8 +15,10 @@ from sqlalchemy import select
 
 from services.common.config import get_settings
 from services.common.native_slices import (
+    DENSITY_RANGES,
     decode_mask,
     decode_native,
+    density_overlay_png,
     mask_overlay_png,
     native_blob_key,
     parse_window,
@@ -98,11 +100,16 @@ WindowParam = Annotated[
 ]
 
 
-def _native_part(job_id: str, slice_index: int, key: Any, part: str) -> tuple[bytes, str]:
+def _native_part(
+    job_id: str, slice_index: int, key: Any, part: str, features: dict[str, Any] | None = None
+) -> tuple[bytes, str]:
     """The bytes of one slice's native image or lung mask (one ranged read of
-    jobs/<id>/native.bin) and the image's kind; 404 when the job has none."""
+    jobs/<id>/native.bin) and the image's kind; 404 when the job has none. ``features``,
+    when given, receives the job's lung features (their HU ranges)."""
     with tenant_session(key) as (session, tenant):
-        get_tenant_job(session, tenant.id, job_id)
+        job = get_tenant_job(session, tenant.id, job_id)
+        if features is not None:
+            features.update(job.lung_features or {})
         info = session.scalar(
             select(SliceRecord.info).where(
                 SliceRecord.job_id == job_id, SliceRecord.index == slice_index
@@ -153,4 +160,29 @@ def get_lung_mask(slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep) -> Res
     the lung and transparent elsewhere, to lay over ``.../image``."""
     data, _kind = _native_part(job_id, slice_index, key, "mask")
     png = mask_overlay_png(decode_mask(data))
+    return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})
+
+
+@router.get(
+    "/{job_id}/slices/{slice_index}/density-overlay.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+)
+def get_density_overlay(slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep) -> Response:
+    """The lung pixels in the HU ranges the CT pattern counts, at native resolution, RGBA:
+    ground glass (-700..-300 HU) amber, consolidation (-300..100 HU) red, transparent
+    elsewhere. Only for HU studies (404 ``slice_not_found`` for image inputs)."""
+    features: dict[str, Any] = {}
+    data, kind = _native_part(job_id, slice_index, key, "image", features)
+    if kind != "hu":
+        raise ApiError(404, "slice_not_found", f"slice {slice_index} has no Hounsfield units")
+    mask_data, _kind = _native_part(job_id, slice_index, key, "mask")
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, (default, _colour) in DENSITY_RANGES.items():
+        value = features.get(f"{name}_hu")
+        if isinstance(value, list | tuple) and len(value) == 2:
+            ranges[name] = (float(value[0]), float(value[1]))
+        else:
+            ranges[name] = default
+    png = density_overlay_png(decode_native(data, "hu").pixels, decode_mask(mask_data), ranges)
     return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})
