@@ -105,7 +105,9 @@ def main() -> int:
             job = json.loads(submit.stdout)
             elapsed = time.perf_counter() - started
             status = print_job(job, elapsed, sample)
-            if status == 0 and keep_serving(get_settings().console_dir, sys.stdin.isatty()):
+            # A terminal on both ends: someone reads the URL and can press Ctrl-C.
+            interactive = sys.stdin.isatty() and sys.stdout.isatty()
+            if status == 0 and keep_serving(get_settings().console_dir, interactive):
                 print(f"web console: {server}/ (API key {api_key}); the job is in its worklist")
                 print("the service keeps running for the console; Ctrl-C stops the demo")
                 with contextlib.suppress(KeyboardInterrupt):
