@@ -85,7 +85,10 @@ def _preprocess(job_id: str) -> str:
                 drop_detail=dropped[index].detail if index in dropped else None,
                 high_contrast=bool(prepared.high_contrast[index]),
                 lung_fraction=float(prepared.lung_fraction[index]),
-                info={**_source_info(out.study.slice_info, index), "native": native_entries[index]},
+                info={
+                    **_source_info(out.study.slice_info, index, settings.deidentify_uploads),
+                    "native": native_entries[index],
+                },
             )
             for index in range(prepared.slices_total)
         )
@@ -121,14 +124,17 @@ def native_slices(out: PreprocessedStudy) -> tuple[bytes, list[dict[str, Any]]]:
 _SOURCE_KEYS = ("file", "frame", "instance_number", "slice_location", "sop_instance_uid")
 
 
-def _source_info(slice_info: list[dict[str, Any]], index: int) -> dict[str, Any]:
+def _source_info(
+    slice_info: list[dict[str, Any]], index: int, deidentified: bool
+) -> dict[str, Any]:
     """Where slice ``index`` came from: file, InstanceNumber, SliceLocation, SOPInstanceUID
-    (None where the format has none), and its position along the scan axis in mm."""
+    (None where the format has none), and its position along the scan axis in mm. With
+    de-identification on, no file name is kept (names in an upload may identify someone)."""
     info = slice_info[index] if index < len(slice_info) else {}
-    return {
-        **{key: info.get(key) for key in _SOURCE_KEYS},
-        "position_mm": info.get("position"),
-    }
+    out = {key: info.get(key) for key in _SOURCE_KEYS}
+    if deidentified:
+        out["file"] = None
+    return {**out, "position_mm": info.get("position")}
 
 
 def series_report(out: PreprocessedStudy) -> dict[str, Any]:

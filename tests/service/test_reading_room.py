@@ -231,6 +231,8 @@ def test_deidentified_uploads_report_the_pseudonyms(
     assert series["series_instance_uid"] != str(original.SeriesInstanceUID)
     assert body["study"]["patient_id"] == series["patient_id"]
     assert client.get("/v1/jobs", params={"q": "P002"}, headers=auth(tenant)).json()["total"] == 0
+    (only,) = client.get(f"/v1/jobs/{job_id}/slices", headers=auth(tenant)).json()["slices"]
+    assert only["file"] is None and only["instance_number"] == 61
     pseudonym = series["patient_id"]
     assert (
         client.get("/v1/jobs", params={"q": pseudonym}, headers=auth(tenant)).json()["total"] == 1
