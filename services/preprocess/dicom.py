@@ -452,7 +452,7 @@ def series_identifiers(ordered: list[_Slice]) -> dict[str, Any]:
         "study_date": first.study_date or None,
         "patient_id": first.patient_id or None,
         "slice_thickness_mm": float(thickness) if thickness else None,
-        "instances": len({(s.path, s.frame) for s in ordered}),
+        "instances": len({s.path for s in ordered}),  # SOP instances (files), not frames
         "single_slice_of_series": single_of_many,
         "single_slice_note": note,
     }
