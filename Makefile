@@ -27,14 +27,15 @@ $(CONSOLE_STAMP): $(CONSOLE_INPUTS)
 	@if command -v node >/dev/null 2>&1; then \
 		cd console && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund && npm run build && touch .stamp; \
 	else \
-		echo "node not found: the web console is not built (install Node.js 20+, then make install)"; \
+		echo "node not found: the web console is not built (install Node.js 20.19+, then make install)"; \
 	fi
 
 console: $(CONSOLE_STAMP)
 
 install: $(STAMP) $(CONSOLE_STAMP)
 
-demo: $(STAMP)
+# The console too (when Node.js is here): the demo offers it while the service runs.
+demo: $(STAMP) $(CONSOLE_STAMP)
 	$(BIN)/python -m services.cli.demo
 
 test: $(STAMP) $(CONSOLE_STAMP)

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from bench import bench_cnn, bench_diagnose, bench_preprocess, bench_service, bench_upload
+from bench import (
+    bench_cnn,
+    bench_diagnose,
+    bench_native,
+    bench_preprocess,
+    bench_service,
+    bench_upload,
+)
 
 
 def main() -> None:
     for name, module in (
         ("preprocess", bench_preprocess),
+        ("native", bench_native),
         ("cnn", bench_cnn),
         ("diagnose", bench_diagnose),
         ("upload", bench_upload),

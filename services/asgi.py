@@ -24,9 +24,10 @@ from services.common.db import pool_capacity
 from services.common.logging import configure_logging
 from services.common.queue import configure
 from services.common.retention import sweep_retention
-from services.gateway import health, jobs, slices
+from services.gateway import health, jobs, report, slices
 from services.gateway.auth import bearer_scheme
 from services.gateway.console import install_console
+from services.gateway.docs import install_docs
 from services.gateway.errors import error_responses, install_error_handlers
 from services.gateway.limits import InFlightLimit, RouteClass
 from services.upload.ingest import finish_completed_uploads, sweep_expired_uploads
@@ -119,6 +120,8 @@ def create_app() -> FastAPI:
         version="1",
         summary="COVID-19 pneumonia from chest CT: async jobs, tus uploads, signed callbacks.",
         lifespan=lifespan,
+        docs_url=None,  # services.gateway.docs: Swagger UI from this process, not a CDN
+        redoc_url=None,  # one documentation page, and no CDN
     )
     install_error_handlers(app, settings.gateway_retry_after_s)
     install_upload_lifecycle(app, settings)
@@ -165,6 +168,7 @@ def create_app() -> FastAPI:
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=trusted_proxies(settings))
     app.include_router(jobs.router)
     app.include_router(slices.router)
+    app.include_router(report.router)
     # Authenticate tus requests before any route dependency reads the body; the bearer
     # scheme only documents the key (it never rejects by itself).
     app.include_router(
@@ -173,6 +177,7 @@ def create_app() -> FastAPI:
         responses=error_responses(400, 401, 404, 409, 410, 412, 413, 415, 429, 503),
     )
     app.include_router(health.router)
+    install_docs(app)
     # Last: its routes must not shadow the API's.
     cards = [d / "MODEL_CARD.md" for d in (settings.ensemble_model_dir, settings.slice_model_dir)]
     install_console(app, settings.console_dir, cards)

@@ -59,7 +59,7 @@ def up(
                     f"web console: {stack.url}/ (sign in with a key from `covidct tenants create`)"
                 )
             else:
-                typer.echo("web console not built: install Node.js 20+, then run make install")
+                typer.echo("web console not built: install Node.js 20.19+, then run make install")
         except BaseException:
             stack.stop()
             raise

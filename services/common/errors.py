@@ -18,6 +18,7 @@ class ErrorCode(StrEnum):
     UNSAFE_ARCHIVE = "unsafe_archive"
     NO_LUNG = "no_lung"
     NOT_CHEST_CT = "not_chest_ct"  # the study is not a chest CT (photo, radiograph, head...)
+    MULTIPLE_PATIENTS = "multiple_patients"  # instances of more than one patient in one upload
     # Service-level codes (stored on failed jobs).
     CHECKSUM_MISMATCH = "checksum_mismatch"
     UPLOAD_EXPIRED = "upload_expired"  # the job never received a complete upload

@@ -21,6 +21,7 @@ from services.common.orm import (
     Job,
     JobEvent,
     JobStatus,
+    Result,
     WebhookDelivery,
     new_id,
     utcnow,
@@ -58,6 +59,10 @@ def transition(
     clears it. The event says which attempt of the stage moved the job (``attempt``)."""
     now = utcnow()
     values: dict[str, Any] = {"status": new_status.value, "stage": stage, "updated_at": now}
+    if new_status == JobStatus.SUCCEEDED and "category" not in fields:
+        result = session.get(Result, job_id)  # added by the same transaction (ensemble)
+        if result is not None:
+            values["category"] = verdict_category(result.label, result.findings)
     if error is not None:
         values["error_code"], values["error_message"] = error
     next_step = STEP_OF_STATUS.get(new_status)
@@ -110,10 +115,47 @@ def fail(
     return moved
 
 
+# The RSNA pattern of a whole-lung HU series, as the worklist names the verdict.
+_PATTERN_CATEGORY = {
+    "typical": "covid",
+    "indeterminate": "indeterminate",
+    "atypical": "other_pneumonia",
+    "negative": "no_pneumonia",
+}
+
+
+def verdict_category(label: str, findings: dict[str, Any] | None) -> str:
+    """The worklist category of a verdict: the findings' own ``category`` when the verdict
+    names one, else its RSNA pattern's (typical -> covid, indeterminate, atypical -> other
+    pneumonia, negative -> no pneumonia), else the label (``covid`` / ``noncovid``) for
+    verdicts without HU findings (images, short series)."""
+    findings = findings or {}
+    if isinstance(findings.get("category"), str):
+        return str(findings["category"])[:40]
+    pattern = findings.get("pattern")
+    if isinstance(pattern, str) and pattern in _PATTERN_CATEGORY:
+        return _PATTERN_CATEGORY[pattern]
+    return label.lower()[:40]
+
+
+def study_view(job: Job) -> dict[str, Any]:
+    """The worklist columns of a job (null until preprocessing has read the study)."""
+    return {
+        "patient_id": job.patient_id,
+        "accession_number": job.accession_number,
+        "study_date": job.study_date,
+        "series_description": job.series_description,
+        "study_instance_uid": job.study_instance_uid,
+        "series_instance_uid": job.series_instance_uid,
+        "category": job.category,
+    }
+
+
 def result_view(job: Job) -> dict[str, Any] | None:
     if job.result is None:
         return None
     return {
+        "series": job.series,
         "label": job.result.label,
         "probabilities": job.result.probabilities,
         "slices_total": job.result.slices_total,
@@ -135,6 +177,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "error": (
             {"code": job.error_code, "message": job.error_message or ""} if job.error_code else None
         ),
+        "study": study_view(job),
         "result": result_view(job),
     }
 

@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -108,7 +109,10 @@ class WebhookSecret(Base):
 
 class Job(Base):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_jobs_tenant_study_date", "tenant_id", "study_date"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
@@ -151,6 +155,15 @@ class Job(Base):
     step_attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     step_crashes: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     step_due_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # The worklist's columns (migration 0006): identifiers of the series read (preprocess;
+    # the pseudonyms when de-identification is on) and the verdict's category (on success).
+    patient_id: Mapped[str | None] = mapped_column(String(200), default=None)
+    accession_number: Mapped[str | None] = mapped_column(String(64), default=None)
+    study_date: Mapped[str | None] = mapped_column(String(8), default=None)  # DICOM YYYYMMDD
+    series_description: Mapped[str | None] = mapped_column(String(200), default=None)
+    study_instance_uid: Mapped[str | None] = mapped_column(String(128), default=None)
+    series_instance_uid: Mapped[str | None] = mapped_column(String(128), default=None)
+    category: Mapped[str | None] = mapped_column(String(40), default=None)
 
     result: Mapped[Result | None] = relationship(
         back_populates="job", cascade="all, delete-orphan", uselist=False
@@ -185,6 +198,9 @@ class SliceRecord(Base):
     drop_detail: Mapped[str | None] = mapped_column(Text, default=None)
     high_contrast: Mapped[bool] = mapped_column(Boolean, default=False)
     lung_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    # Source mapping (file, instance_number, slice_location, sop_instance_uid...) and the
+    # byte ranges of its native image and lung mask in jobs/<id>/native.bin (migration 0006).
+    info: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class SliceScore(Base):

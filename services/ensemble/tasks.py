@@ -49,9 +49,7 @@ def _ensemble_job(job_id: str) -> str:
     if not rows:
         return fail_job(job_id, ErrorCode.EMPTY_STUDY, "no slice was scored", "ensemble")
     probabilities = np.array([[r[0], r[1]] for r in rows], dtype=np.float64)
-    decided = verdict(
-        probabilities, lung_features, loaded_ensemble(), rows[0][2], lesion_findings
-    )
+    decided = verdict(probabilities, lung_features, loaded_ensemble(), rows[0][2], lesion_findings)
     with session_scope() as session:
         if session.get(Result, job_id) is None:
             session.add(

@@ -46,9 +46,19 @@ IMMUTABLE = "public, max-age=31536000, immutable"
 NOT_BUILT = """<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>covidct console not built</title></head><body>
 <h1>The covidct console is not built</h1>
-<p>Install Node.js 20 or later, then run <code>make install</code> (or
+<p>Install Node.js 20.19 or later, then run <code>make install</code> (or
 <code>cd console &amp;&amp; npm ci &amp;&amp; npm run build</code>) and reload this page.
 The API works without it: see <a href="/docs">/docs</a>.</p></body></html>"""
+
+
+# The service's icon: a lung-window grey disc (an axial CT field of view) with two lungs.
+FAVICON_SVG = """<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">
+<circle cx="16" cy="16" r="15" fill="#1f2937"/>
+<ellipse cx="11" cy="16" rx="5" ry="8.5" fill="#0b0f14" stroke="#9ca3af" stroke-width="1.2"/>
+<ellipse cx="21" cy="16" rx="5" ry="8.5" fill="#0b0f14" stroke="#9ca3af" stroke-width="1.2"/>
+<circle cx="20" cy="13" r="2" fill="#e5e7eb" opacity="0.7"/>
+</svg>
+"""
 
 
 def install_console(app: FastAPI, dist: Path, model_cards: list[Path]) -> None:
@@ -57,7 +67,17 @@ def install_console(app: FastAPI, dist: Path, model_cards: list[Path]) -> None:
     router = APIRouter(include_in_schema=False)
     root = dist.resolve()
 
-    @router.get("/model-card")
+    @router.api_route("/favicon.svg", methods=["GET", "HEAD"])
+    @router.api_route("/favicon.ico", methods=["GET", "HEAD"])
+    def favicon() -> Response:
+        # Browsers ask for /favicon.ico on their own; every current one renders SVG there.
+        return Response(
+            FAVICON_SVG,
+            media_type="image/svg+xml",
+            headers={**SECURITY_HEADERS, "Cache-Control": "public, max-age=86400"},
+        )
+
+    @router.api_route("/model-card", methods=["GET", "HEAD"])
     def model_card() -> Response:
         text = "\n\n---\n\n".join(p.read_text() for p in model_cards if p.is_file())
         return PlainTextResponse(
@@ -65,7 +85,7 @@ def install_console(app: FastAPI, dist: Path, model_cards: list[Path]) -> None:
             headers={**SECURITY_HEADERS, "Cache-Control": NO_CACHE},
         )
 
-    @router.get("/")
+    @router.api_route("/", methods=["GET", "HEAD"])
     def index() -> Response:
         page = root / "index.html"
         if not page.is_file():

@@ -48,6 +48,7 @@ class Readiness(BaseModel):
 
 
 @router.get("/healthz", response_model=Health)
+@router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz() -> JSONResponse:
     """Liveness: answered on the event loop, touching neither the database nor the
     threadpool, so it answers at once however loaded the gateway is."""

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from datetime import date
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
+from pydantic import Field
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -128,20 +130,80 @@ def _replay(job: Job, request_hash: str) -> JSONResponse:
     return JSONResponse(_created_body(job), status_code=200)
 
 
+# The worklist's sort keys; a leading "-" sorts descending. Ties: newest first, then id.
+SortKey = Literal[
+    "created_at", "-created_at", "study_date", "-study_date",
+    "status", "-status", "category", "-category",
+]  # fmt: skip
+_SORT_COLUMNS = {
+    "created_at": Job.created_at,
+    "study_date": Job.study_date,
+    "status": Job.status,
+    "category": Job.category,
+}
+SearchText = Annotated[
+    str | None,
+    Query(
+        max_length=200,
+        pattern=NO_CONTROL_CHARS,
+        description="case-insensitive substring of the patient id (the pseudonym when "
+        "de-identification is on), accession number, external id or series description",
+    ),
+]
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped.lower()}%"
+
+
 @router.get("", response_model=JobPage)
 def list_jobs(
     key: ApiKeyDep,
-    status: Annotated[JobStatusName | None, Query()] = None,
+    status: Annotated[list[JobStatusName] | None, Query(description="one or more")] = None,
+    category: Annotated[
+        list[Annotated[str, Field(max_length=40, pattern=NO_CONTROL_CHARS)]] | None,
+        Query(description="verdict category, one or more (see StudyOut.category)"),
+    ] = None,
+    study_date_from: Annotated[date | None, Query(description="StudyDate on or after")] = None,
+    study_date_to: Annotated[date | None, Query(description="StudyDate on or before")] = None,
+    q: SearchText = None,
+    sort: Annotated[SortKey, Query(description="sort key; '-' for descending")] = "-created_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
 ) -> Any:
+    """The tenant's jobs as a worklist: filtered, searched, sorted and paged on the server
+    (``total`` counts every match)."""
     with tenant_session(key) as (session, tenant):
         query = select(Job).where(Job.tenant_id == tenant.id)
         if status:
-            query = query.where(Job.status == status)
+            query = query.where(Job.status.in_(status))
+        if category:
+            query = query.where(Job.category.in_(category))
+        if study_date_from:
+            query = query.where(Job.study_date >= study_date_from.strftime("%Y%m%d"))
+        if study_date_to:
+            query = query.where(Job.study_date <= study_date_to.strftime("%Y%m%d"))
+        if q:
+            pattern = _like(q)
+            query = query.where(
+                or_(
+                    *(
+                        func.lower(column).like(pattern, escape="\\")
+                        for column in (
+                            Job.patient_id,
+                            Job.accession_number,
+                            Job.external_id,
+                            Job.series_description,
+                        )
+                    )
+                )
+            )
         total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        column = _SORT_COLUMNS[sort.lstrip("-")]
+        order = (column.desc() if sort.startswith("-") else column.asc()).nulls_last()
         jobs = session.scalars(
-            query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)
+            query.order_by(order, Job.created_at.desc(), Job.id).limit(limit).offset(offset)
         ).all()
         items = [job_view(j) for j in jobs]
     return {"items": items, "total": total, "limit": limit, "offset": offset}
@@ -172,11 +234,31 @@ def _slices(session: Session, job: Job) -> dict[str, Any]:
     lesion_share = (job.lesion_findings or {}).get("slice_lesion_share") or []
     has_lesions = job.lesions_blob is not None
     slices = []
+    native_kind = None
     for row in rows:
         score = scores.get(row.index)
+        info = row.info or {}
+        native = info.get("native") or {}
+        native_kind = native.get("kind") or native_kind
+        base = f"/v1/jobs/{job_id}/slices/{row.index}"
         slices.append(
             {
                 "index": row.index,
+                "instance_number": info.get("instance_number"),
+                "slice_location": info.get("slice_location"),
+                "sop_instance_uid": info.get("sop_instance_uid"),
+                "file": info.get("file"),
+                "frame": info.get("frame"),
+                "position_mm": info.get("position_mm"),
+                "rows": native.get("rows"),
+                "columns": native.get("columns"),
+                "image_url": f"{base}/image" if native.get("image") else None,
+                "lung_mask_url": f"{base}/lung-mask.png" if native.get("mask") else None,
+                "density_overlay_url": (
+                    f"{base}/density-overlay.png"
+                    if native.get("mask") and native.get("kind") == "hu"
+                    else None
+                ),
                 "kept": row.kept,
                 "drop_reason": row.drop_reason,
                 "drop_detail": row.drop_detail,
@@ -208,6 +290,9 @@ def _slices(session: Session, job: Job) -> dict[str, Any]:
         "slices_total": job.slices_total,
         "slices_used": job.slices_used,
         "has_lesions": has_lesions,
+        "native": native_kind,
+        "orientation": (job.series or {}).get("orientation"),
+        "pixel_spacing_mm": (job.series or {}).get("pixel_spacing_mm"),
         "slices": slices,
     }
 

@@ -64,7 +64,77 @@ class JobError(BaseModel):
     message: str
 
 
+class SeriesCandidate(BaseModel):
+    """One series of the upload and why it was or was not read."""
+
+    model_config = ConfigDict(extra="allow")
+    uid: str = Field(description="SeriesInstanceUID")
+    description: str
+    modality: str
+    slices: int
+    axial: bool | None
+    excluded: str | None = Field(description="why the series cannot be read (localizer...)")
+    not_used_because: str | None = Field(
+        default=None,
+        description="why this series was not the one read (null for the one read), e.g. "
+        "'localizer', 'modality MR', 'fewer slices (3 vs 133)'",
+    )
+
+
+class SeriesOut(BaseModel):
+    """What the verdict was computed on. DICOM identifiers are those stored after ingest: the
+    pseudonyms when de-identification is on. Null where the input format has none."""
+
+    model_config = ConfigDict(extra="allow")
+    source_format: str | None = Field(default=None, description="dicom, nifti, image_set, image")
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    accession_number: str | None = None
+    study_date: str | None = Field(default=None, description="DICOM StudyDate (YYYYMMDD)")
+    patient_id: str | None = None
+    series_description: str | None = None
+    modality: str | None = None
+    slice_thickness_mm: float | None = None
+    instances: int | None = Field(default=None, description="images of the series read")
+    slices: int | None = None
+    reason: str | None = Field(default=None, description="why this series was chosen")
+    candidates: list[SeriesCandidate] = Field(
+        default_factory=list, description="every series of the upload, the one read included"
+    )
+    single_slice_of_series: bool = Field(
+        default=False,
+        description="one image was sent whose header says its series has more "
+        "(ImagesInAcquisition > 1 or InstanceNumber > 1)",
+    )
+    single_slice_note: str | None = None
+    orientation: dict[str, str] | None = Field(
+        default=None,
+        description="patient direction each image edge faces: {left, right, top, bottom} "
+        "with R/L/A/P/H/F (from ImageOrientationPatient; NIfTI: radiological view)",
+    )
+    pixel_spacing_mm: list[float] | None = Field(default=None, description="[row, column]")
+    slice_spacing_mm: float | None = None
+
+
+class StudyOut(BaseModel):
+    """The worklist columns of a job (null until preprocessing has read the study)."""
+
+    patient_id: str | None = Field(description="PatientID (the pseudonym when de-identified)")
+    accession_number: str | None
+    study_date: str | None = Field(description="DICOM StudyDate (YYYYMMDD)")
+    series_description: str | None
+    study_instance_uid: str | None
+    series_instance_uid: str | None
+    category: str | None = Field(
+        description="the verdict's category: covid, indeterminate, other pneumonia, "
+        "no pneumonia (RSNA pattern of an HU series), else the label in lower case"
+    )
+
+
 class JobResult(BaseModel):
+    series: SeriesOut | None = Field(
+        default=None, description="the study and series the verdict was computed on"
+    )
     label: str
     probabilities: dict[str, float]
     slices_total: int
@@ -88,6 +158,7 @@ class JobOut(BaseModel):
     created_at: str
     updated_at: str
     error: JobError | None
+    study: StudyOut
     result: JobResult | None
 
 
@@ -104,7 +175,25 @@ class JobPage(BaseModel):
 
 
 class SliceOut(BaseModel):
-    index: int
+    index: int = Field(description="position in the series as read (inferior to superior)")
+    instance_number: int | None = Field(default=None, description="DICOM InstanceNumber")
+    slice_location: float | None = Field(default=None, description="DICOM SliceLocation (mm)")
+    sop_instance_uid: str | None = Field(default=None, description="DICOM SOPInstanceUID")
+    file: str | None = Field(default=None, description="file of the upload it came from")
+    frame: int | None = Field(default=None, description="frame of a multi-frame file")
+    position_mm: float | None = Field(default=None, description="along the scan axis")
+    rows: int | None = Field(default=None, description="native image height in pixels")
+    columns: int | None = Field(default=None, description="native image width in pixels")
+    image_url: str | None = Field(
+        default=None,
+        description="the slice at native resolution, PNG (append ?window=lung|mediastinal|W,L)",
+    )
+    lung_mask_url: str | None = Field(default=None, description="RGBA lung-mask overlay PNG")
+    density_overlay_url: str | None = Field(
+        default=None,
+        description="RGBA PNG of the lung pixels in the ground-glass and consolidation HU "
+        "ranges the CT pattern counts (HU studies only)",
+    )
     kept: bool
     drop_reason: str | None
     drop_detail: str | None
@@ -132,6 +221,15 @@ class SlicesOut(BaseModel):
     has_lesions: bool = Field(
         default=False, description="the job has lesion masks (HU series): overlays exist"
     )
+    native: Literal["hu", "gray"] | None = Field(
+        default=None,
+        description="what image_url serves: hu (windowed on the server) or gray (an image "
+        "input shown as sent); null before preprocessing",
+    )
+    orientation: dict[str, str] | None = Field(
+        default=None, description="patient direction of each image edge (see SeriesOut)"
+    )
+    pixel_spacing_mm: list[float] | None = None
     slices: list[SliceOut]
 
 

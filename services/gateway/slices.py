@@ -11,10 +11,20 @@ from typing import Annotated, Any
 
 import cv2
 import numpy as np
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from sqlalchemy import select
 
 from services.common.config import get_settings
+from services.common.native_slices import (
+    DENSITY_RANGES,
+    decode_mask,
+    decode_native,
+    density_overlay_png,
+    mask_overlay_png,
+    native_blob_key,
+    parse_window,
+    render_png,
+)
 from services.common.orm import JobEvent, SliceRecord
 from services.common.storage import make_storage
 from services.gateway.auth import ApiKeyDep, tenant_session
@@ -137,3 +147,102 @@ def get_lesion_overlay(
         media_type="image/png",
         headers={"Cache-Control": SLICE_CACHE_CONTROL},
     )
+
+
+SliceIndex = Annotated[int, Path(ge=0, le=MAX_INT)]
+WindowParam = Annotated[
+    str,
+    Query(
+        max_length=40,
+        description="lung (W1500 L-600), mediastinal (W400 L40) or 'W,L' in HU; "
+        "ignored for image inputs (shown as sent)",
+    ),
+]
+
+
+def _native_part(
+    job_id: str, slice_index: int, key: Any, part: str, features: dict[str, Any] | None = None
+) -> tuple[bytes, str]:
+    """The bytes of one slice's native image or lung mask (one ranged read of
+    jobs/<id>/native.bin) and the image's kind; 404 when the job has none. ``features``,
+    when given, receives the job's lung features (their HU ranges)."""
+    with tenant_session(key) as (session, tenant):
+        job = get_tenant_job(session, tenant.id, job_id)
+        if features is not None:
+            features.update(job.lung_features or {})
+        info = session.scalar(
+            select(SliceRecord.info).where(
+                SliceRecord.job_id == job_id, SliceRecord.index == slice_index
+            )
+        )
+    native = (info or {}).get("native") or {}
+    where = native.get(part)
+    what = "lung mask" if part == "mask" else "native image"
+    if not where:
+        raise ApiError(404, "slice_not_found", f"no {what} for slice {slice_index}")
+    offset, length = int(where[0]), int(where[1])
+    try:
+        data = make_storage(get_settings()).get_range(native_blob_key(job_id), offset, length)
+    except FileNotFoundError as exc:
+        raise ApiError(404, "slice_not_found", f"no {what} for slice {slice_index}") from exc
+    if len(data) != length:  # purged or rewritten meanwhile
+        raise ApiError(404, "slice_not_found", f"no {what} for slice {slice_index}")
+    return data, str(native.get("kind") or "gray")
+
+
+@router.get(
+    "/{job_id}/slices/{slice_index}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+)
+def get_native_slice(
+    slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep, window: WindowParam = "lung"
+) -> Response:
+    """Slice ``slice_index`` as read, at its native resolution (not the model's crop), every
+    slice of the study, kept or dropped: HU windowed on the server to an 8-bit grey PNG; an
+    image input (PNG/JPEG) as it was sent, in grey."""
+    try:
+        width_level = parse_window(window)
+    except ValueError as exc:
+        raise ApiError(422, "invalid_window", str(exc)) from exc
+    data, kind = _native_part(job_id, slice_index, key, "image")
+    png = render_png(decode_native(data, "hu" if kind == "hu" else "gray"), width_level)
+    return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})
+
+
+@router.get(
+    "/{job_id}/slices/{slice_index}/lung-mask.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+)
+def get_lung_mask(slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep) -> Response:
+    """The lung mask of the slice at native resolution: an RGBA PNG, translucent colour on
+    the lung and transparent elsewhere, to lay over ``.../image``."""
+    data, _kind = _native_part(job_id, slice_index, key, "mask")
+    png = mask_overlay_png(decode_mask(data))
+    return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})
+
+
+@router.get(
+    "/{job_id}/slices/{slice_index}/density-overlay.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+)
+def get_density_overlay(slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep) -> Response:
+    """The lung pixels in the HU ranges the CT pattern counts, at native resolution, RGBA:
+    ground glass (-700..-300 HU) amber, consolidation (-300..100 HU) red, transparent
+    elsewhere. Only for HU studies (404 ``slice_not_found`` for image inputs)."""
+    features: dict[str, Any] = {}
+    data, kind = _native_part(job_id, slice_index, key, "image", features)
+    if kind != "hu":
+        raise ApiError(404, "slice_not_found", f"slice {slice_index} has no Hounsfield units")
+    mask_data, _kind = _native_part(job_id, slice_index, key, "mask")
+    ranges: dict[str, tuple[float, float]] = {}
+    for name, (default, _colour) in DENSITY_RANGES.items():
+        value = features.get(f"{name}_hu")
+        if isinstance(value, list | tuple) and len(value) == 2:
+            ranges[name] = (float(value[0]), float(value[1]))
+        else:
+            ranges[name] = default
+    png = density_overlay_png(decode_native(data, "hu").pixels, decode_mask(mask_data), ranges)
+    return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})

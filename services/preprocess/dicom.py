@@ -61,6 +61,16 @@ class _Slice:
     intercept: float
     body_part: str = ""
     study_description: str = ""
+    # Identifiers reported with the result (what a radiologist checks: right patient, study,
+    # series) and the patient check across the whole upload.
+    sop_instance_uid: str = ""
+    study_uid: str = ""
+    accession: str = ""
+    study_date: str = ""
+    patient_id: str = ""
+    patient_name: str = ""
+    birth_date: str = ""
+    images_in_acquisition: int | None = None
 
 
 @dataclass
@@ -105,7 +115,9 @@ def _scan_file(path: Path, root: Path | None, scan: DicomScan) -> None:
 
 
 def study_from_scan(scan: DicomScan, settings: Settings) -> Study:
-    """Choose the series, check limits, then decode and window only that series."""
+    """Refuse several patients, choose the series, check limits, then decode and window only
+    that series."""
+    check_one_patient(scan.slices)
     groups: dict[str, list[_Slice]] = {}
     for s in scan.slices:
         groups.setdefault(s.uid, []).append(s)
@@ -133,6 +145,8 @@ def study_from_scan(scan: DicomScan, settings: Settings) -> Study:
     ordered, keys, sort_by = _order(groups[chosen["uid"]])
     images, hu = _decode(ordered)
     first = ordered[0]
+    for c in candidates:
+        c["not_used_because"] = _not_used_because(c, chosen)
     return Study(
         images=images,
         source_format="dicom",
@@ -150,6 +164,8 @@ def study_from_scan(scan: DicomScan, settings: Settings) -> Study:
             "body_part_examined": first.body_part,
             "study_description": first.study_description,
             "image_orientation_patient": list(first.iop) if first.iop else None,
+            "orientation": edge_labels(first.iop),
+            **series_identifiers(ordered),
         },
         spacing_mm=_spacing(ordered, keys, sort_by),
         hu=hu,
@@ -211,9 +227,26 @@ def _slices_of(ds: Dataset, path: Path, label: str) -> list[_Slice]:
             intercept=_rescale(ds, f, "RescaleIntercept", 0.0),
             body_part=str(ds.get("BodyPartExamined", "") or "").strip(),
             study_description=str(ds.get("StudyDescription", "") or "").strip(),
+            sop_instance_uid=_text(ds, "SOPInstanceUID") or _media_sop_uid(ds),
+            study_uid=_text(ds, "StudyInstanceUID"),
+            accession=_text(ds, "AccessionNumber"),
+            study_date=_text(ds, "StudyDate"),
+            patient_id=_text(ds, "PatientID"),
+            patient_name=_text(ds, "PatientName"),
+            birth_date=_text(ds, "PatientBirthDate"),
+            images_in_acquisition=_as_int(ds.get("ImagesInAcquisition")),
         )
         for f in range(frames)
     ]
+
+
+def _media_sop_uid(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("MediaStorageSOPInstanceUID", "") or "").strip() if meta else ""
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
 
 
 def _frame_attr(ds: Dataset, frame: int, sequence: str, keyword: str) -> Any:
@@ -316,6 +349,113 @@ def _reason(chosen: dict[str, Any], eligible: list[Any], candidates: list[Any]) 
         f"axial CT series with the most slices ({chosen['slices']}) "
         f"of {len(eligible)} eligible, {len(candidates)} series in all"
     )
+
+
+def _not_used_because(candidate: dict[str, Any], chosen: dict[str, Any]) -> str | None:
+    """Why a series of the upload was not the one read, in words (None for the chosen)."""
+    if candidate["uid"] == chosen["uid"]:
+        return None
+    if candidate["excluded"] is not None:
+        return str(candidate["excluded"])
+    if candidate["axial"] is None and chosen["axial"] is True:
+        return "orientation unknown; an axial series was present"
+    return f"fewer slices ({candidate['slices']} vs {chosen['slices']})"
+
+
+def _direction_letters(vector: NDArray[np.float64]) -> str:
+    """Patient directions a vector in DICOM LPS points to, strongest first ("L", "LA"...)."""
+    letters = []
+    for axis in np.argsort(-np.abs(vector)):
+        value = float(vector[axis])
+        if abs(value) >= 0.3:  # an oblique component a viewer would name
+            letters.append(("RL", "AP", "FH")[axis][value > 0])
+    return "".join(letters)
+
+
+def edge_labels(iop: tuple[float, ...] | None) -> dict[str, str] | None:
+    """Which patient direction each image edge faces (``left``/``right``/``top``/``bottom``:
+    "R", "L", "A", "P", "H", "F"), from ImageOrientationPatient: columns grow along its row
+    cosines (the right edge), rows along its column cosines (the bottom edge)."""
+    if iop is None or len(iop) != 6:
+        return None
+    row, column = np.asarray(iop[:3], dtype=np.float64), np.asarray(iop[3:], dtype=np.float64)
+    if np.linalg.norm(row) < 1e-6 or np.linalg.norm(column) < 1e-6:
+        return None
+    return {
+        "left": _direction_letters(-row),
+        "right": _direction_letters(row),
+        "top": _direction_letters(-column),
+        "bottom": _direction_letters(column),
+    }
+
+
+# --- patients and identifiers --------------------------------------------------------------
+
+
+def _person(name: str, birth_date: str) -> tuple[str, str] | None:
+    """Name (DICOM PN, case and trailing separators ignored) and birth date, None if both empty."""
+    name = name.upper().rstrip("^ ").replace("^^", "^")
+    return (name, birth_date) if name or birth_date else None
+
+
+def check_one_patient(slices: list[_Slice]) -> None:
+    """``multiple_patients`` when the instances of an upload belong to more than one patient:
+    more than one PatientID, or (where an instance has no PatientID) differing name and birth
+    date. A mixed upload would otherwise be scored as one study under one reference."""
+    ids = sorted({s.patient_id for s in slices if s.patient_id})
+    if len(ids) > 1:
+        shown = ", ".join(ids[:3]) + (" ..." if len(ids) > 3 else "")
+        raise StudyError(
+            ErrorCode.MULTIPLE_PATIENTS,
+            f"the upload holds instances of {len(ids)} patients (PatientID {shown}); "
+            "send one patient's study per job",
+        )
+    if all(s.patient_id for s in slices):
+        return
+    people = {p for s in slices if (p := _person(s.patient_name, s.birth_date)) is not None}
+    if len(people) > 1:
+        raise StudyError(
+            ErrorCode.MULTIPLE_PATIENTS,
+            f"the upload holds instances of {len(people)} patients (differing patient name "
+            "and birth date where PatientID is missing); send one patient's study per job",
+        )
+
+
+def series_identifiers(ordered: list[_Slice]) -> dict[str, Any]:
+    """The identifiers of the series read, as reported with every result (after
+    de-identification at ingest, these are the pseudonyms). ``single_slice_of_series``: one
+    image whose header says its series has more (ImagesInAcquisition, or an InstanceNumber
+    above 1), so the verdict rests on a fragment of the scan."""
+    first = ordered[0]
+    thickness = (
+        statistics.median(s.thickness for s in ordered if s.thickness)
+        if any(s.thickness for s in ordered)
+        else None
+    )
+    single_of_many = len(ordered) == 1 and (
+        (first.images_in_acquisition or 0) > 1 or (first.instance_number or 0) > 1
+    )
+    note = None
+    if single_of_many:
+        told = (
+            f"the header says the acquisition has {first.images_in_acquisition} images"
+            if (first.images_in_acquisition or 0) > 1
+            else f"its InstanceNumber is {first.instance_number}"
+        )
+        note = (
+            f"one slice of a multi-slice series was sent ({told}); the verdict rests on this "
+            "slice alone: send the whole series for a study-level verdict"
+        )
+    return {
+        "study_instance_uid": first.study_uid or None,
+        "accession_number": first.accession or None,
+        "study_date": first.study_date or None,
+        "patient_id": first.patient_id or None,
+        "slice_thickness_mm": float(thickness) if thickness else None,
+        "instances": len({s.path for s in ordered}),  # SOP instances (files), not frames
+        "single_slice_of_series": single_of_many,
+        "single_slice_note": note,
+    }
 
 
 # --- ordering and pixels -------------------------------------------------------------------
@@ -430,6 +570,7 @@ def _slice_info(s: _Slice, key: float | None, sort_by: str) -> dict[str, Any]:
         "position": key,
         "sort_by": sort_by,
         "slice_location": s.slice_location,
+        "sop_instance_uid": s.sop_instance_uid or None,
     }
     if s.frame is not None:
         info["frame"] = s.frame

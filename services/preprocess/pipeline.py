@@ -188,4 +188,5 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
         lung_features=lung_features,
         lesion_findings=lesion_findings,
         lesion_maps=lesion_maps,
+        lung_masks=[np.asarray(m, dtype=bool) for m in masks],
     )

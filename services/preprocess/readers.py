@@ -338,6 +338,8 @@ def read_nifti(path: Path, settings: Settings) -> Study:
         ],
         spacing_mm=(zooms[2], zooms[1], zooms[0]),
         hu=hu_to_int16(axial),
+        # The radiological view built above (anterior up, the patient's right on the left).
+        series={"orientation": {"left": "R", "right": "L", "top": "A", "bottom": "P"}},
     )
 
 

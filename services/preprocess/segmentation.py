@@ -221,9 +221,7 @@ def _border_value(image: Gray8) -> int:
     return int(np.bincount(border, minlength=256).argmax())
 
 
-def _square(
-    image: Gray8, y0: int, y1: int, x0: int, x1: int, fill: int | None = None
-) -> Gray8:
+def _square(image: Gray8, y0: int, y1: int, x0: int, x1: int, fill: int | None = None) -> Gray8:
     """Region grown to a square around its centre; parts outside the image are padded (with
     the image's border value unless ``fill`` is given)."""
     side = max(y1 - y0, x1 - x0)

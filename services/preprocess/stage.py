@@ -15,13 +15,14 @@ from services.common.config import Settings
 from services.common.modelinfo import SliceModelInfo
 from services.preprocess.pipeline import PreprocessOptions, preprocess_study
 from services.preprocess.readers import read_study
-from services.preprocess.types import PreparedStudy
+from services.preprocess.types import PreparedStudy, Study
 
 
 @dataclass(frozen=True)
 class PreprocessedStudy:
     prepared: PreparedStudy
     series: dict[str, Any] | None  # which series was chosen when the upload held several
+    study: Study  # as read: native slices (HU for volumes) and per-slice source information
 
 
 def preprocess_options(model: SliceModelInfo) -> PreprocessOptions:
@@ -35,4 +36,6 @@ def preprocess_options(model: SliceModelInfo) -> PreprocessOptions:
 def preprocess_path(path: Path, settings: Settings, model: SliceModelInfo) -> PreprocessedStudy:
     """Read, order, segment, de-duplicate and crop; raises ``StudyError`` on bad input."""
     study = read_study(path, settings)
-    return PreprocessedStudy(preprocess_study(study, preprocess_options(model)), study.series)
+    return PreprocessedStudy(
+        preprocess_study(study, preprocess_options(model)), study.series, study
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from typing import Any
 
 import numpy as np
 from celery import Task
@@ -19,12 +20,13 @@ from services.common.db import session_scope
 from services.common.errors import ErrorCode, StudyError
 from services.common.jobs import transition
 from services.common.modelinfo import slice_model_info
+from services.common.native_slices import native_blob_key, pack_native
 from services.common.orm import Job, JobStatus, SliceRecord
 from services.common.queue import PREPROCESS_TASK, celery_app
 from services.common.retention import discard_if_deleted
 from services.common.storage import make_storage
 from services.common.tasks import fail_job, run_guarded
-from services.preprocess.stage import preprocess_path
+from services.preprocess.stage import PreprocessedStudy, preprocess_path
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,9 @@ def _preprocess(job_id: str) -> str:
         np.savez_compressed(buffer, labels=prepared.lesion_maps.astype(np.uint8))
         lesions_blob = f"jobs/{job_id}/lesions.npz"
         storage.put_bytes(lesions_blob, buffer.getvalue())
+    native, native_entries = native_slices(out)
+    storage.put_bytes(native_blob_key(job_id), native)
+    series = series_report(out)
     if discard_if_deleted(settings, job_id):
         return "deleted"
     dropped = {d.index: d for d in prepared.dropped}
@@ -87,6 +92,10 @@ def _preprocess(job_id: str) -> str:
                 drop_detail=dropped[index].detail if index in dropped else None,
                 high_contrast=bool(prepared.high_contrast[index]),
                 lung_fraction=float(prepared.lung_fraction[index]),
+                info={
+                    **_source_info(out.study.slice_info, index, settings.deidentify_uploads),
+                    "native": native_entries[index],
+                },
             )
             for index in range(prepared.slices_total)
         )
@@ -100,12 +109,68 @@ def _preprocess(job_id: str) -> str:
             slices_blob=slices_blob,
             slices_total=prepared.slices_total,
             slices_used=len(prepared.kept),
-            series=out.series,
+            series=series,
             lung_features=prepared.lung_features,
             lesion_findings=prepared.lesion_findings,
             lesions_blob=lesions_blob,
+            **worklist_columns(series),
         )
         if not moved:
             session.rollback()  # cancelled meanwhile: keep nothing
             return "skipped"
     return "done"
+
+
+def native_slices(out: PreprocessedStudy) -> tuple[bytes, list[dict[str, Any]]]:
+    """Every slice as read (HU when the study has them, else the grey image) with its lung
+    mask, for the viewer's native image and the report (services.common.native_slices)."""
+    study = out.study
+    pixels = list(study.hu) if study.hu is not None else list(study.images)
+    masks: list[Any] = list(out.prepared.lung_masks) or [None] * len(pixels)
+    return pack_native(pixels, masks)
+
+
+_SOURCE_KEYS = ("file", "frame", "instance_number", "slice_location", "sop_instance_uid")
+
+
+def _source_info(
+    slice_info: list[dict[str, Any]], index: int, deidentified: bool
+) -> dict[str, Any]:
+    """Where slice ``index`` came from: file, InstanceNumber, SliceLocation, SOPInstanceUID
+    (None where the format has none), and its position along the scan axis in mm. With
+    de-identification on, no file name is kept (names in an upload may identify someone)."""
+    info = slice_info[index] if index < len(slice_info) else {}
+    out = {key: info.get(key) for key in _SOURCE_KEYS}
+    if deidentified:
+        out["file"] = None
+    return {**out, "position_mm": info.get("position")}
+
+
+def series_report(out: PreprocessedStudy) -> dict[str, Any]:
+    """What was read, stored on the job and reported with the result: the series choice and
+    identifiers (DICOM), orientation, pixel spacing; the source format for every input."""
+    spacing = out.study.spacing_mm
+    return {
+        "orientation": None,
+        **(out.series or {}),
+        "source_format": out.study.source_format,
+        "pixel_spacing_mm": [spacing[1], spacing[2]] if spacing else None,
+        "slice_spacing_mm": spacing[0] if spacing else None,
+    }
+
+
+def worklist_columns(series: dict[str, Any]) -> dict[str, Any]:
+    """The job's worklist columns (services.common.orm.Job) from the series read."""
+
+    def text(key: str, length: int) -> str | None:
+        value = series.get(key)
+        return str(value)[:length] if value else None
+
+    return {
+        "patient_id": text("patient_id", 200),
+        "accession_number": text("accession_number", 64),
+        "study_date": text("study_date", 8),
+        "series_description": text("series_description", 200),
+        "study_instance_uid": text("study_instance_uid", 128),
+        "series_instance_uid": text("series_instance_uid", 128),
+    }

@@ -67,3 +67,5 @@ class PreparedStudy:
     # ``inputs`` ((K, S, S) uint8: 0 none, 1 ground glass, 2 consolidation, 3 other lung).
     lesion_findings: dict[str, Any] | None = None
     lesion_maps: NDArray[np.uint8] | None = None
+    # Lung mask of every original slice (bool, the slice's own shape): the viewer's overlay.
+    lung_masks: list[NDArray[np.bool_]] = field(default_factory=list)

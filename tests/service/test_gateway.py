@@ -17,7 +17,9 @@ from services.common.db import session_scope
 from services.common.orm import JobEvent, WebhookDelivery
 from tests.support.service import auth, make_tenant, new_job, tus_headers, tus_metadata
 
-JOB_KEYS = {"id", "status", "stage", "external_id", "created_at", "updated_at", "error", "result"}
+JOB_KEYS = {
+    "id", "status", "stage", "external_id", "created_at", "updated_at", "error", "study", "result",
+}  # fmt: skip
 
 
 @pytest.fixture

@@ -186,10 +186,24 @@ def test_single_slice_dicom(single_slices: list[Path]) -> None:
         np.testing.assert_array_equal(study.images[0], window_to_uint8(hu))
 
 
+def _same_patient_copy(series: Path, out: Path, patient_id: str) -> list[tuple[Path, str]]:
+    """The files of ``series`` rewritten as ``patient_id``'s (headers only, pixels as they are)."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    for f in sorted(series.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.PatientID = patient_id
+        ds.save_as(out / f.name)
+        files.append((out / f.name, f"{out.name}/{f.name}"))
+    return files
+
+
 def test_multi_series_zip_takes_the_larger_ct(
     tmp_path: Path, covid_series: Path, cap_series: Path
 ) -> None:
-    files = _series_files(covid_series, "P002") + _series_files(cap_series, "cap002")
+    # The CAP series relabelled as P002's: one patient, two CT series.
+    cap = _same_patient_copy(cap_series, tmp_path / "cap002", "P002")
+    files = _series_files(covid_series, "P002") + cap
     study = read_study(_zip_files(tmp_path / "two.zip", files), SETTINGS)
     assert len(study) == 133
     assert study.series is not None
@@ -197,6 +211,52 @@ def test_multi_series_zip_takes_the_larger_ct(
     assert study.series["series_instance_uid"] == str(chosen.SeriesInstanceUID)
     assert sorted(c["slices"] for c in study.series["candidates"]) == [131, 133]
     assert "most slices" in study.series["reason"]
+    other = [c for c in study.series["candidates"] if c["uid"] != str(chosen.SeriesInstanceUID)]
+    assert other[0]["not_used_because"] == "fewer slices (131 vs 133)"
+    assert study.series["patient_id"] == "P002"
+    assert study.series["study_instance_uid"] == str(chosen.StudyInstanceUID)
+    assert study.series["slice_thickness_mm"] == pytest.approx(float(chosen.SliceThickness))
+    assert study.series["instances"] == 133 and not study.series["single_slice_of_series"]
+
+
+def test_two_patients_in_one_upload_are_refused(
+    tmp_path: Path, covid_series: Path, cap_series: Path
+) -> None:
+    """P002 and cap002 as sent (two PatientIDs): never scored as one study."""
+    files = _series_files(covid_series, "P002")[:3] + _series_files(cap_series, "cap002")[:3]
+    with pytest.raises(StudyError) as exc:
+        read_study(_zip_files(tmp_path / "two.zip", files), SETTINGS)
+    assert exc.value.code == ErrorCode.MULTIPLE_PATIENTS
+    assert "2 patients" in exc.value.message
+
+
+def test_without_patient_ids_name_and_birth_date_tell_patients_apart(
+    tmp_path: Path, covid_series: Path
+) -> None:
+    src = sorted(covid_series.iterdir())[60:62]
+    for name, birth, folder in (("DOE^JANE", "19500101", "a"), ("ROE^RICHARD", "19600202", "b")):
+        for f in src:
+            ds = pydicom.dcmread(f)
+            del ds.PatientID
+            ds.PatientName, ds.PatientBirthDate = name, birth
+            (tmp_path / "up" / folder).mkdir(parents=True, exist_ok=True)
+            ds.save_as(tmp_path / "up" / folder / f.name)
+    assert _code_of(tmp_path / "up") == ErrorCode.MULTIPLE_PATIENTS
+    shutil.rmtree(tmp_path / "up" / "b")  # one person, name written differently: accepted
+    ds = pydicom.dcmread(tmp_path / "up" / "a" / src[0].name)
+    ds.PatientName = "doe^jane^"
+    ds.save_as(tmp_path / "up" / "a" / src[0].name)
+    assert len(read_study(tmp_path / "up", SETTINGS)) == 2
+
+
+def test_single_slice_of_a_series_is_flagged(covid_series: Path) -> None:
+    study = read_study(covid_series / "IM0061.dcm", SETTINGS)
+    assert study.series is not None
+    assert study.series["single_slice_of_series"] is True
+    assert "InstanceNumber is 61" in study.series["single_slice_note"]
+    assert study.slice_info[0]["instance_number"] == 61
+    whole = read_study(covid_series / "IM0001.dcm", SETTINGS)  # instance 1, nothing says more
+    assert whole.series is not None and whole.series["single_slice_of_series"] is False
 
 
 def test_localizer_and_non_axial_series_are_ignored(tmp_path: Path, covid_series: Path) -> None:
@@ -214,6 +274,8 @@ def test_localizer_and_non_axial_series_are_ignored(tmp_path: Path, covid_series
     assert study.series is not None
     excluded = sorted(str(c["excluded"]) for c in study.series["candidates"])
     assert excluded == ["None", "localizer", "not axial"]
+    reasons = sorted(str(c["not_used_because"]) for c in study.series["candidates"])
+    assert reasons == ["None", "localizer", "not axial"]
 
 
 def test_mixed_folder_prefers_dicom(tmp_path: Path, covid_series: Path) -> None:

@@ -1,0 +1,157 @@
+"""The native slices of a job: each slice as read (HU for DICOM/NIfTI volumes, the grey image
+for PNG/JPEG inputs) at its own resolution, plus its lung mask, packed into one blob.
+
+The preprocess stage writes ``jobs/<id>/native.bin``: for every slice a lossless PNG of its
+pixels (HU + 32768 as 16-bit grey, or 8-bit grey) and a PNG of its lung mask, one after the
+other; each slice row records its byte ranges (``SliceRecord.info["native"]``). The gateway
+reads one slice with one ranged read (``BlobStorage.get_range``), so on S3 a PNG request
+downloads that slice only, never the whole study. Windowing happens at request time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+HU_OFFSET = 32768  # int16 HU -> uint16 PNG samples, losslessly
+NativeKind = Literal["hu", "gray"]
+
+# Window presets (width, level) in HU, as radiologists name them.
+WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (1500.0, -600.0),
+    "mediastinal": (400.0, 40.0),
+}
+MASK_RGBA = (0, 200, 255, 90)  # overlay colour of the lung mask (translucent cyan)
+# The HU ranges the lung features count (services.preprocess.lung_features), shown until a
+# lesion segmenter's masks exist: ground glass -700 <= HU < -300, consolidation -300..100.
+DENSITY_RANGES: dict[str, tuple[tuple[float, float], tuple[int, int, int, int]]] = {
+    "ggo": ((-700.0, -300.0), (255, 170, 0, 120)),
+    "consolidation": ((-300.0, 100.0), (230, 30, 30, 140)),
+}
+
+
+def native_blob_key(job_id: str) -> str:
+    return f"jobs/{job_id}/native.bin"
+
+
+@dataclass(frozen=True)
+class NativeSlice:
+    pixels: NDArray[Any]  # (H, W): int16 HU or uint8 grey
+    kind: NativeKind
+
+
+def _png(image: NDArray[Any]) -> bytes:
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(image))
+    if not ok:
+        raise RuntimeError("could not encode a PNG")
+    return bytes(encoded.tobytes())
+
+
+def encode_native(pixels: NDArray[Any]) -> tuple[bytes, NativeKind]:
+    """One slice as a lossless PNG: int16 HU (as uint16 + 32768) or 8-bit grey."""
+    if pixels.dtype == np.int16:
+        shifted = (pixels.astype(np.int32) + HU_OFFSET).astype(np.uint16)
+        return _png(shifted), "hu"
+    return _png(np.asarray(pixels, dtype=np.uint8)), "gray"
+
+
+def encode_mask(mask: NDArray[Any]) -> bytes:
+    return _png(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
+
+
+def pack_native(
+    slices: Sequence[NDArray[Any]], masks: Sequence[NDArray[Any] | None]
+) -> tuple[bytes, list[dict[str, Any]]]:
+    """The blob and, per slice, ``{"kind", "rows", "columns", "image": [offset, length],
+    "mask": [offset, length] | None}`` to store with the slice's row."""
+    parts: list[bytes] = []
+    entries: list[dict[str, Any]] = []
+    offset = 0
+    for pixels, mask in zip(slices, masks, strict=True):
+        data, kind = encode_native(pixels)
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "rows": int(pixels.shape[0]),
+            "columns": int(pixels.shape[1]),
+            "image": [offset, len(data)],
+            "mask": None,
+        }
+        parts.append(data)
+        offset += len(data)
+        if mask is not None and mask.shape == pixels.shape:
+            encoded = encode_mask(mask)
+            entry["mask"] = [offset, len(encoded)]
+            parts.append(encoded)
+            offset += len(encoded)
+        entries.append(entry)
+    return b"".join(parts), entries
+
+
+def decode_native(data: bytes, kind: NativeKind) -> NativeSlice:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("damaged native slice")
+    if kind == "hu":
+        return NativeSlice((image.astype(np.int32) - HU_OFFSET).astype(np.int16), "hu")
+    return NativeSlice(image.astype(np.uint8), "gray")
+
+
+def decode_mask(data: bytes) -> NDArray[np.bool_]:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ValueError("damaged lung mask")
+    return np.asarray(image > 0)
+
+
+def apply_window(hu: NDArray[Any], width: float, level: float) -> NDArray[np.uint8]:
+    """``level ± width/2`` HU onto 0..255, clipped (the viewer's and the report's windowing)."""
+    low = level - width / 2.0
+    scaled = (hu.astype(np.float32) - np.float32(low)) * np.float32(255.0 / width)
+    return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def parse_window(value: str) -> tuple[float, float]:
+    """``lung`` | ``mediastinal`` | ``W,L`` (width 1..10000 HU, level -2000..4000 HU)."""
+    if value in WINDOWS:
+        return WINDOWS[value]
+    try:
+        width_text, level_text = value.split(",")
+        width, level = float(width_text), float(level_text)
+    except ValueError:
+        raise ValueError(f"window must be lung, mediastinal or W,L; got {value!r}") from None
+    if not (1.0 <= width <= 10000.0 and -2000.0 <= level <= 4000.0):
+        raise ValueError("window width must be 1..10000 HU and level -2000..4000 HU")
+    return width, level
+
+
+def render_png(native: NativeSlice, window: tuple[float, float]) -> bytes:
+    """The slice as 8-bit grey PNG: HU windowed; a grey image is shown as it is."""
+    if native.kind == "hu":
+        return _png(apply_window(native.pixels, *window))
+    return _png(native.pixels)
+
+
+def mask_overlay_png(mask: NDArray[np.bool_]) -> bytes:
+    """RGBA PNG: the mask in ``MASK_RGBA``, transparent elsewhere."""
+    rgba = np.zeros((*mask.shape, 4), np.uint8)
+    rgba[mask] = MASK_RGBA
+    # OpenCV writes BGRA: swap so the PNG holds RGBA.
+    return _png(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+
+
+def density_overlay_png(
+    hu: NDArray[Any], lung: NDArray[np.bool_], ranges: dict[str, tuple[float, float]]
+) -> bytes:
+    """RGBA PNG: lung pixels in each named HU range (``DENSITY_RANGES`` colours, half-open
+    ``low <= HU < high``; consolidation includes its upper bound), transparent elsewhere."""
+    rgba = np.zeros((*lung.shape, 4), np.uint8)
+    for name, (low, high) in ranges.items():
+        colour = DENSITY_RANGES[name][1]
+        upper = hu <= high if name == "consolidation" else hu < high
+        rgba[lung & (hu >= low) & upper] = colour
+    return _png(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
