@@ -26,7 +26,7 @@ export function JobsPage() {
     queryFn: async () => {
       try {
         return await ok(
-          client.GET('/v1/jobs', { params: { query: { status, limit: PAGE_SIZE, offset: (page - 1) * PAGE_SIZE } } }),
+          client.GET('/v1/jobs', { params: { query: { status: status ? [status] : undefined, limit: PAGE_SIZE, offset: (page - 1) * PAGE_SIZE } } }),
         );
       } catch (e) {
         if (e instanceof ApiFailure && e.status === 401) onUnauthorized();
