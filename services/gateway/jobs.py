@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -157,6 +158,16 @@ def _like(text: str) -> str:
     return f"%{escaped.lower()}%"
 
 
+def _iso_date_only(value: Any) -> Any:
+    """A query date is YYYY-MM-DD: pydantic would also take a number as a Unix time."""
+    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("expected a date as YYYY-MM-DD")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date_only)]
+
+
 @router.get("", response_model=JobPage)
 def list_jobs(
     key: ApiKeyDep,
@@ -165,8 +176,8 @@ def list_jobs(
         list[Annotated[str, Field(max_length=40, pattern=NO_CONTROL_CHARS)]] | None,
         Query(description="verdict category, one or more (see StudyOut.category)"),
     ] = None,
-    study_date_from: Annotated[date | None, Query(description="StudyDate on or after")] = None,
-    study_date_to: Annotated[date | None, Query(description="StudyDate on or before")] = None,
+    study_date_from: Annotated[IsoDate | None, Query(description="StudyDate on or after")] = None,
+    study_date_to: Annotated[IsoDate | None, Query(description="StudyDate on or before")] = None,
     q: SearchText = None,
     sort: Annotated[SortKey, Query(description="sort key; '-' for descending")] = "-created_at",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
