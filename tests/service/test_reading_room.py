@@ -23,7 +23,9 @@ from services.asgi import create_app
 from services.celery import TASK_MODULES
 from services.common.config import Settings
 from services.common.queue import celery_app
+from services.preprocess.windowing import window_to_uint8
 from tests.support.service import auth, callback_receiver, make_tenant, new_job, upload_study
+from tests.unit.synthetic import chest_phantom
 
 # Register the stage and webhook tasks with the Celery app (eager runs look them up by name).
 for _module in TASK_MODULES:
@@ -242,11 +244,10 @@ def test_deidentified_uploads_report_the_pseudonyms(
 def test_image_inputs_serve_the_image_as_sent(eager_app: Callable[..., TestClient]) -> None:
     client = eager_app()
     tenant = make_tenant("png")
-    yy, xx = np.mgrid[0:300, 0:260]
-    picture = np.zeros((300, 260), np.uint8)
-    picture[((yy - 150) / 130) ** 2 + ((xx - 130) / 120) ** 2 < 1] = 200  # a body
-    for cx in (80, 180):  # two dark lungs
-        picture[((yy - 150) / 80) ** 2 + ((xx - cx) / 40) ** 2 < 1] = 30
+    # A CT-like slice (the synthetic chest, lung window): a flat drawing is refused as
+    # not_chest_ct by the single-image gate.
+    hu, _ = chest_phantom(slices=12)
+    picture = window_to_uint8(hu[6])
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG")
     job_id = upload_study(client, tenant, buffer.getvalue(), filename="s.png", filetype="image/png")
