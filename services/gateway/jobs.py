@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -158,6 +158,11 @@ def _like(text: str) -> str:
     return f"%{escaped.lower()}%"
 
 
+# Every value common.jobs.verdict_category gives: the lesion verdict's four categories, and
+# the label of verdicts without HU findings (images, short series).
+VerdictCategory = Literal["covid", "other_pneumonia", "no_pneumonia", "indeterminate", "noncovid"]
+
+
 def _iso_date_only(value: Any) -> Any:
     """A query date is YYYY-MM-DD: pydantic would also take a number as a Unix time."""
     if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
@@ -173,7 +178,7 @@ def list_jobs(
     key: ApiKeyDep,
     status: Annotated[list[JobStatusName] | None, Query(description="one or more")] = None,
     category: Annotated[
-        list[Annotated[str, Field(max_length=40, pattern=NO_CONTROL_CHARS)]] | None,
+        list[VerdictCategory] | None,
         Query(description="verdict category, one or more (see StudyOut.category)"),
     ] = None,
     study_date_from: Annotated[IsoDate | None, Query(description="StudyDate on or after")] = None,

@@ -61,7 +61,9 @@ def test_schemathesis_finds_nothing(stack: Stack, tmp_path: Path) -> None:
         "--header", "Tus-Resumable: 1.0.0",
         "--request-timeout", "15", "--max-redirects", "0",
         "--max-time", "100",
-        "--workers", "2",
+        # One worker: with two threads CPython 3.11's ast (used by schemathesis) crashes with
+        # "AST constructor recursion depth mismatch", a failure of the tool, not of the API.
+        "--workers", "1",
         "--report", "junit", "--report-dir", str(tmp_path),
     ]  # fmt: skip
     started = time.monotonic()
