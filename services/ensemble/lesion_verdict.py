@@ -40,7 +40,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from services.ensemble.series_verdict import PUBLISHED_LIKELIHOOD_RATIOS, Pattern
+from services.ensemble.series_verdict import (
+    PUBLISHED_LIKELIHOOD_RATIOS,
+    Pattern,
+    posterior_covid,
+)
 
 ZONE_NAMES = (
     "right_upper",
@@ -200,9 +204,8 @@ class LesionPatternVerdict:
 
     def read(self, findings: Mapping[str, Any]) -> LesionReading:
         pattern, reasons = classify(findings, self.config)
-        prior = self.config.prior_covid
-        odds = prior / (1.0 - prior) * float(self.config.likelihood_ratios[pattern.value])
-        p_covid = odds / (1.0 + odds)
+        ratio = float(self.config.likelihood_ratios[pattern.value])
+        p_covid = posterior_covid(self.config.prior_covid, ratio)
         category, why = self.category(pattern, findings, p_covid)
         return LesionReading(pattern, category, [*reasons, why], p_covid)
 

@@ -128,6 +128,12 @@ def classify(features: Mapping[str, Any], config: SeriesVerdictConfig) -> tuple[
     return Pattern.INDETERMINATE, [*reasons, "bilateral opacities without the typical distribution"]
 
 
+def posterior_covid(prior: float, likelihood_ratio: float) -> float:
+    """P(COVID) by Bayes' rule in odds form: prior odds times the pattern's likelihood ratio."""
+    odds = prior / (1.0 - prior) * likelihood_ratio
+    return odds / (1.0 + odds)
+
+
 class SeriesPatternVerdict:
     """P(COVID) of a whole-lung series from its RSNA pattern (no fitted parameters)."""
 
@@ -142,9 +148,8 @@ class SeriesPatternVerdict:
 
     def read(self, features: Mapping[str, Any]) -> PatternReading:
         pattern, reasons = classify(features, self.config)
-        prior = self.config.prior_covid
-        odds = prior / (1.0 - prior) * float(self.config.likelihood_ratios[pattern.value])
-        return PatternReading(pattern, reasons, odds / (1.0 + odds))
+        ratio = float(self.config.likelihood_ratios[pattern.value])
+        return PatternReading(pattern, reasons, posterior_covid(self.config.prior_covid, ratio))
 
     @classmethod
     def load(cls, config_path: Path) -> SeriesPatternVerdict:
