@@ -164,13 +164,17 @@ def create_series_job(
     ``complete_upload`` exactly as if that zip had arrived by tus."""
     upload_id = uuid.uuid4().hex
     archive = settings.upload_dir / upload_id
-    (settings.upload_dir / ".locks").mkdir(mode=0o700, exist_ok=True)
+    (settings.upload_dir / ".locks").mkdir(mode=0o700, parents=True, exist_ok=True)
     count = 0
-    # Stored, not deflated: CT pixel data is mostly compressed already, and this is fast.
-    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as target:
-        for number, path in enumerate(sorted(instances)):
-            target.write(path, f"{number:05d}.dcm")
-            count += 1
+    try:
+        # Stored, not deflated: CT pixel data is mostly compressed already, and this is fast.
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as target:
+            for number, path in enumerate(sorted(instances)):
+                target.write(path, f"{number:05d}.dcm")
+                count += 1
+    except BaseException:
+        archive.unlink(missing_ok=True)
+        raise
     filename = stored_filename(SERIES_ARCHIVE_NAME, tenant_id, settings)
     with session_scope() as session:
         job = Job(

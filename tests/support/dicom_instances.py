@@ -62,3 +62,11 @@ def mr_instance() -> Dataset:
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
     ds.Modality = "MR"
     return ds
+
+
+def short_pixels_instance() -> Dataset:
+    """A well-formed file whose pixel data holds half of what its header says: a sender
+    sends it (the element is whole), the image is not."""
+    ds = ct_instance(generate_uid(), generate_uid(), 0)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    return ds
