@@ -46,11 +46,13 @@ def floor(covid_series: Path, tmp_path_factory: pytest.TempPathFactory) -> Diagn
 
 def storescu(port: int, files: list[Path], *extra: str) -> subprocess.CompletedProcess[str]:
     # P002's files have an empty SOP Instance UID (COVID-CT-MD as published), which no DICOM
-    # sender can send (dcmtk refuses it, and a PACS would not have stored it): +II gives each
-    # a new one, as a PACS that imported the files would have; nothing else changes. -xs
-    # proposes their JPEG Lossless transfer syntax: the pixel data travel as stored.
+    # sender can send (dcmtk refuses it, and a PACS would not have stored it): storescu
+    # gives each a new one, as a PACS that imported the files would have. Inventing UIDs
+    # also invents the series UID, and a new one after every n images (100 by default):
+    # +IR 1000 keeps the 133 slices one series. -xs proposes their JPEG Lossless transfer
+    # syntax: the pixel data travel as stored.
     return subprocess.run(
-        ["storescu", "+II", "-xs", "-aet", "PACS1", "-aec", "COVIDCT", *extra,
+        ["storescu", "+IR", "1000", "-xs", "-aet", "PACS1", "-aec", "COVIDCT", *extra,
          "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

@@ -22,6 +22,7 @@ from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.orm import Job
 from services.common.storage import make_storage
+from services.common.tenants import tenant_by_name
 from services.upload.scp import ConfigurationError, serve, tenants_by_ae_title
 from tests.support.dicom_instances import ct_series, mr_instance, part10, short_pixels_instance
 from tests.support.service import make_tenant
@@ -134,6 +135,10 @@ def test_series_becomes_one_job_once_quiet_and_bad_instances_are_refused(
     sent = {pydicom.dcmread(p).SOPInstanceUID for p in series}
     assert {m.SOPInstanceUID for m in members} == sent
     assert not list((settings.dicom_spool_dir).glob("*/*"))  # the spool is empty again
+    with session_scope() as session:  # the job belongs to the calling AE title's tenant
+        job = session.get(Job, started[0])
+        assert job is not None
+        assert job.tenant_id == tenant_by_name(session, "hospital").id
 
 
 def test_aborted_association_keeps_nothing_and_makes_no_job(
