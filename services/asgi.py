@@ -31,7 +31,7 @@ from services.gateway.docs import install_docs
 from services.gateway.errors import error_responses, install_error_handlers
 from services.gateway.limits import InFlightLimit, RouteClass
 from services.upload.ingest import finish_completed_uploads, sweep_expired_uploads
-from services.upload.stow import STOW_PREFIX, create_stow_router
+from services.upload.stow import STOW_PREFIX, create_stow_router, remove_stow_leftovers
 from services.upload.tus import (
     TUS_ALLOW_HEADERS,
     TUS_EXPOSE_HEADERS,
@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 async def _sweep_forever(settings: Settings) -> None:
-    """Expired tus uploads and the retention policy, on every gateway (both are idempotent)."""
+    """Expired tus uploads, STOW-RS leftovers and the retention policy, on every gateway
+    (all idempotent)."""
     while True:
         try:
             removed = await run_in_threadpool(sweep_expired_uploads, settings.upload_dir)
@@ -53,6 +54,10 @@ async def _sweep_forever(settings: Settings) -> None:
                 log.info("removed %d expired uploads", removed)
         except Exception:
             log.exception("expired-upload sweep failed")
+        try:
+            await run_in_threadpool(remove_stow_leftovers, settings.upload_dir)
+        except Exception:
+            log.exception("STOW-RS leftover sweep failed")
         try:
             await run_in_threadpool(sweep_retention, settings)
         except Exception:

@@ -14,6 +14,7 @@ instance, and the list at the top level) and in the ``Covidct-Job-Ids`` header.
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,29 @@ class _Parts:
         if self._out is not None:
             self._out.close()
             self._out = None
+
+
+STOW_FOLDER_PREFIX = "stow-"
+# A request's parts folder nothing was written to for this long belongs to no live request.
+STOW_LEFTOVER_IDLE_S = 3600.0
+
+
+def remove_stow_leftovers(upload_dir: Path, idle_s: float = STOW_LEFTOVER_IDLE_S) -> int:
+    """Parts a crash left behind (a request removes its folder when it ends): folders in
+    which nothing was written for ``idle_s``. The upload directory may be shared by several
+    gateways (a ReadWriteMany volume), so a live request's folder, written at least every
+    body timeout while it streams, is never taken. Run by every gateway's periodic sweep."""
+    cutoff = time.time() - idle_s
+    removed = 0
+    for folder in upload_dir.glob(f"{STOW_FOLDER_PREFIX}*"):
+        try:
+            newest = max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.iterdir())])
+        except OSError:
+            continue  # removed meanwhile by its request
+        if newest < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def _boundary(content_type: str | None) -> bytes:
@@ -219,7 +243,7 @@ def create_stow_router() -> APIRouter:
         0xA700 out of resources."""
         settings = get_settings()
         boundary = _boundary(request.headers.get("content-type"))
-        folder = settings.upload_dir / f"stow-{uuid.uuid4().hex}"
+        folder = settings.upload_dir / f"{STOW_FOLDER_PREFIX}{uuid.uuid4().hex}"
         folder.mkdir(mode=0o700)
         try:
             parts = _Parts(folder, settings.max_archive_members)

@@ -5,6 +5,7 @@ library would never send (wrong media type, oversize, damaged parts)."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 import time
 import uuid
@@ -196,6 +197,22 @@ def test_too_large_is_413_and_leaves_nothing(
         "/dicomweb/studies", content=chunks, headers={**auth(tenant), "Content-Type": RELATED}
     )
     assert streamed.status_code == 413 and started == []
+
+
+def test_parts_a_crash_left_are_swept(settings: Settings, started: list[str]) -> None:
+    old, live = settings.upload_dir / "stow-0123abcd", settings.upload_dir / "stow-4567ef01"
+    for folder in (old, live):
+        folder.mkdir(parents=True)
+        (folder / "part-00000.dcm").write_bytes(b"PHI")
+    hours_ago = time.time() - 2 * 3600
+    for path in (old / "part-00000.dcm", old):
+        os.utime(path, (hours_ago, hours_ago))
+    with TestClient(create_app()):  # the gateway's sweep runs at start
+        deadline = time.monotonic() + 10
+        while old.exists():
+            assert time.monotonic() < deadline, "the leftover was not removed"
+            time.sleep(0.05)
+    assert live.exists()  # another gateway's request in flight is left alone
 
 
 def test_needs_a_key_and_a_wellformed_body(client: TestClient) -> None:
