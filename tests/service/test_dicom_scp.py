@@ -5,8 +5,10 @@ refusals, one job per series once quiet, and nothing from an aborted association
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -167,3 +169,17 @@ def test_configuration_is_checked_at_start(isolated_settings: Callable[..., Sett
         tenants_by_ae_title(isolated_settings())
     with pytest.raises(ConfigurationError, match="no tenant"):
         tenants_by_ae_title(isolated_settings(dicom_ae_titles='{"PACS1": "nobody"}'))
+
+
+def test_dicom_listen_refuses_to_start_without_ae_titles(
+    isolated_settings: Callable[..., Settings],
+) -> None:
+    settings = isolated_settings()
+    env = {**os.environ, "COVIDCT_VAR_DIR": str(settings.var_dir), "COVIDCT_LOG_JSON": "false"}
+    env.pop("COVIDCT_DICOM_AE_TITLES", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "dicom-listen", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "COVIDCT_DICOM_AE_TITLES is empty" in done.stderr
