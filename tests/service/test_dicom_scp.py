@@ -13,6 +13,7 @@ import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -38,20 +39,25 @@ def dcmtk() -> None:
     require(shutil.which("storescu") is not None, "dcmtk (storescu, echoscu)")
 
 
-@pytest.fixture
-def settings(isolated_settings: Callable[..., Settings]) -> Settings:
+def scp_settings(configure: Callable[..., Settings], **overrides: object) -> Settings:
     tenant_name = "hospital"
-    settings = isolated_settings(
+    settings = configure(
         broker_url="redis://127.0.0.1:1/0",
         dicom_ae_titles=f'{{"{CALLING}": "{tenant_name}"}}',
         dicom_stable_age_s=STABLE_AGE_S,
+        **overrides,
     )
     make_tenant(tenant_name)
     return settings
 
 
 @pytest.fixture
-def scp(settings: Settings, started: list[str], dcmtk: None) -> Iterator[int]:
+def settings(isolated_settings: Callable[..., Settings]) -> Settings:
+    return scp_settings(isolated_settings)
+
+
+@contextmanager
+def running_scp(settings: Settings) -> Iterator[int]:
     port = free_port()
     stop = threading.Event()
     thread = threading.Thread(target=serve, args=(settings, "127.0.0.1", port, stop))
@@ -65,6 +71,12 @@ def scp(settings: Settings, started: list[str], dcmtk: None) -> Iterator[int]:
     finally:
         stop.set()
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def scp(settings: Settings, started: list[str], dcmtk: None) -> Iterator[int]:
+    with running_scp(settings) as port:
+        yield port
 
 
 def _echo(port: int, calling: str) -> subprocess.CompletedProcess[str]:
@@ -183,3 +195,20 @@ def test_dicom_listen_refuses_to_start_without_ae_titles(
     )  # fmt: skip
     assert done.returncode == 2
     assert "COVIDCT_DICOM_AE_TITLES is empty" in done.stderr
+
+
+def test_a_series_over_the_limits_is_refused_further_instances(
+    isolated_settings: Callable[..., Settings], started: list[str], dcmtk: None, tmp_path: Path
+) -> None:
+    settings = scp_settings(isolated_settings, max_archive_members=2)
+    series = write(tmp_path / "ct", ct_series(3))
+    with running_scp(settings) as port:
+        log = storescu(port, series)
+        responses = [line for line in log.splitlines() if "Received Store Response" in line]
+        assert [r.split("(")[1].rstrip(")") for r in responses] == [
+            "Success",
+            "Success",
+            "Refused: OutOfResources",
+        ], log
+        wait_for_jobs(started, 1)
+    assert len(job_members(started[0], settings)) == 2
