@@ -69,7 +69,7 @@ MAX_FAILING_IMAGE_SHARE = 0.5  # image sets: refused when more than this share f
 MAX_FLAT_SHARE = 0.6  # [drawings, charts >= 0.69; img512 <= 0.49]
 MIN_DETAIL = 0.045  # [projections, smoothed noise <= 0.032; real >= 0.064 (mosmed)]
 MIN_INTERIOR_DETAIL = 0.006  # [smooth-noise drawing <= 0.004; lung-masks (smoothed) >= 0.010]
-MAX_SHADING_SHARE = 0.15  # [grey photos >= 0.24 (a lit room); real CT sample <= 0.043]
+MAX_SHADING_SHARE = 0.2  # [grey photos >= 0.24 (a lit room); ucsd <= 0.137, others <= 0.112]
 MIN_DETAIL_RANGE = 40.0  # grey range below which detail is not judged (faint img512 exports
 # have ranges from ~20; every generated smooth kind spans >= 90 levels)
 
