@@ -20,6 +20,12 @@ between the image's darkest and brightest grey), at the gate's working scale:
 * ``grey_range``: 5th to 95th percentile of the unclipped pixels (+1): a faint export (the
   whole body within ~20 grey levels) has little detail by the absolute step above.
 
+* ``shading_share``: share of the textured 24-pixel blocks (half-overlapping, wholly
+  unclipped, standard deviation >= 1 grey level after a light blur) that one tilted plane
+  explains to >= 90 %: smooth shading, the light falling across a wall, a sky or a face in a
+  photograph. CT has no such blocks: its smooth tissue is level (noise only, no trend) and
+  its trends are organ outlines, which a plane explains far less well.
+
 Text screenshots are refused before these features, by the gate's noise rule (1-pixel strokes
 are high-frequency energy); a share of "ink and paper" pixels was tried and does not separate
 text from lungs masked onto black (masked-normal up to 0.90, text 0.85-0.94).
@@ -37,6 +43,9 @@ CLIP_MARGIN = 2  # grey levels from the darkest / brightest value that count as 
 DETAIL_STEP = 8.0  # |Laplacian response| that counts as detail (rounding noise: sd ~1.7)
 OUTLINE_SLOPE = 0.04  # coarse slope, as a share of the grey range per pixel, of an outline
 MIN_PIXELS = 64
+SHADING_BLOCK = 24  # pixels at the working scale (~1/10 of the image side)
+SHADING_R2 = 0.9  # share of a block's variance a plane explains for it to count as shading
+SHADING_MIN_SD = 1.0  # grey levels: a level block (CT's smooth tissue) is no shading
 _LAPLACE = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
 
 
@@ -51,7 +60,7 @@ def texture_features(work: Gray8) -> dict[str, float]:
     """The features of the module doc for one grey image (the gate's working scale)."""
     mask = unclipped(work)
     features = {"flat_share": 0.0, "grey_range": 0.0}
-    features.update({"detail": 0.0, "interior_detail": 0.0})
+    features.update({"detail": 0.0, "interior_detail": 0.0, "shading_share": 0.0})
     if int(mask.sum()) < MIN_PIXELS:
         return features
     kernel = np.ones((3, 3), np.uint8)
@@ -64,6 +73,7 @@ def texture_features(work: Gray8) -> dict[str, float]:
     slope = np.hypot(cv2.Sobel(coarse, cv2.CV_32F, 1, 0), cv2.Sobel(coarse, cv2.CV_32F, 0, 1))
     outline = (slope / 8.0 > OUTLINE_SLOPE * grey_range).astype(np.uint8)  # Sobel gain 8
     interior = mask & (cv2.dilate(outline, np.ones((5, 5), np.uint8)) == 0)
+    features["shading_share"] = round(shading_share(f, mask), 4)
     features["grey_range"] = round(grey_range, 1)
     features["flat_share"] = round(float(np.mean(spread[mask] == 0)), 4)
     features["detail"] = round(float(np.mean(detailed[mask])), 4)
@@ -72,3 +82,31 @@ def texture_features(work: Gray8) -> dict[str, float]:
     else:  # all outline (line art, text): judged by the other features
         features["interior_detail"] = features["detail"]
     return features
+
+
+def _plane_projector(side: int) -> NDArray[np.float64]:
+    yy, xx = np.mgrid[:side, :side].astype(np.float64) / side - 0.5
+    basis = np.stack([np.ones(side * side), xx.ravel(), yy.ravel()], axis=1)
+    return np.asarray(basis @ np.linalg.pinv(basis))
+
+
+_PLANE = _plane_projector(SHADING_BLOCK)
+
+
+def shading_share(f: NDArray[np.float32], mask: NDArray[np.bool_]) -> float:
+    """Share of textured blocks that are a tilted plane (see the module doc)."""
+    b, step = SHADING_BLOCK, SHADING_BLOCK // 2
+    smooth = np.asarray(cv2.GaussianBlur(f, (0, 0), 1.5), np.float64)
+    if min(smooth.shape) < b:
+        return 0.0
+    windows = np.lib.stride_tricks.sliding_window_view(smooth, (b, b))[::step, ::step]
+    inside = np.lib.stride_tricks.sliding_window_view(mask, (b, b))[::step, ::step]
+    blocks = windows.reshape(-1, b * b)[inside.reshape(-1, b * b).all(axis=1)]
+    blocks = blocks - blocks.mean(axis=1, keepdims=True)
+    total = (blocks**2).sum(axis=1)
+    textured = total >= SHADING_MIN_SD**2 * b * b
+    if not textured.any():
+        return 0.0
+    fitted = blocks[textured] @ _PLANE.T
+    explained = (fitted**2).sum(axis=1) / total[textured]
+    return float(np.mean(explained >= SHADING_R2))

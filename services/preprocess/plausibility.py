@@ -20,7 +20,8 @@ or re-encoded. Evidence, in order:
 3. **Image profile** (PNG/JPEG, 8-bit grey of unknown windowing): not noise (low
    high-frequency energy), CT texture (:mod:`services.preprocess.ct_texture`: not flat like a
    drawing or chart, pixel noise or fine structure like no smoothed noise or projection,
-   detail inside regions and not only along outlines; also required of DICOM/NIfTI stacks
+   detail inside regions and not only along outlines, no smooth shading like the light
+   across a photographed scene; also required of DICOM/NIfTI stacks
    of fewer than :data:`MIN_STACK_FOR_LUNG` slices) and a lung field: a dark region of the
    foreground, enclosed by brighter tissue rather than running into the image border,
    covering at least :data:`MIN_FIELD_SHARE` of the foreground, and not cut into strips (a
@@ -68,6 +69,7 @@ MAX_FAILING_IMAGE_SHARE = 0.5  # image sets: refused when more than this share f
 MAX_FLAT_SHARE = 0.6  # [drawings, charts >= 0.69; img512 <= 0.49]
 MIN_DETAIL = 0.045  # [projections, smoothed noise <= 0.032; real >= 0.064 (mosmed)]
 MIN_INTERIOR_DETAIL = 0.006  # [smooth-noise drawing <= 0.004; lung-masks (smoothed) >= 0.010]
+MAX_SHADING_SHARE = 0.2  # [grey photos >= 0.24 (a lit room); ucsd <= 0.137, others <= 0.112]
 MIN_DETAIL_RANGE = 40.0  # grey range below which detail is not judged (faint img512 exports
 # have ranges from ~20; every generated smooth kind spans >= 90 levels)
 
@@ -298,6 +300,9 @@ def _texture_refusal(texture: dict[str, float]) -> str:
         return f"{share:.0%} of the image is flat grey (a drawing, chart or screenshot), not CT"
     if texture["grey_range"] < MIN_DETAIL_RANGE:
         return ""  # too faint for an absolute detail step: judged by the lung field alone
+    if texture["shading_share"] > MAX_SHADING_SHARE:
+        share = texture["shading_share"]
+        return f"{share:.0%} of the textured image is smooth shading (a photograph), not CT"
     if texture["detail"] < MIN_DETAIL:
         return "no noise or fine structure anywhere (smoothed noise or a projection), not CT"
     if texture["interior_detail"] < MIN_INTERIOR_DETAIL:

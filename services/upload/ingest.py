@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -209,6 +210,58 @@ def completed_upload_metadata(upload_dir: Path, upload_id: str) -> dict[str, str
     if size is None or offset != size:
         return None
     return dict(info.get("metadata") or {})
+
+
+@dataclass(frozen=True)
+class UploadProgress:
+    """What a tus HEAD reports: bytes received of the declared length."""
+
+    offset: int
+    length: int
+    metadata: dict[str, str]
+    expires: str | None
+
+    @property
+    def complete(self) -> bool:
+        return self.offset == self.length
+
+
+def upload_progress(upload_dir: Path, upload_id: str) -> UploadProgress | None:
+    """The progress of ``upload_id``, None when it is unknown or lost (HEAD 404).
+
+    Every byte arrived is reported as complete at each point between the last byte and the
+    queued job (file moved into blob storage, job moved on, sidecar removed): a client that
+    lost the answer to its last PATCH must not be told to start over, because its job keeps
+    this upload and refuses a new one."""
+    try:
+        info = json.loads((upload_dir / f"{upload_id}.info").read_text())
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict):
+        size, offset = info.get("size"), info.get("offset")
+        if not isinstance(size, int) or not isinstance(offset, int):
+            return None
+        metadata = {str(k): str(v) for k, v in dict(info.get("metadata") or {}).items()}
+        progress = UploadProgress(offset, size, metadata, info.get("expires"))
+        path = upload_dir / upload_id
+        if path.exists() or Path(f"{path}{COMPLETION_SUFFIX}").exists():
+            return progress
+        if progress.complete and _job_took_upload(upload_id) is not None:
+            return progress
+        return None  # its bytes are gone: the recovery sweep frees the job
+    size = _job_took_upload(upload_id)
+    return None if size is None else UploadProgress(size, size, {}, None)
+
+
+def _job_took_upload(upload_id: str) -> int | None:
+    """The stored size of ``upload_id`` once its job moved past ``awaiting_upload``."""
+    with session_scope() as session:
+        row = session.execute(
+            select(Job.status, Job.upload_size).where(Job.upload_id == upload_id)
+        ).first()
+    if row is None or row.status == JobStatus.AWAITING_UPLOAD or row.upload_size is None:
+        return None
+    return int(row.upload_size)
 
 
 def finish_completed_uploads(upload_dir: Path, grace_s: float = LOST_CLAIM_GRACE_S) -> int:

@@ -27,6 +27,8 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -54,6 +56,7 @@ from services.upload.ingest import (
     completed_upload_metadata,
     release_upload,
     stored_filename,
+    upload_progress,
 )
 from services.upload.storage import (
     CONCURRENT_PATCH,
@@ -382,6 +385,7 @@ def create_upload_router(settings: Settings) -> APIRouter:
         **hooks,
     )
     _replace_options_route(tus, settings.max_upload_bytes)
+    _replace_head_route(tus, directory)
     # Resolved after the including router's tus_auth and before every route's own
     # dependencies, among them tuspyserver's body reader.
     guard = tus_protocol_guard_for(storage, settings.max_upload_bytes)
@@ -410,6 +414,49 @@ def _replace_options_route(tus: APIRouter, max_bytes: int) -> None:
 
     for path in ("", "/"):
         tus.add_api_route(path, tus_options, methods=["OPTIONS"], status_code=204)
+
+
+def _replace_head_route(tus: APIRouter, directory: Path) -> None:
+    """tuspyserver's HEAD is 404 once the file left the upload folder, i.e. from the moment
+    a complete upload is moved into blob storage: a client that lost the answer to its last
+    PATCH would start over and be refused (its job keeps this upload). This one says
+    complete at every point after the last byte (``upload_progress``)."""
+    tus.routes[:] = [
+        r for r in tus.routes if not (isinstance(r, APIRoute) and "HEAD" in (r.methods or ()))
+    ]
+
+    async def tus_head(uuid: str) -> Response:
+        progress = await run_in_threadpool(upload_progress, directory, uuid)
+        if progress is None:
+            raise HTTPException(404, "Upload not found")
+        if not progress.complete and _expired(progress.expires):
+            raise HTTPException(410, "Upload expired")
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Upload-Offset": str(progress.offset),
+            "Upload-Length": str(progress.length),
+            "Cache-Control": "no-store",
+        }
+        shown = [k for k in ("filename", "filetype") if progress.metadata.get(k)]
+        if shown:
+            headers["Upload-Metadata"] = ", ".join(
+                f"{k} {base64.b64encode(progress.metadata[k].encode()).decode()}" for k in shown
+            )
+        if progress.expires and not progress.complete:
+            headers["Upload-Expires"] = progress.expires
+        return Response(status_code=200, headers=headers)
+
+    tus.add_api_route("/{uuid}", tus_head, methods=["HEAD"], status_code=200)
+
+
+def _expired(expires: str | None) -> bool:
+    if not expires:
+        return False
+    try:
+        when = parsedate_to_datetime(expires)
+    except (TypeError, ValueError):
+        return False
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)) <= datetime.now(UTC)
 
 
 def _discard_if_job_ended(settings: Settings, upload_id: str) -> None:

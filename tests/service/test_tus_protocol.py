@@ -1016,6 +1016,101 @@ def test_a_crash_before_completion_is_finished_by_recovery(
     assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
 
 
+def _die(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError("the process died here")
+
+
+def _die_after(real: Callable[..., Any]) -> Callable[..., Any]:
+    def done_then_die(*args: Any, **kwargs: Any) -> Any:
+        real(*args, **kwargs)
+        raise RuntimeError("the process died here")
+
+    return done_then_die
+
+
+# Each point where the gateway can die between the last byte and the queued job: the
+# completion hook never ran; the completion record was written but the file not stored;
+# the file was stored but the job not moved; the job was queued but the sidecar not
+# removed; the sidecar was removed but the first step not sent.
+CRASH_POINTS: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
+    "before-completion": lambda mp: mp.setattr("services.upload.tus.complete_upload", _die),
+    "after-record": lambda mp: mp.setattr(
+        "services.upload.ingest._write_record", _die_after(ingest_module()._write_record)
+    ),
+    "after-blob": lambda mp: mp.setattr("services.upload.ingest.transition", _die),
+    "after-queue": lambda mp: mp.setattr("services.upload.ingest._remove_upload_files", _die),
+    "after-sidecar": lambda mp: mp.setattr("services.upload.ingest.enqueue", _die),
+}
+
+
+def ingest_module() -> Any:
+    from services.upload import ingest
+
+    return ingest
+
+
+def head_complete(client: TestClient, tenant: dict[str, str], location: str, size: int) -> None:
+    response = client.head(location, headers=tus_headers(tenant))
+    assert response.status_code == 200, response.status_code
+    assert response.headers["tus-resumable"] == "1.0.0"
+    assert response.headers["cache-control"] == "no-store"
+    assert int(response.headers["upload-offset"]) == int(response.headers["upload-length"])
+    assert int(response.headers["upload-length"]) == size
+
+
+# Defect (issue 18.10): from the file's move into blob storage on, HEAD was 404 (the client
+# then starts over, and its new upload is refused with 409); recovery must finish each point
+# exactly once.
+@pytest.mark.parametrize("crash", list(CRASH_POINTS))
+def test_head_says_complete_at_every_point_between_the_last_byte_and_the_queue(
+    client: TestClient,
+    alice: dict[str, str],
+    uploads: Path,
+    settings: Settings,
+    started: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    crash: str,
+) -> None:
+    from services.common.storage import make_storage
+    from services.common.tasks import dispatch_due_steps
+    from services.upload.ingest import finish_completed_uploads
+
+    job_id = new_job(client, alice)
+    data = os.urandom(1000)
+    location = create(client, alice, job_id, len(data), sha256=hashlib.sha256(data).hexdigest())
+    with monkeypatch.context() as mp:
+        CRASH_POINTS[crash](mp)
+        with pytest.raises(RuntimeError):
+            client.patch(location, headers=patch_headers(alice, 0), content=data)
+    assert started == []
+    head_complete(client, alice, location, len(data))
+    finish_completed_uploads(uploads)
+    dispatch_due_steps()
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None and job.status == "queued" and job.upload_size == len(data)
+        blob = job.upload_blob
+    assert blob is not None and make_storage(settings).get_bytes(blob) == data
+    assert started == [job_id]
+    head_complete(client, alice, location, len(data))  # a client that lost the answer
+    assert finish_completed_uploads(uploads) == 0
+    dispatch_due_steps()
+    assert started == [job_id]  # once
+    assert [p for p in uploads.iterdir() if not p.name.startswith(".")] == []
+    refused = client.post("/v1/uploads", headers=creation_headers(alice, job_id, "10"))
+    assert refused.status_code == 409  # it has its upload
+
+
+def test_head_of_a_lost_incomplete_upload_is_still_404(
+    client: TestClient, alice: dict[str, str], uploads: Path
+) -> None:
+    job_id = new_job(client, alice)
+    location = create(client, alice, job_id, 100)
+    patch_ok(client, alice, location, 0, b"x" * 10)
+    (uploads / upload_id_of(location)).unlink()  # the bytes are gone, the sidecar is not
+    assert client.head(location, headers=tus_headers(alice)).status_code == 404
+
+
 def test_a_crash_between_storing_the_blob_and_queueing_is_finished_by_recovery(
     client: TestClient,
     alice: dict[str, str],

@@ -3,9 +3,10 @@
 Every picture is made here from a fixed seed (nothing derived from shared data is committed):
 drawings of a chest (a grey ellipse with two dark ovals, the picture issue 18 found scored
 COVID 0.991), the same with smooth noise, a cartoon, radiograph-like projections of a synthetic
-CT volume, photograph-like scenes (grey and colour), white and smooth noise (also inside a
-body-shaped mask), screenshots of text and charts. :func:`projection` also takes a real
-volume, so a data test can project a shared CT series at test time.
+CT volume, photograph-like scenes (grey and colour landscapes, a grey portrait, a grey room),
+white and smooth noise (also inside a body-shaped mask), screenshots of text and charts.
+:func:`projection` also takes a real volume, so a data test can project a shared CT series
+at test time.
 """
 
 from __future__ import annotations
@@ -156,6 +157,65 @@ def photo_colour(size: int = 480, seed: int = 0) -> U8:
     return _u8(rgb)
 
 
+def _grain(img: F32, rng: np.random.Generator, sd: float) -> U8:
+    """Camera optics (a slight blur) and sensor grain over a grey scene."""
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), 0.8), np.float32)
+    return _u8(img + rng.normal(0, sd, img.shape).astype(np.float32))
+
+
+def photo_portrait(size: int = 480, seed: int = 0) -> U8:
+    """A grey head-and-shoulders portrait: a softly lit face (an oval with two dark eyes,
+    the layout of a chest drawing), hair, a shaded backdrop, fabric texture, grain."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
+    light = rng.choice([-1, 1]) * rng.uniform(0.5, 1)  # a key light from one side
+    img = 95 + 60 * (0.5 + 0.5 * light * (xx - 0.5) * 2) - 40 * (yy - 0.5) ** 2  # backdrop
+    cx, cy, rx, ry = 0.5 + rng.uniform(-0.05, 0.05), 0.42, 0.2, 0.27
+    shoulders = _ellipse((size, size), 1.05 * size, cx * size, 0.3 * size, 0.48 * size)
+    img[shoulders] = (70 + 14 * _smooth_noise((size, size), 2.0, seed + 3))[shoulders]
+    neck = (np.abs(xx - cx) < 0.07) & (yy > 0.6) & (yy < 0.8)
+    face = _ellipse((size, size), cy * size, cx * size, ry * size, rx * size) | neck
+    shade = 150 + 45 * light * (xx - cx) / rx - 25 * ((yy - cy) / ry) ** 2  # round, side-lit
+    img[face] = shade[face]
+    hair = _ellipse((size, size), (cy - 0.12) * size, cx * size, 0.2 * size, 0.23 * size) & (
+        yy < cy - 0.08
+    )
+    img[hair] = (35 + 10 * _smooth_noise((size, size), 1.0, seed + 4))[hair]
+    for side in (-1, 1):
+        eye = _ellipse((size, size), (cy - 0.02) * size, (cx + side * 0.08) * size, 9, 16)
+        img[eye] = 40
+    mouth = _ellipse((size, size), (cy + 0.15) * size, cx * size, 6, 28)
+    img[mouth] = 90
+    return _grain(img.astype(np.float32), rng, 2.5)
+
+
+def photo_indoor(size: int = 480, seed: int = 0) -> U8:
+    """A grey room: a lamp-lit wall, a bright window with its frame, a floor in perspective,
+    a dark table, a picture on the wall, wood grain and sensor grain."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32) / size
+    lx, ly = rng.uniform(0.2, 0.8), 0.15
+    img = 120 + 80 * np.exp(-((xx - lx) ** 2 + (yy - ly) ** 2) / 0.15)  # wall under a lamp
+    floor = yy > 0.7
+    grain = _smooth_noise((size, size), 1.2, seed + 5)
+    img[floor] = 70 + 50 * (yy[floor] - 0.7) + 6 * grain[floor]
+    x0 = int(rng.uniform(0.55, 0.65) * size)
+    cv2.rectangle(img, (x0, int(0.15 * size)), (x0 + size // 4, int(0.5 * size)), 235, -1)
+    cv2.rectangle(img, (x0, int(0.15 * size)), (x0 + size // 4, int(0.5 * size)), 60, 6)
+    cv2.line(img, (x0 + size // 8, int(0.15 * size)), (x0 + size // 8, int(0.5 * size)), 60, 5)
+    cv2.rectangle(img, (int(0.1 * size), int(0.2 * size)), (int(0.3 * size), int(0.35 * size)),
+                  50, -1)  # fmt: skip
+    cv2.rectangle(img, (int(0.12 * size), int(0.22 * size)), (int(0.28 * size), int(0.33 * size)),
+                  110, -1)  # fmt: skip
+    table = (yy > 0.55) & (yy < 0.62) & (xx > 0.15) & (xx < 0.75)
+    img[table] = 45 + 5 * grain[table]
+    for leg in (0.18, 0.7):
+        img[(yy >= 0.62) & (yy < 0.85) & (xx > leg) & (xx < leg + 0.03)] = 40
+    cv2.circle(img, (int(0.35 * size), int(0.5 * size)), int(0.05 * size), 200, -1)  # a vase
+    cv2.circle(img, (int(0.5 * size), int(0.51 * size)), int(0.035 * size), 30, -1)  # a cup
+    return _grain(img.astype(np.float32), rng, 2.5)
+
+
 def white_noise(size: int = 512, seed: int = 0) -> U8:
     return np.random.default_rng(seed).integers(0, 256, (size, size), dtype=np.uint8)
 
@@ -257,6 +317,8 @@ KINDS: dict[str, Callable[..., U8]] = {
     "projection_sum": _projection_sum,
     "photo_gray": photo_gray,
     "photo_colour": photo_colour,
+    "photo_portrait": photo_portrait,
+    "photo_indoor": photo_indoor,
     "white_noise": white_noise,
     "smooth_noise": smooth_noise,
     "noise_in_body": noise_in_body,

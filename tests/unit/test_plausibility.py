@@ -129,7 +129,7 @@ def test_volume_of_noise_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg"])
-@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"photo_gray"}))
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_generated_non_ct_is_refused(tmp_path: Path, kind: str, fmt: str) -> None:
     """Issue 18: drawings, smoothed noise, projections, photos, noise, text and charts (PNG
     and JPEG, two seeds) are refused with not_chest_ct through the reader, never scored."""
@@ -260,12 +260,12 @@ def test_drawing_saved_in_hounsfield_units_is_refused(tmp_path: Path) -> None:
     assert len(read_study(_nifti(tmp_path, phantom, "phantom.nii.gz"), get_settings())) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a grey photograph with grain and dark "
-    "enclosed objects has CT-like texture and a 'lung field'; colour ones are refused",
-)
-def test_grey_photograph_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "photo.png"
-    Image.fromarray(generate("photo_gray")).save(path)
-    _refused(path)
+@pytest.mark.parametrize("kind", ["photo_gray", "photo_portrait", "photo_indoor"])
+def test_grey_photographs_are_refused(tmp_path: Path, kind: str) -> None:
+    """Issue 18: grey photographs (grain, dark enclosed objects: CT-like texture and a 'lung
+    field') are refused by their smooth shading, as PNG and JPEG, in several seeds."""
+    for seed in range(3):
+        for fmt in ("png", "jpg"):
+            path = tmp_path / f"{kind}-{seed}.{fmt}"
+            Image.fromarray(generate(kind, seed=seed)).save(path, quality=85)
+            assert "shading" in _refused(path)
