@@ -636,6 +636,48 @@ def test_connection_budget_fits_max_connections(overlay: str, docs: list[Doc]) -
         assert int(setting.split("=")[1]) - reserved == allowed
 
 
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+def test_scratch_volumes_are_sized_to_what_fills_them(docs: list[Doc]) -> None:
+    """A pod whose emptyDirs may fill past its ephemeral-storage limit is evicted: the main
+    containers' limits cover every emptyDir's sizeLimit; the blob cache, the upload being
+    read and an extracted archive fit their volumes."""
+    for workload in app_workloads(docs):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload) or {}
+        scratch = {
+            v["name"]: _bytes(v["emptyDir"]["sizeLimit"])
+            for v in spec.get("volumes", [])
+            if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+        }
+        limit = sum(
+            _bytes(c["resources"]["limits"].get("ephemeral-storage", "0"))
+            for c in spec["containers"]
+        )
+        assert sum(scratch.values()) <= limit, (name, scratch, limit)
+        main = spec["containers"][0]
+        if main.get("args", [""])[0] not in {"gateway", "worker"}:
+            continue
+
+        def setting(field: str, container: Doc = main) -> int:
+            value = _container_setting(docs, container, f"COVIDCT_{field.upper()}")
+            return int(value or Settings.model_fields[field].default)
+
+        # The cache cap, plus the copy being read (kept beyond the cap).
+        cache = setting("storage_cache_max_bytes")
+        if name == "covidct-gateway":  # lesion maps (slices are read by range)
+            assert 2 * cache <= scratch["var"], name
+        if name == "covidct-worker-preprocess":  # an upload; archives extracted into /tmp
+            assert cache + setting("max_upload_bytes") <= scratch["var"], name
+            assert setting("max_uncompressed_bytes") <= scratch["tmp"], name
+
+
 # --- docker compose ---------------------------------------------------------------------------
 
 FIXTURE_COMPOSE = """
