@@ -9,13 +9,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
 
 from harness.components import require
-from services.cli.runtime import Stack, embedded_broker_url, free_port, start_stack, wait_ready
+from services.cli.runtime import Stack, free_port, start_stack, wait_ready
+from services.cli.runtime import wait_up as wait_up  # for tests running `covidct up` themselves
 from services.common.config import Settings
 from services.common.db import make_engine
 
@@ -75,17 +75,6 @@ def running_stack(settings: Settings, extra_env: dict[str, str] | None = None) -
         yield stack
     finally:
         stack.stop()
-
-
-def wait_up(url: str, var_dir: Path, broker_url: str | None = None, timeout_s: float = 300) -> None:
-    """For a ``covidct up`` run as a subprocess: its gateway ready and a worker on every queue
-    (over ``broker_url``, else the embedded Redis it started under ``var_dir``)."""
-    deadline = time.monotonic() + timeout_s
-    while (broker := broker_url or embedded_broker_url(var_dir)) is None:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no embedded broker under {var_dir}")
-        time.sleep(0.2)
-    wait_ready(url, timeout_s=max(deadline - time.monotonic(), 1.0), broker_url=broker)
 
 
 def create_tenant(stack: Stack, name: str) -> dict[str, str]:

@@ -302,6 +302,19 @@ def embedded_broker_url(var_dir: Path) -> str | None:
     return f"redis://:{config['requirepass']}@127.0.0.1:{config['port']}/0"
 
 
+def wait_up(
+    url: str, var_dir: Path, broker_url: str | None = None, timeout_s: float = 300.0
+) -> None:
+    """For a ``covidct up`` run as another process: its gateway ready and a worker on every
+    queue (over ``broker_url``, else the embedded Redis it started under ``var_dir``)."""
+    deadline = time.monotonic() + timeout_s
+    while (broker := broker_url or embedded_broker_url(var_dir)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no embedded broker under {var_dir} after {timeout_s:.0f}s")
+        time.sleep(0.2)
+    wait_ready(url, timeout_s=max(deadline - time.monotonic(), 1.0), broker_url=broker)
+
+
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # then every 30 s
 STABLE_AFTER_S = 60.0  # a child that ran this long starts its back-off from the beginning
 
