@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 
 from harness.components import require
 from services.cli.runtime import Stack, free_port, start_stack, wait_ready
+from services.cli.runtime import wait_up as wait_up  # for tests running `covidct up` themselves
 from services.common.config import Settings
 from services.common.db import make_engine
 
@@ -70,7 +71,7 @@ def fresh_redis_db(index: int) -> str:
 def running_stack(settings: Settings, extra_env: dict[str, str] | None = None) -> Iterator[Stack]:
     stack = start_stack(settings, port=free_port(), concurrency=2, extra_env=extra_env)
     try:
-        wait_ready(stack.url, timeout_s=180)
+        wait_ready(stack.url, timeout_s=180, broker_url=stack.broker_url)
         yield stack
     finally:
         stack.stop()

@@ -64,7 +64,7 @@ def _covidct(*args: str, env: dict[str, str], **kwargs: object) -> subprocess.Po
 
 
 def main() -> int:
-    from services.cli.runtime import free_port, wait_ready
+    from services.cli.runtime import free_port, wait_up
 
     sample = sample_study()
     path = sample.path
@@ -87,7 +87,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         try:
-            wait_ready(server, timeout_s=300)
+            wait_up(server, Path(scratch) / "var", timeout_s=300)
             tenant = subprocess.run(
                 [sys.executable, "-m", "services.cli", "tenants", "create", "demo", "--json"],
                 env=env, check=True, capture_output=True, text=True,

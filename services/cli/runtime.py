@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -256,10 +257,17 @@ def start_stack(
 
 
 def wait_ready(
-    url: str, timeout_s: float = 120.0, stop: StopFlag | None = None
+    url: str,
+    timeout_s: float = 120.0,
+    stop: StopFlag | None = None,
+    broker_url: str | None = None,
 ) -> dict[str, object]:
-    """Poll /readyz until database, broker and scorer all answer (``StopRequested`` when
-    ``stop`` is set meanwhile)."""
+    """Poll the gateway's /readyz (its database and broker) until it is green; with
+    ``broker_url``, then until a live worker consumes every queue and some worker's scorer is
+    usable (a Celery ping over that broker), so nothing is submitted before a worker exists.
+    ``StopRequested`` when ``stop`` is set meanwhile."""
+    from services.common.queue import workers_state
+
     deadline = time.monotonic() + timeout_s
     last: dict[str, object] = {}
     while time.monotonic() < deadline:
@@ -269,11 +277,42 @@ def wait_ready(
             response = httpx.get(f"{url}/readyz", timeout=5)
             last = response.json()
             if response.status_code == 200:
-                return last
+                if broker_url is None:
+                    return last
+                queues, scorer = workers_state(broker_url)
+                last = {**last, "workers": sorted(queues), "scorer": scorer}
+                if set(QUEUES) <= queues and scorer:
+                    return last
         except httpx.HTTPError as exc:
             last = {"error": str(exc)}
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s: {last}")
+
+
+def embedded_broker_url(var_dir: Path) -> str | None:
+    """The broker URL of the embedded Redis a ``covidct up`` using ``var_dir`` started (from
+    its owner-only config file), or None while it has not written one."""
+    try:
+        lines = (var_dir / "redis" / "redis.conf").read_text().splitlines()
+    except OSError:
+        return None
+    config = dict(line.split(" ", 1) for line in lines if " " in line)
+    if "port" not in config or "requirepass" not in config:
+        return None
+    return f"redis://:{config['requirepass']}@127.0.0.1:{config['port']}/0"
+
+
+def wait_up(
+    url: str, var_dir: Path, broker_url: str | None = None, timeout_s: float = 300.0
+) -> None:
+    """For a ``covidct up`` run as another process: its gateway ready and a worker on every
+    queue (over ``broker_url``, else the embedded Redis it started under ``var_dir``)."""
+    deadline = time.monotonic() + timeout_s
+    while (broker := broker_url or embedded_broker_url(var_dir)) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no embedded broker under {var_dir} after {timeout_s:.0f}s")
+        time.sleep(0.2)
+    wait_ready(url, timeout_s=max(deadline - time.monotonic(), 1.0), broker_url=broker)
 
 
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # then every 30 s

@@ -37,7 +37,7 @@ def up(
             typer.echo("stopped during start-up", err=True)
             raise typer.Exit(0) from None
         try:
-            wait_ready(stack.url, stop=stop)
+            wait_ready(stack.url, stop=stop, broker_url=stack.broker_url)
         except StopRequested:
             stack.stop()
             typer.echo("stopped during start-up", err=True)
@@ -207,3 +207,24 @@ def dicom_listen(
     except ConfigurationError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+probe_app = typer.Typer(no_args_is_help=True, help="Health probes run inside a pod.")
+
+
+@probe_app.command("scorer")
+def probe_scorer(
+    max_age: Annotated[
+        float, typer.Option(help="Seconds a cached answer is reused (probes come often).")
+    ] = 20.0,
+) -> None:
+    """The inference worker's readiness: its scorer (TorchServe /ping, or the in-process
+    model's files) answers; exit 1 when not. Loads no model."""
+    from services.inference.probe import cached_scorer_ready
+
+    settings = get_settings()
+    cache = settings.var_dir / "probe" / "scorer.json"
+    if not cached_scorer_ready(settings, cache, max_age):
+        typer.echo("error: scorer_unavailable: the scorer does not answer", err=True)
+        raise typer.Exit(1)
+    typer.echo("scorer ready")

@@ -10,8 +10,6 @@ gone once its task has finished; job state lives in the database.
 
 from __future__ import annotations
 
-from typing import Any
-
 from celery import Celery
 
 from services.common.config import Settings, get_settings
@@ -92,10 +90,22 @@ def broker_reachable(timeout_s: float = 2.0) -> bool:
         return False
 
 
-def ask_workers(command: str, timeout_s: float = 1.0) -> list[Any]:
-    """Broadcast a remote-control command and return the replies (empty: nobody answered)."""
+def workers_state(broker: str, timeout_s: float = 2.0) -> tuple[set[str], bool]:
+    """The queues some live worker consumes and whether some worker's scorer is usable, asked
+    over ``broker`` (a Celery ping by remote control; empty when no worker answers).
+
+    For whoever starts a stack (``covidct up``, the test harness) and must not submit before
+    a worker exists: the gateway's /readyz no longer asks workers (a TorchServe outage or a
+    slow worker must not take every gateway out of its Service)."""
+    app = Celery("covidct-probe", broker=broker, set_as_current=False)
+    app.conf.update(broker_connection_retry_on_startup=False, broker_connection_max_retries=1)
     try:
-        replies = celery_app.control.broadcast(command, reply=True, timeout=timeout_s)
-    except Exception:
-        return []
-    return [answer for reply in replies or [] for answer in reply.values()]
+        consumed = app.control.inspect(timeout=timeout_s).active_queues() or {}
+        replies = app.control.broadcast(SCORER_READY_COMMAND, reply=True, timeout=timeout_s)
+    except Exception:  # broker not there yet: no worker either
+        return set(), False
+    finally:
+        app.close()
+    queues = {queue["name"] for per_worker in consumed.values() for queue in per_worker or []}
+    answers = [answer for reply in replies or [] for answer in reply.values()]
+    return queues, any(isinstance(a, dict) and bool(a.get("ready")) for a in answers)

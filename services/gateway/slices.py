@@ -25,6 +25,7 @@ from services.common.native_slices import (
     parse_window,
     render_png,
 )
+from services.common.npy_rows import npy_row
 from services.common.orm import JobEvent, SliceRecord
 from services.common.storage import make_storage
 from services.gateway.auth import ApiKeyDep, tenant_session
@@ -80,13 +81,13 @@ def get_slice_png(
     if blob is None or position is None:
         raise ApiError(404, "slice_not_found", f"no prepared slice {slice_index}")
     try:
-        path = make_storage(get_settings()).local_path(blob)
+        # Two ranged reads (header, this slice), never the whole stack (S3 or local alike).
+        image = npy_row(make_storage(get_settings()), blob, position)
     except FileNotFoundError as exc:
         raise ApiError(404, "slice_not_found", f"no prepared slice {slice_index}") from exc
-    stack = np.load(path, mmap_mode="r", allow_pickle=False)  # reads only this slice
-    if position >= len(stack):
+    if image is None:
         raise ApiError(404, "slice_not_found", f"no prepared slice {slice_index}")
-    ok, png = cv2.imencode(".png", np.ascontiguousarray(stack[position], dtype=np.uint8))
+    ok, png = cv2.imencode(".png", np.ascontiguousarray(image, dtype=np.uint8))
     if not ok:
         raise RuntimeError("could not encode a slice PNG")
     return Response(

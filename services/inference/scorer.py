@@ -8,7 +8,6 @@ knows it exists; another model server needs only another ``Scorer``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -232,19 +231,3 @@ def make_scorer(settings: Settings) -> Scorer:
             settings.scorer_timeout_s,
         )
     return InProcessScorer(settings.slice_model_dir, settings.scorer_model_name)
-
-
-def scorer_reachable(settings: Settings) -> bool:
-    """Cheap readiness: TorchServe answers ``/ping``, or the in-process model's files exist.
-
-    Never loads a model (it runs in a worker's main process, which forks the pool).
-    """
-    if settings.scorer_url:
-        with TorchServeScorer(settings.scorer_url, settings.scorer_model_name, 1, 1, 5.0) as ts:
-            return ts.ready()
-    config = settings.slice_model_dir / "config.json"
-    try:
-        members = json.loads(config.read_text())["members"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return all((settings.slice_model_dir / name).is_file() for name in members)

@@ -25,7 +25,8 @@ from services.common.queue import INFERENCE_TASK, SCORER_READY_COMMAND, celery_a
 from services.common.retention import discard_if_deleted
 from services.common.storage import make_storage
 from services.common.tasks import fail_job, release_step, run_guarded
-from services.inference.scorer import ScorerUnavailable, scorer_reachable
+from services.inference.probe import scorer_reachable
+from services.inference.scorer import ScorerUnavailable
 from services.inference.stage import (
     ModelVersionMismatch,
     explain_slices,

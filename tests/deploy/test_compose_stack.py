@@ -273,7 +273,7 @@ def test_compose_stack_end_to_end(
 
     ready = httpx.get(f"{url}/readyz", timeout=30)
     assert ready.status_code == 200, ready.text
-    assert ready.json()["checks"] == {"database": True, "broker": True, "scorer": True}
+    assert ready.json()["checks"] == {"database": True, "broker": True}
     metrics = httpx.get(f"{url}/metrics", timeout=30)
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
     covid = result["probabilities"]["COVID"]

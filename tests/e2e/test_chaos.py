@@ -39,10 +39,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from sqlalchemy import create_engine, text
 
-from harness.stacks import POSTGRES_ADMIN_URL, fresh_postgres_database, fresh_redis_db
+from harness.stacks import POSTGRES_ADMIN_URL, fresh_postgres_database, fresh_redis_db, wait_up
 from harness.torchserve import require_java, running_torchserve
 from services.cli.client import ApiClient, UploadState, submit
-from services.cli.runtime import free_port, wait_ready
+from services.cli.runtime import free_port
 from services.common.config import get_settings
 from services.inference.mar import build_mar
 from tests.support.processes import children_of
@@ -280,7 +280,7 @@ def test_jobs_survive_random_kills(chaos: Chaos, tmp_path: Path) -> None:
     recoveries: list[tuple[str, float]] = []
     job_ids: list[str] = []
     try:
-        wait_ready(server, timeout_s=300)
+        wait_up(server, tmp_path / "var", env.get("COVIDCT_BROKER_URL"), timeout_s=300)
         created = subprocess.run(
             [sys.executable, "-m", "services.cli", "tenants", "create", "chaos", "--json"],
             env=env, capture_output=True, text=True, check=True, timeout=120,

@@ -318,8 +318,14 @@ def test_embedded_stack_answers_api_misuse_with_4xx(embedded_stack: Stack) -> No
     tenant = create_tenant(embedded_stack, "misuse")
     client = ApiClient(embedded_stack.url, tenant["api_key"])
     assert client.http.get("/v1/jobs/nope").status_code == 404
+    # The gateway's readiness is its own database and broker; workers are not asked.
     assert httpx.get(f"{embedded_stack.url}/readyz").json()["checks"] == {
         "database": True,
         "broker": True,
-        "scorer": True,
     }
+    # Internal endpoints: a request relayed by a proxy does not see them.
+    relayed = {"X-Forwarded-For": "203.0.113.7"}
+    assert httpx.get(f"{embedded_stack.url}/readyz", headers=relayed).status_code == 404
+    assert httpx.get(f"{embedded_stack.url}/metrics", headers=relayed).status_code == 404
+    metrics = httpx.get(f"{embedded_stack.url}/metrics").text
+    assert 'covidct_dependency_up{dependency="broker"} 1.0' in metrics

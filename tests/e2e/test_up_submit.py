@@ -18,7 +18,8 @@ import pytest
 import redis
 from pydicom.data import get_testdata_file
 
-from services.cli.runtime import free_port, wait_ready
+from harness.stacks import wait_up
+from services.cli.runtime import free_port
 from tests.support.processes import child, children_of
 
 
@@ -63,7 +64,7 @@ def test_up_submit_and_sigterm_stops_everychild(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        wait_ready(f"http://127.0.0.1:{port}", timeout_s=300)
+        wait_up(f"http://127.0.0.1:{port}", tmp_path / "var", timeout_s=300)
         children = _processes_with_env(str(tmp_path / "var"))
         assert len(children) >= 4  # up, redis, worker (+ its pool), gateway
 
@@ -129,7 +130,7 @@ def test_up_restarts_a_killed_worker_and_redis_and_the_job_still_succeeds(
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        wait_ready(server, timeout_s=300)
+        wait_up(server, tmp_path / "var", timeout_s=300)
         tenant = json.loads(_covidct("tenants", "create", "sup", "--json", env=env).stdout)
         client = ApiClient(server, tenant["api_key"])
         demo = Path(__file__).resolve().parents[2] / "demo" / "covid-ct-md-P002"
@@ -166,7 +167,7 @@ def _listening(port: int) -> bool:
 
 @pytest.mark.parametrize("started", ["redis-server", "celery", "uvicorn"])
 def test_sigterm_during_start_up_stops_every_child(tmp_path: Path, started: str) -> None:
-    """Issue 18.6: SIGTERM before /readyz is green (once ``started`` is running) leaves no
+    """Issue 18.6: SIGTERM before the stack is up (once ``started`` is running) leaves no
     child process and no port behind."""
     var = tmp_path / "var"
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}

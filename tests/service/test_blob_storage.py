@@ -6,6 +6,7 @@ upload to deletion through the service."""
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tracemalloc
 import uuid
@@ -13,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from boto3.s3.transfer import TransferConfig
 from fastapi.testclient import TestClient
@@ -24,6 +26,7 @@ import services.preprocess.tasks  # noqa: F401  (the eager pipeline runs these)
 from harness.s3 import moto_s3_server
 from services.asgi import create_app
 from services.common.config import Settings
+from services.common.npy_rows import NotARowStack, npy_row
 from services.common.queue import celery_app
 from services.common.storage import BlobStorage, LocalStorage, make_storage
 from services.common.storage_s3 import S3Storage, _client
@@ -92,6 +95,27 @@ def test_ranged_reads(storage: BlobStorage) -> None:
     assert storage.get_range(key, 3, 0) == b""
     with pytest.raises(FileNotFoundError):
         storage.get_range("jobs/a/nothing", 0, 1)
+
+
+def test_one_row_of_a_stack_by_ranged_reads(storage: BlobStorage, tmp_path: Path) -> None:
+    """The slice viewer's read: one slice of a .npy stack, without a local copy of it."""
+    stack = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
+    buffer = io.BytesIO()
+    np.save(buffer, stack)
+    storage.put_bytes("jobs/r/slices.npy", buffer.getvalue())
+    for index in range(5):
+        row = npy_row(storage, "jobs/r/slices.npy", index)
+        assert row is not None and np.array_equal(row, stack[index])
+    assert npy_row(storage, "jobs/r/slices.npy", 5) is None
+    with pytest.raises(FileNotFoundError):
+        npy_row(storage, "jobs/none/slices.npy", 0)
+    fortran = io.BytesIO()
+    np.save(fortran, np.asfortranarray(stack))
+    storage.put_bytes("jobs/r/fortran.npy", fortran.getvalue())
+    with pytest.raises(NotARowStack):
+        npy_row(storage, "jobs/r/fortran.npy", 0)
+    if isinstance(storage, S3Storage):  # nothing downloaded to the pod's scratch disk
+        assert not [f for f in (tmp_path / "blob-cache").rglob("*") if f.is_file()]
 
 
 def test_put_file_moves_and_local_path_keeps_the_name(storage: BlobStorage, tmp_path: Path) -> None:

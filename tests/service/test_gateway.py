@@ -337,8 +337,16 @@ def test_health_metrics_and_docs(client: TestClient) -> None:
     assert ready.status_code == 503
     assert ready.json()["checks"]["database"] is True
     assert ready.json()["checks"]["broker"] is False
+    assert set(ready.json()["checks"]) == {"database", "broker"}  # no worker, no scorer
     metrics = client.get("/metrics")
     assert metrics.status_code == 200 and "covidct_jobs" in metrics.text
+    assert 'covidct_dependency_up{dependency="database"} 1.0' in metrics.text
+    assert 'covidct_dependency_up{dependency="broker"} 0.0' in metrics.text
+    # Only the kubelet and Prometheus, calling the pod directly, see them; not the ingress.
+    for forwarded in ({"X-Forwarded-For": "203.0.113.7"}, {"Forwarded": "for=203.0.113.7"}):
+        assert client.get("/readyz", headers=forwarded).status_code == 404
+        assert client.get("/metrics", headers=forwarded).status_code == 404
+    assert client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.7"}).status_code == 200
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/slices"} <= set(paths)

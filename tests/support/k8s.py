@@ -11,6 +11,7 @@ import functools
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,26 +35,44 @@ def kubectl() -> str:
     return path
 
 
+SECRETS_DIR = K8S_DIR / "secrets"
+
+
+def _copy_with_example_secrets(target: Path, password: str) -> Path:
+    """k8s/ copied to ``target``, its secrets/*.env made from the committed *.env.example
+    (CHANGE-ME replaced by ``password``): an operator's real env files are never read."""
+    secrets = str(SECRETS_DIR)
+
+    def ignore(directory: str, names: list[str]) -> list[str]:
+        return [n for n in names if n.endswith(".env")] if directory == secrets else []
+
+    root = target / "k8s"
+    shutil.copytree(K8S_DIR, root, ignore=ignore)
+    for example in (root / "secrets").glob("*.env.example"):
+        text = example.read_text().replace("CHANGE-ME", password)
+        example.with_name(example.name.removesuffix(".example")).write_text(text)
+    return root
+
+
 @functools.cache
-def _render(directory: str) -> str:
-    result = subprocess.run(
-        [kubectl(), "kustomize", directory],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def render_text(overlay: str, password: str = "CHANGE-ME") -> str:
+    """``kubectl kustomize k8s/overlays/<overlay>`` with the example secrets."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = _copy_with_example_secrets(Path(tmp), password)
+        result = subprocess.run(
+            [kubectl(), "kustomize", str(root / "overlays" / overlay)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
     if result.returncode != 0:
-        raise AssertionError(f"kubectl kustomize {directory} failed:\n{result.stderr}")
+        raise AssertionError(f"kubectl kustomize {overlay} failed:\n{result.stderr}")
     return result.stdout
 
 
-def render_text(overlay: str) -> str:
-    return _render(str(K8S_DIR / "overlays" / overlay))
-
-
-def render(overlay: str) -> list[Doc]:
-    return [doc for doc in yaml.safe_load_all(render_text(overlay)) if doc]
+def render(overlay: str, password: str = "CHANGE-ME") -> list[Doc]:
+    return [doc for doc in yaml.safe_load_all(render_text(overlay, password)) if doc]
 
 
 def by_kind(docs: Iterable[Doc], kind: str) -> dict[str, Doc]:
@@ -160,6 +179,15 @@ def covidct_images(images: Iterable[str]) -> set[str]:
     return {image.rsplit("/", 1)[-1] for image in images if "covidct-" in image}
 
 
+# Settings Kubernetes gives only to the components that need them (one Secret each).
+PER_COMPONENT_SECRETS = {
+    "COVIDCT_BROKER_URL",
+    "COVIDCT_SECRET_KEYS",
+    "COVIDCT_STORAGE_ACCESS_KEY_ID",
+    "COVIDCT_STORAGE_SECRET_ACCESS_KEY",
+}
+
+
 def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
     """What differs between the rendered manifests and the compose files: covidct images
     (name:tag) used by one and not the other, and COVIDCT_* settings that compose gives the
@@ -178,14 +206,23 @@ def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
             compose_keys |= {
                 k for k in _environment(service.get("environment")) if k.startswith("COVIDCT_")
             }
+    # Kubernetes gives each component only the secrets it needs (k8s/secrets): those must
+    # reach some app container, not every one.
+    everywhere = compose_keys - PER_COMPONENT_SECRETS
+    somewhere: set[str] = set()
     for workload in workloads(docs):
         for container in containers(pod_spec(workload) or {}):
             if "covidct-app:" not in container["image"]:
                 continue
-            missing = compose_keys - container_env_keys(docs, container)
+            keys = container_env_keys(docs, container)
+            somewhere |= keys
             problems += [
                 f"{workload['metadata']['name']}/{container['name']}: {key} set in compose, "
                 "not in k8s"
-                for key in sorted(missing)
+                for key in sorted(everywhere - keys)
             ]
+    problems += [
+        f"{key} set in compose, in no k8s app container"
+        for key in sorted((compose_keys & PER_COMPONENT_SECRETS) - somewhere)
+    ]
     return problems

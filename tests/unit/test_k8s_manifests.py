@@ -7,11 +7,14 @@ Without kubectl or a validator the tests skip; with CI=true they fail (Component
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
+import math
 import os
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from tests.support.k8s import (
     compose_drift,
     container_env_keys,
     containers,
+    kubectl,
     pod_labels,
     pod_spec,
     render,
@@ -67,6 +71,33 @@ def app_workloads(docs: list[Doc]) -> list[Doc]:
 
 def long_running(docs: list[Doc]) -> list[Doc]:
     return [w for w in workloads(docs) if w["kind"] != "Job"]
+
+
+def secret_values(secret: Doc) -> dict[str, str]:
+    """A Secret's keys and values, generated (base64 ``data``) or written (``stringData``)."""
+    values = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+    return {**values, **(secret.get("stringData") or {})}
+
+
+def containers_of(workload: Doc) -> Iterator[Doc]:
+    """The main containers, without the init containers."""
+    yield from (pod_spec(workload) or {}).get("containers", [])
+
+
+def _secret_names(workload: Doc) -> set[str]:
+    return {
+        source["secretRef"]["name"]
+        for container in containers(pod_spec(workload) or {})
+        for source in container.get("envFrom", [])
+        if "secretRef" in source
+    }
+
+
+def _secret_of(docs: list[Doc], workload: str) -> dict[str, str]:
+    """The one Secret a workload of ours reads (envFrom), decoded."""
+    named = {**deployments(docs), **by_kind(docs, "Job")}[workload]
+    (name,) = _secret_names(named)
+    return secret_values(by_kind(docs, "Secret")[name])
 
 
 # --- tools ------------------------------------------------------------------------------------
@@ -239,7 +270,7 @@ def test_every_reference_exists(docs: list[Doc]) -> None:
     for name, auth in auths.items():
         for ref in auth["spec"].get("secretTargetRef", []):
             need("Secret", ref["name"], name)
-            assert ref["key"] in by_kind(docs, "Secret")[ref["name"]]["stringData"], ref
+            assert ref["key"] in secret_values(by_kind(docs, "Secret")[ref["name"]]), ref
     for name, scaled in by_kind(docs, "ScaledObject").items():
         for trigger in scaled["spec"]["triggers"]:
             assert trigger["authenticationRef"]["name"] in auths, name
@@ -273,7 +304,7 @@ def test_one_autoscaler_per_target_and_every_worker_scaled_by_its_queue(docs: li
     assert by_kind(docs, "HorizontalPodAutoscaler")["covidct-gateway"]
     queues_of = {}
     for name, deployment in deps.items():
-        args = next(containers(pod_spec(deployment) or {})).get("args", [])
+        args = next(containers_of(deployment)).get("args", [])
         if args[:1] == ["worker"]:
             queues_of[name] = args[args.index("--queues") + 1]
     # One Deployment per queue, and its ScaledObject reads that queue's list.
@@ -305,7 +336,7 @@ def test_probes_resources_and_security_everywhere(docs: list[Doc]) -> None:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert spec.get("automountServiceAccountToken") is False, name
-        for container in containers(spec):
+        for container in containers(spec):  # init containers too
             resources = container.get("resources", {})
             for part in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(part, {})), (name, part)
@@ -313,7 +344,8 @@ def test_probes_resources_and_security_everywhere(docs: list[Doc]) -> None:
             assert security["readOnlyRootFilesystem"] is True, name
             assert security["allowPrivilegeEscalation"] is False, name
             assert security["capabilities"]["drop"] == ["ALL"], name
-            if workload["kind"] != "Job":
+        if workload["kind"] != "Job":
+            for container in spec["containers"]:
                 assert "livenessProbe" in container and "readinessProbe" in container, name
 
 
@@ -324,12 +356,22 @@ def _http_probe(container: Doc, probe: str) -> tuple[str, Any]:
 
 def test_health_endpoints(docs: list[Doc]) -> None:
     deps = deployments(docs)
-    gateway = next(containers(pod_spec(deps["covidct-gateway"]) or {}))
+    gateway = next(containers_of(deps["covidct-gateway"]))
     assert _http_probe(gateway, "livenessProbe") == ("/healthz", "http")
     assert _http_probe(gateway, "readinessProbe") == ("/readyz", "http")
     assert {"name": "http", "containerPort": 8000} in gateway["ports"]
     assert gateway["args"] == ["gateway", "--host", "0.0.0.0", "--port", "8000"]
-    torchserve = next(containers(pod_spec(deps["covidct-torchserve"]) or {}))
+    # Scorer health is the inference workers' own readiness, not the gateway's.
+    inference = next(containers_of(deps["covidct-worker-inference"]))
+    assert inference["readinessProbe"]["exec"]["command"][1:3] == ["probe", "scorer"]
+    assert inference["readinessProbe"]["exec"]["command"][0] == "/opt/venv/bin/covidct"
+    # /readyz and /metrics are for the kubelet and Prometheus: no ingress path names them
+    # (the app also answers 404 to anything relayed with X-Forwarded-For).
+    for ingress in by_kind(docs, "Ingress").values():
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                assert not path["path"].startswith(("/readyz", "/metrics")), path
+    torchserve = next(containers_of(deps["covidct-torchserve"]))
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert _http_probe(torchserve, probe) == ("/ping", "inference")
     assert {"name": "inference", "containerPort": 8080} in torchserve["ports"]
@@ -337,10 +379,11 @@ def test_health_endpoints(docs: list[Doc]) -> None:
 
 def test_gpu_only_in_the_gpu_overlay(overlay: str, docs: list[Doc]) -> None:
     spec = pod_spec(deployments(docs)["covidct-torchserve"]) or {}
-    limits = next(containers(spec))["resources"]["limits"]
+    limits = spec["containers"][0]["resources"]["limits"]
     if overlay == "gpu":
         assert int(limits["nvidia.com/gpu"]) >= 1
-        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        # The GPU request places the pod; no label that only GPU feature discovery sets.
+        assert "nvidia.com/gpu.present" not in spec.get("nodeSelector", {})
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
             "tolerations"
         ]
@@ -359,15 +402,18 @@ def test_settings_are_settings_fields_and_point_at_the_cluster(
     config = by_kind(docs, "ConfigMap")["covidct-config"]["data"]
     assert config["COVIDCT_STORAGE_URL"].startswith("s3://")  # blobs shared by all pods
     assert config["COVIDCT_SCORER_URL"] == "http://covidct-torchserve:8080"
-    secret = by_kind(docs, "Secret")["covidct-secrets"]["stringData"]
-    # Several pods: the same encryption keys everywhere, not a key file per pod.
-    assert {"COVIDCT_DATABASE_URL", "COVIDCT_BROKER_URL", "COVIDCT_SECRET_KEYS"} <= set(secret)
-    keys = json.loads(secret["COVIDCT_SECRET_KEYS"])
-    assert isinstance(keys, list) and keys
+    secrets = {name: secret_values(doc) for name, doc in by_kind(docs, "Secret").items()}
+    gateway_keys = json.loads(_secret_of(docs, "covidct-gateway")["COVIDCT_SECRET_KEYS"])
+    assert isinstance(gateway_keys, list) and gateway_keys
+    # Several pods: the same encryption keys in each that encrypts or signs, not a key file
+    # per pod.
+    webhooks_keys = json.loads(_secret_of(docs, "covidct-worker-webhooks")["COVIDCT_SECRET_KEYS"])
+    assert webhooks_keys == gateway_keys
     if overlay == "dev":  # a working (public, dev-only) key
         from cryptography.fernet import Fernet
 
-        Fernet(keys[0].encode())
+        Fernet(gateway_keys[0].encode())
+    assert secrets  # every Secret generated (base holds none: test_no_secret_in_the_base)
 
 
 def test_uploads_shared_by_gateway_replicas(overlay: str, docs: list[Doc]) -> None:
@@ -378,7 +424,7 @@ def test_uploads_shared_by_gateway_replicas(overlay: str, docs: list[Doc]) -> No
         for v in spec["volumes"]
         if "persistentVolumeClaim" in v
     }
-    mounts = {m["mountPath"]: m["name"] for m in next(containers(spec))["volumeMounts"]}
+    mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
     assert claims[mounts[f"{var_dir}/uploads"]] == "covidct-uploads"  # Settings.upload_dir
     pvc = by_kind(docs, "PersistentVolumeClaim")["covidct-uploads"]
     expected = ["ReadWriteMany"] if overlay == "gpu" else ["ReadWriteOnce"]  # laptop: 1 node
@@ -427,6 +473,209 @@ def test_network_policies(docs: list[Doc]) -> None:
                 if cidr == "0.0.0.0/0":
                     assert selected == {"covidct-worker-webhooks"}, name
                     assert "169.254.0.0/16" in peer["ipBlock"]["except"]  # cloud metadata
+
+
+# --- secrets, migrations, cluster values, connection budget (issue 19) -------------------------
+
+
+def test_no_secret_in_the_base_or_any_committed_manifest() -> None:
+    """`kubectl apply -k` must never overwrite real Secrets with placeholders: Secrets come from
+    a secretGenerator over non-committed env files (k8s/secrets/*.env, gitignored)."""
+    base = subprocess.run(
+        [kubectl(), "kustomize", str(K8S_DIR / "base")],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert not [d for d in yaml.safe_load_all(base) if d and d["kind"] == "Secret"]
+    for manifest in K8S_DIR.rglob("*.yaml"):
+        docs = [d for d in yaml.safe_load_all(manifest.read_text()) if isinstance(d, dict)]
+        assert not [d for d in docs if d.get("kind") == "Secret"], manifest
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(K8S_DIR / "secrets" / "gateway.env")],
+        cwd=REPO_ROOT, check=False,
+    )  # fmt: skip
+    assert ignored.returncode == 0, "k8s/secrets/*.env must be gitignored"
+
+
+def test_each_component_gets_only_its_secrets(docs: list[Doc]) -> None:
+    users: dict[str, set[str]] = {}
+    for workload in app_workloads(docs):
+        for name in _secret_names(workload):
+            users.setdefault(name, set()).add(workload["metadata"]["name"])
+    # The preprocess worker parses untrusted archives: a Secret of its own, no webhook keys,
+    # its own ServiceAccount (its own IAM role for S3).
+    preprocess = _secret_of(docs, "covidct-worker-preprocess")
+    assert "COVIDCT_SECRET_KEYS" not in preprocess
+    (preprocess_secret,) = _secret_names(deployments(docs)["covidct-worker-preprocess"])
+    assert users[preprocess_secret] == {"covidct-worker-preprocess"}
+    spec = pod_spec(deployments(docs)["covidct-worker-preprocess"]) or {}
+    assert spec["serviceAccountName"] == "covidct-preprocess"
+    assert set(_secret_of(docs, "covidct-migrate")) == {"COVIDCT_DATABASE_URL"}
+    webhooks = _secret_of(docs, "covidct-worker-webhooks")
+    assert "COVIDCT_SECRET_KEYS" in webhooks
+    assert not any(key.startswith("COVIDCT_STORAGE_") for key in webhooks)
+    for worker in ("covidct-worker-inference", "covidct-worker-ensemble"):
+        assert "COVIDCT_SECRET_KEYS" not in _secret_of(docs, worker)
+
+
+def test_migrations_before_rollout_and_apply_twice(overlay: str, docs: list[Doc]) -> None:
+    """Every app pod waits for the Alembic head; the migration Job's spec does not change
+    when the Secrets do, so `kubectl apply -k` again (new secret values) does not hit the
+    immutable Job template, while the Deployments roll (their Secrets' names change)."""
+    for name, deployment in deployments(docs).items():
+        if not name.startswith(("covidct-gateway", "covidct-worker-")):
+            continue
+        init = (pod_spec(deployment) or {})["initContainers"]
+        assert init[0]["args"] == ["migrate", "--wait", "--timeout", "900"], name
+        assert init[0]["image"] == next(containers_of(deployment))["image"], name
+    job = by_kind(docs, "Job")["covidct-migrate"]
+    assert next(containers_of(job))["args"] == ["migrate"]
+    assert 0 < job["spec"]["ttlSecondsAfterFinished"] <= 3600
+    if overlay == "dev":
+        return  # dev's secrets are fixed files
+    other = render(overlay, password="another-password")
+    assert by_kind(other, "Job")["covidct-migrate"] == job
+    assert (
+        deployments(other)["covidct-gateway"]["spec"]["template"]
+        != deployments(docs)["covidct-gateway"]["spec"]["template"]
+    )
+
+
+def _cluster_values(docs: list[Doc]) -> dict[str, str]:
+    values: dict[str, str] = by_kind(docs, "ConfigMap")["covidct-cluster-values"]["data"]
+    return values
+
+
+def test_cluster_choices_are_overlay_values(overlay: str, docs: list[Doc]) -> None:
+    values = _cluster_values(docs)
+    egress = by_kind(docs, "NetworkPolicy")["app-to-data-services"]["spec"]["egress"]
+    cidrs = [rule["to"][0]["ipBlock"]["cidr"] for rule in egress]
+    assert cidrs == [values["data-services-cidr"], values["object-store-cidr"], values["sts-cidr"]]
+    pvc = by_kind(docs, "PersistentVolumeClaim")["covidct-uploads"]
+    if overlay == "gpu":
+        assert pvc["spec"]["storageClassName"] == values["uploads-storage-class"]
+    else:  # a laptop: its default class
+        assert "storageClassName" not in pvc["spec"]
+
+
+def _replica_cap(docs: list[Doc], workload: Doc) -> int:
+    """The most pods a workload can have at once: its autoscaler's cap plus the rolling
+    update's surge (Jobs: their parallelism)."""
+    name = workload["metadata"]["name"]
+    if workload["kind"] == "Job":
+        return int(workload["spec"].get("parallelism", 1))
+    caps = [
+        h["spec"]["maxReplicas"]
+        for h in by_kind(docs, "HorizontalPodAutoscaler").values()
+        if h["spec"]["scaleTargetRef"]["name"] == name
+    ] + [
+        s["spec"]["maxReplicaCount"]
+        for s in by_kind(docs, "ScaledObject").values()
+        if s["spec"]["scaleTargetRef"]["name"] == name
+    ]
+    cap = int(caps[0]) if caps else int(workload["spec"].get("replicas", 1))
+    surge = workload["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", "25%")
+    extra = math.ceil(cap * int(surge[:-1]) / 100) if isinstance(surge, str) else int(surge)
+    return cap + extra
+
+
+def _container_setting(docs: list[Doc], container: Doc, name: str) -> str | None:
+    """A variable's value as the container sees it: env over envFrom (later sources win)."""
+    value = None
+    config_maps = by_kind(docs, "ConfigMap")
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            value = config_maps[source["configMapRef"]["name"]].get("data", {}).get(name, value)
+        if "secretRef" in source:
+            secret = secret_values(by_kind(docs, "Secret")[source["secretRef"]["name"]])
+            value = secret.get(name, value)
+    for env in container.get("env", []):
+        if env["name"] == name and "value" in env:
+            value = env["value"]
+    return value
+
+
+def connection_budget(docs: list[Doc]) -> dict[str, int]:
+    """Postgres connections each workload can hold at its replica cap: pods x processes per
+    pod (a Celery worker: its pool children and the main process) x each process's pool
+    (db_pool_size + db_max_overflow, from the rendered settings or Settings' defaults)."""
+    defaults = Settings.model_fields
+    budget = {}
+    for workload in app_workloads(docs):
+        for container in containers_of(workload):
+            if _container_setting(docs, container, "COVIDCT_DATABASE_URL") is None:
+                continue
+            per_process = sum(
+                int(_container_setting(docs, container, f"COVIDCT_{field.upper()}")
+                    or defaults[field].default)
+                for field in ("db_pool_size", "db_max_overflow")
+            )  # fmt: skip
+            args = container.get("args", [])
+            processes = 1
+            if args[:1] == ["worker"]:
+                processes = int(args[args.index("--concurrency") + 1]) + 1
+            if args[:1] == ["gateway"]:
+                threads = _container_setting(docs, container, "COVIDCT_GATEWAY_THREADS")
+                needed = int(threads or defaults["gateway_threads"].default) + 1
+                assert per_process >= needed, "the gateway refuses a pool below threads + 1"
+            pods = _replica_cap(docs, workload)
+            budget[workload["metadata"]["name"]] = pods * processes * per_process
+    return budget
+
+
+def test_connection_budget_fits_max_connections(overlay: str, docs: list[Doc]) -> None:
+    """Every pod at its autoscaler's cap (and a rollout's surge) with every pool full stays
+    within the Postgres max_connections the overlay declares (docs/deploy-kubernetes.md)."""
+    budget = connection_budget(docs)
+    assert {"covidct-gateway", "covidct-worker-preprocess", "covidct-migrate"} <= set(budget)
+    allowed = int(_cluster_values(docs)["postgres-max-connections"])
+    assert sum(budget.values()) <= allowed, budget
+    if overlay == "dev":  # the in-cluster server is configured with what the values say
+        postgres = next(containers_of(deployments(docs)["covidct-postgres"]))
+        (setting,) = [a for a in postgres["args"] if a.startswith("max_connections=")]
+        reserved = 3  # superuser_reserved_connections
+        assert int(setting.split("=")[1]) - reserved == allowed
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(float(quantity[: -len(suffix)]) * factor)
+    return int(quantity)
+
+
+def test_scratch_volumes_are_sized_to_what_fills_them(docs: list[Doc]) -> None:
+    """A pod whose emptyDirs may fill past its ephemeral-storage limit is evicted: the main
+    containers' limits cover every emptyDir's sizeLimit; the blob cache, the upload being
+    read and an extracted archive fit their volumes."""
+    for workload in app_workloads(docs):
+        name = workload["metadata"]["name"]
+        spec = pod_spec(workload) or {}
+        scratch = {
+            v["name"]: _bytes(v["emptyDir"]["sizeLimit"])
+            for v in spec.get("volumes", [])
+            if "emptyDir" in v and v["emptyDir"].get("medium") != "Memory"
+        }
+        limit = sum(
+            _bytes(c["resources"]["limits"].get("ephemeral-storage", "0"))
+            for c in spec["containers"]
+        )
+        assert sum(scratch.values()) <= limit, (name, scratch, limit)
+        main = spec["containers"][0]
+        if main.get("args", [""])[0] not in {"gateway", "worker"}:
+            continue
+
+        def setting(field: str, container: Doc = main) -> int:
+            value = _container_setting(docs, container, f"COVIDCT_{field.upper()}")
+            return int(value or Settings.model_fields[field].default)
+
+        # The cache cap, plus the copy being read (kept beyond the cap).
+        cache = setting("storage_cache_max_bytes")
+        if name == "covidct-gateway":  # lesion maps (slices are read by range)
+            assert 2 * cache <= scratch["var"], name
+        if name == "covidct-worker-preprocess":  # an upload; archives extracted into /tmp
+            assert cache + setting("max_upload_bytes") <= scratch["var"], name
+            assert setting("max_uncompressed_bytes") <= scratch["tmp"], name
 
 
 # --- docker compose ---------------------------------------------------------------------------
