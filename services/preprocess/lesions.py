@@ -129,7 +129,8 @@ class LesionConfig:
     # Hilum: the hilar vessels and bronchi fan out of the mediastinum over the first 1-2 cm,
     # thick and branching (no clean tube for the Hessian). An opacity whose seed lies within
     # hilum_mm of the mediastinum, in the hilar levels, is a lesion only if it extends
-    # peripherally: its part beyond hilum_mm holds at least min_lesion_ml after the opening.
+    # peripherally: its part beyond hilum_mm holds at least min_lesion_ml (not re-opened: the
+    # outer part of a hilar GGO is thin, and with the opening the 1 mm soft phantom lost it).
     hilum_mm: float = 10.0
     # Hilar levels: the hilum sits at mid height of the lungs (T5-T7); fractions of the lungs'
     # z extent from the base. Outside them (apex, bases) lesions against the mediastinum
@@ -551,7 +552,7 @@ def _hilar_rule(
     near = seeds & (central < cfg.hilum_mm)
     if not near.any():
         return seeds
-    outer = _drop_small(_open(seeds & ~near, cfg.open_mm, spacing), cfg.min_lesion_ml, spacing)
+    outer = _drop_small(seeds & ~near, cfg.min_lesion_ml, spacing)
     labels, _count = ndimage.label(seeds, structure=ndimage.generate_binary_structure(3, 2))
     keep = np.zeros(int(labels.max()) + 1, bool)
     keep[np.unique(labels[outer])] = True
