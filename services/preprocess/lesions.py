@@ -30,7 +30,15 @@ fissures and the partial-volume rims of all three fall in the −700…+100 HU r
    the pleura and the mediastinum): morphological opening of what is left with a ball of
    radius ``open_mm`` (exact, via distance transforms, with the voxel spacing): anything
    thinner than 2 × ``open_mm`` in every direction cannot hold the ball and vanishes.
+   On slices ``line_min_slice_mm`` or thicker, vessels running in the slice plane are thin
+   bright lines too short along z for the 3-D test: an in-plane (2-D) ridge test removes them.
 6. **Components** smaller than ``min_lesion_ml`` are dropped (noise, residual vessel stubs).
+   **Mediastinum and hilum**: per slice the gaps of the two lungs' convex hull that touch both
+   lungs are the mediastinum (with the hilar vessels outside the lung mask). Lung within
+   ``shell_mm`` of it (its partial-volume shell) seeds no lesion; in the hilar levels a seed
+   within ``hilum_mm`` of it is kept only if its component extends peripherally (holds at
+   least ``min_lesion_ml`` beyond ``hilum_mm``): the hilar vessels fan out there, thick and
+   branching, with no clean tube for the Hessian.
 7. **Holes put back**: vessels and septa running *through* an opacity belong to it (a
    radiologist's mask includes them): voxels removed in steps 4–5 that a closing of radius
    ``grow_mm`` of a lesion seed (down to ``pv_margin_hu`` below the GGO range: the partial-volume
