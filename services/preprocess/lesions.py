@@ -146,9 +146,15 @@ class LesionConfig:
     hilum_levels: tuple[float, float] = (0.3, 0.9)
     # Thick slices (>= line_min_slice_mm): a vessel running in the slice plane is a thin bright
     # line in 2-D, too short along z for the 3-D tube test; removed by an in-plane ridge test
-    # (2-D Hessian at line_sigma_mm: |l1| <= tube_rb * |l2|, l2 * sigma^2 <= -tube_strength_hu).
+    # (2-D Hessian at line_sigma_mm: |l1| <= tube_rb * |l2|, l2 * sigma^2 <= -line_strength_hu,
+    # as the tubes' strength) ...
     line_min_slice_mm: float = 3.0
     line_sigma_mm: float = 1.5
+    line_strength_hu: float = 50.0
+    # ... in aerated lung only: in-plane mean over background_mm below this. A ridge inside
+    # ground glass (-700..-450 around it) is the lesion's own texture or a vessel the growth
+    # step would give back to it; removing it there cost the 6 mm demo study its right-lung GGO.
+    line_background_hu: float = -700.0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> LesionConfig:
@@ -588,8 +594,11 @@ def _lines(
     a, b = (half_tr + root) * s2, (half_tr - root) * s2  # b <= a
     big = np.where(np.abs(a) >= np.abs(b), a, b)
     small = np.where(np.abs(a) >= np.abs(b), b, a)
-    line = (big <= -cfg.tube_strength_hu) & (np.abs(small) <= cfg.tube_rb * np.abs(big))
-    found[where & line] = True
+    line = (big <= -cfg.line_strength_hu) & (np.abs(small) <= cfg.tube_rb * np.abs(big))
+    bg = ndimage.gaussian_filter(
+        vol, [0.0, cfg.background_mm / spacing[1], cfg.background_mm / spacing[2]], truncate=2.5
+    )
+    found[where & line & (bg < cfg.line_background_hu)] = True
     return found
 
 
