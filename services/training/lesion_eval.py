@@ -14,8 +14,9 @@ in −700…+100, the ``lung_features`` ranges, with no structure removal).
   infected slices vs every slice of cap002 and normal001, overall and per band, bootstrap CIs
   (:func:`services.training.realct_eval.ctmd_report`); per-series opacity %.
 * ``masks2d``: lesion-masks-2d (8-bit): grey → pseudo-HU (air −1000, tissue +40, as
-  ``slice_lesion``), pixel size from the body width, the segmenter on a one-slice volume;
-  Dice per image against the radiologist's lesion mask, mean / median with bootstrap CI.
+  ``slice_lesion``), pixel size from the body width, the segmenter on a thin volume
+  (:func:`slice_volume`: the slice framed by tissue and repeated along z); Dice per image
+  against the radiologist's lesion mask, mean / median with bootstrap CI.
 
 Run::
 
@@ -237,6 +238,55 @@ def run_real(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
     }
 
 
+TISSUE_HU = 40  # soft tissue: the ring that closes a cropped slice and its dark padding
+
+
+def slice_volume(
+    hu: NDArray[np.int16],
+    pixel_mm: float,
+    outside: NDArray[np.bool_] | None = None,
+    *,
+    slices: int = 5,
+    slice_mm: float = 2.0,
+    ring_px: int = 8,
+) -> tuple[NDArray[np.int16], tuple[float, float, float], tuple[slice, slice]]:
+    """One 2-D slice as a thin 3-D volume the segmenter can read.
+
+    The segmenter takes air connected to the image border for outside air; screenshots are
+    cropped so that the lungs often touch the border and were thrown away with it. Here the
+    slice (with ``outside`` pixels, e.g. the constant padding, set to tissue) is framed by a
+    ``ring_px`` ring of soft tissue and repeated ``slices`` times at ``slice_mm`` (a 10 mm slab:
+    the lung volume floor in mL then reads as cm2 of lung). Returns the volume, its spacing and
+    the (rows, cols) slices that cut the original image back out of one volume slice.
+    """
+    if hu.ndim != 2:
+        raise ValueError(f"one slice (Y, X) expected, got {hu.shape}")
+    img = hu.astype(np.int16, copy=True)
+    if outside is not None:
+        img[outside] = TISSUE_HU
+    framed = np.pad(img, ring_px, mode="constant", constant_values=TISSUE_HU)
+    volume = np.ascontiguousarray(np.broadcast_to(framed, (slices, *framed.shape)))
+    crop = (slice(ring_px, ring_px + hu.shape[0]), slice(ring_px, ring_px + hu.shape[1]))
+    return volume, (float(slice_mm), float(pixel_mm), float(pixel_mm)), crop
+
+
+def masks2d_config(config: LesionConfig) -> LesionConfig:
+    """The segmenter's config for a thin volume of one repeated slice (:func:`slice_volume`).
+
+    The 3-D tube test is meaningless there (no z curvature: every in-plane blob looks like a
+    tube along z), so it is switched off; vessels are removed by the in-plane line filter (on
+    for any slice thickness here) and the opening. 10 mm slab: a 20 cm2 lung holds 20 mL.
+    """
+    return LesionConfig.from_mapping(
+        {
+            **config.to_mapping(),
+            "min_lung_ml": 20.0,
+            "tube_strength_hu": 1e9,
+            "line_min_slice_mm": 0.0,
+        }
+    )
+
+
 def run_masks2d(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
     from services.preprocess.image_segmentation import body_mask, lung_mask_2d, padding_mask
     from services.preprocess.slice_lesion import estimate_anchors, pixel_mm, pseudo_hu
@@ -244,12 +294,7 @@ def run_masks2d(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
     root = data_dir / "lesion-masks-2d"
     with (root / "labels.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    # One slice: no 3-D lung size to go by; 10 mm slab so a 100 cm2 lung holds 100 mL.
-    # The 3-D tube test is meaningless on one slice (no z curvature: every in-plane blob looks
-    # like a tube along z), so it is switched off here; the opening still removes vessels.
-    cfg2d = LesionConfig.from_mapping(
-        {**config.to_mapping(), "min_lung_ml": 20.0, "tube_strength_hu": 1e9}
-    )
+    cfg2d = masks2d_config(config)
     dices, skipped = [], 0
     for row in rows:
         grey = cv2.imread(str(root / row["file"]), cv2.IMREAD_GRAYSCALE)
@@ -264,10 +309,12 @@ def run_masks2d(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
             skipped += 1
             continue
         hu = np.clip(pseudo_hu(image, anchors), -1024, 3000).astype(np.int16)
-        body, _ = body_mask(image, padding_mask(image))
+        pad = padding_mask(image)
+        body, _ = body_mask(image, pad)
         px = pixel_mm(body)
-        masks = segment_lesions(hu[None], (10.0, px, px), config=cfg2d)
-        d = _dice(masks.lesion[0], truth > 0)
+        volume, spacing, crop = slice_volume(hu, px, pad)
+        masks = segment_lesions(volume, spacing, config=cfg2d)
+        d = _dice(masks.lesion[volume.shape[0] // 2][crop], truth > 0)
         if d is None:
             skipped += 1
             continue

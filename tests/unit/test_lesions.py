@@ -114,3 +114,40 @@ def test_bad_input_is_rejected() -> None:
 def test_air_only_volume_gives_empty_masks() -> None:
     masks = segment_lesions(np.full((5, 64, 64), -1000, np.int16), SPACING)
     assert not masks.lesion.any() and not masks.lungs.any()
+
+
+def _ggo(hu: NDArray[np.int16], blob: NDArray[np.bool_], seed: int) -> NDArray[np.int16]:
+    rng = np.random.default_rng(seed)
+    lesion_hu = hu.astype(np.float32) + 0.35 * (40.0 - hu) + rng.normal(0, 15, hu.shape)
+    return np.where(blob, lesion_hu, hu).astype(np.int16)
+
+
+def test_hilar_opacity_is_a_lesion_only_if_it_extends_peripherally() -> None:
+    hu, truth = _chest(5)
+    # Slice 24 of 40 lies in the hilar levels; the image-left lung's medial edge is near
+    # column 112 there. A 6 mm blob against it stays within hilum_mm of the mediastinum (hilar
+    # vessels seen end-on look like this); a 14 mm one reaches well into the lung.
+    central = _ball(hu.shape, (24, 125, 110), 6.0) & truth
+    reaching = _ball(hu.shape, (24, 90, 102), 14.0) & truth
+    cfg = default_config()
+    masks = segment_lesions(_ggo(_ggo(hu, central, 1), reaching, 2), SPACING, config=cfg)
+    assert (masks.lesion & central).sum() <= 0.1 * central.sum()
+    assert _dice(masks.lesion & ~central, reaching) >= 0.75
+    # Without the rule (hilum_mm 0, no shell) the central blob is taken for a lesion.
+    off = LesionConfig.from_mapping({**cfg.to_mapping(), "hilum_mm": 0.0, "shell_mm": 0.0})
+    masks_off = segment_lesions(_ggo(hu, central, 1), SPACING, config=off)
+    assert (masks_off.lesion & central).sum() >= 0.5 * central.sum()
+
+
+def test_in_plane_vessel_of_thick_slices_is_not_a_lesion() -> None:
+    hu, truth = _chest(6)
+    thick = (5.0, SPACING[1], SPACING[2])
+    # A vessel (radius 1.5 mm, +40 HU) running across one 5 mm slice, in the slice plane.
+    yy, xx = np.mgrid[: hu.shape[1], : hu.shape[2]]
+    vessel = np.zeros(hu.shape, bool)
+    vessel[12] = (np.abs((yy - 125) * SPACING[1]) <= 1.5) & (xx >= 55) & (xx <= 105)
+    vessel &= truth
+    # Partial volume of a 5 mm slice: the vessel fills ~ a third of it.
+    hu = np.where(vessel, (hu.astype(np.float32) * 2 + 40) / 3, hu).astype(np.int16)
+    cfg = default_config()
+    assert (segment_lesions(hu, thick, config=cfg).lesion & vessel).sum() <= 0.1 * vessel.sum()
