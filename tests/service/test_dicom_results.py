@@ -1,0 +1,256 @@
+"""DICOM SR + SEG and FHIR results in-process (eager Celery, SQLite) on the real P002 series:
+SR read back by highdicom says what the job JSON says; SEG frames lie on and reference the
+source instances; every SR and SEG passes dciodvfy with no error; the FHIR Bundle validates;
+another tenant gets 404, an unfinished or non-DICOM job a 409 with a machine code."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import shutil
+import subprocess
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
+
+from services.asgi import create_app
+from services.celery import TASK_MODULES
+from services.common.config import Settings
+from services.common.queue import celery_app
+from services.gateway.dicom_sr import SCHEME
+from tests.support.service import auth, make_tenant, new_job, upload_study
+
+for _module in TASK_MODULES:
+    importlib.import_module(_module)
+
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+
+
+@pytest.fixture
+def eager_client(isolated_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    isolated_settings(broker_url="memory://")
+    celery_app.conf.task_always_eager = True
+    try:
+        with TestClient(create_app()) as client:
+            yield client
+    finally:
+        celery_app.conf.task_always_eager = False
+
+
+def dciodvfy_errors(data: bytes, tmp_path: Path) -> list[str]:
+    """The ``Error`` lines of dciodvfy (Debian dicom3tools) on one object. Missing dciodvfy
+    is a failure under CI=true, a skip elsewhere."""
+    tool = shutil.which("dciodvfy")
+    if tool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("dciodvfy (dicom3tools) is not installed")
+        pytest.skip("dciodvfy (apt-get install dicom3tools) is not installed")
+    path = tmp_path / "object.dcm"
+    path.write_bytes(data)
+    run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
+    lines = (run.stdout + run.stderr).splitlines()
+    return [line for line in lines if line.startswith("Error")]
+
+
+def _zip_series(series: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for f in sorted(series.iterdir()):
+            archive.write(f, f"P002/{f.name}")
+    return buffer.getvalue()
+
+
+def _measurements(group: Any) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for m in group.get_measurements():
+        out.setdefault(m.name.meaning, []).append(m)
+    return out
+
+
+def _evaluations(group: Any) -> dict[str, str]:
+    return {e.name.meaning: e.value for e in group.get_qualitative_evaluations()}
+
+
+def test_p002_results_as_dicom_sr_seg_and_fhir(
+    eager_client: TestClient, covid_series: Path, tmp_path: Path
+) -> None:
+    client = eager_client
+    alice, mallory = make_tenant("alice"), make_tenant("mallory")
+    job_id = upload_study(
+        client, alice, _zip_series(covid_series), filename="p002.zip", filetype="application/zip"
+    )
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth(alice)).json()
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    sources = {pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(covid_series.iterdir())}
+    source_uids = {str(ds.SOPInstanceUID) for ds in sources}
+
+    # --- SR -------------------------------------------------------------------------------
+    response = client.get(f"/v1/jobs/{job_id}/dicom/sr", headers=auth(alice))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom"
+    assert dciodvfy_errors(response.content, tmp_path) == []
+    sr = hd.sr.srread(io.BytesIO(response.content))
+    assert sr.SOPClassUID == pydicom.uid.Comprehensive3DSRStorage
+    assert sr.StudyInstanceUID == result["series"]["study_instance_uid"]
+    assert sr.PatientID == "P002"
+    evidence = {
+        str(i.ReferencedSOPInstanceUID)
+        for study in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for i in series.ReferencedSOPSequence
+    }
+    assert evidence == source_uids  # every instance of the series read
+    report = sr.content
+    groups = {
+        str(g.tracking_identifier): g for g in report.get_image_measurement_groups()
+    }
+    assert set(groups) >= {"COVID-19 assessment", "Lungs", "Lung opacity"}
+    verdict = groups["COVID-19 assessment"]
+    (p_covid,) = _measurements(verdict)["Probability"]
+    assert float(p_covid.value) == pytest.approx(result["probabilities"]["COVID"])
+    evaluations = _evaluations(verdict)
+    category = job["study"]["category"]
+    assert category == "covid"
+    assert evaluations["Triage category"].value == "840539006"  # SNOMED CT COVID-19
+    assert evaluations["RSNA chest CT pattern of COVID-19 pneumonia"].meaning == (
+        f"RSNA {result['findings']['pattern']} appearance"
+    )
+    reasons = [
+        item.TextValue
+        for item in verdict
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "PATTERN_REASON"
+    ]
+    assert reasons == result["findings"]["pattern_reasons"]
+    used = {
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in verdict
+        if item.ValueType == "IMAGE"
+    }
+    assert len(used) == result["slices_used"] and used <= source_uids
+    opacity = _measurements(groups["Lung opacity"])
+    findings = result["findings"]
+    volume = opacity["Volume"][0]
+    assert float(volume.value) == pytest.approx(findings["lesion_volume_ml"])
+    assert volume.unit.value == "mL"
+    percent = opacity["Opacity volume, percent of lung volume"][0]
+    assert float(percent.value) == pytest.approx(findings["opacity_percent"])
+    score = opacity["CT severity score (0-24)"][0]
+    assert float(score.value) == findings["severity_score"]
+    assert len(opacity["Opacity volume, percent of the zone"]) == 6
+    lung = _measurements(groups["Lungs"])["Volume"][0]
+    assert float(lung.value) == pytest.approx(findings["lung_volume_ml"])
+    algorithm = verdict.algorithm_id
+    assert result["model_versions"]["slice_cnn"] in algorithm.version
+    # Our own codes carry our private coding scheme designator.
+    assert evaluations["Triage category"].scheme_designator == "SCT"
+    assert any(c.scheme_designator == SCHEME for c in (e.name for e in verdict.get_qualitative_evaluations()))
+    # The same job gives the same object (a PACS replaces, never duplicates).
+    again = client.get(f"/v1/jobs/{job_id}/dicom/sr", headers=auth(alice)).content
+    assert pydicom.dcmread(io.BytesIO(again)).SOPInstanceUID == sr.SOPInstanceUID
+
+    # --- SEG ------------------------------------------------------------------------------
+    response = client.get(f"/v1/jobs/{job_id}/dicom/seg", headers=auth(alice))
+    assert response.status_code == 200, response.text
+    assert dciodvfy_errors(response.content, tmp_path) == []
+    seg = hd.seg.segread(io.BytesIO(response.content))
+    assert seg.SegmentationType == "BINARY"
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    assert labels == ["Ground glass opacity", "Consolidation", "Lungs"]
+    assert seg.StudyInstanceUID == result["series"]["study_instance_uid"]
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    frames = 0
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        source = frame.DerivationImageSequence[0].SourceImageSequence[0]
+        ds = by_uid[str(source.ReferencedSOPInstanceUID)]  # a source instance
+        position = frame.PlanePositionSequence[0].ImagePositionPatient
+        assert [float(v) for v in position] == pytest.approx([float(v) for v in ds.ImagePositionPatient])
+        frames += 1
+    assert frames > 0
+    ggo = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=sorted(
+            {
+                str(f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+                for f in seg.PerFrameFunctionalGroupsSequence
+            }
+        ),
+        segment_numbers=[1],
+    )
+    spacing = result["series"]["pixel_spacing_mm"]
+    ggo_ml = float(ggo.sum()) * spacing[0] * spacing[1] * result["series"]["slice_spacing_mm"] / 1000
+    assert ggo_ml == pytest.approx(findings["ggo_volume_ml"], rel=0.02)
+
+    # --- FHIR -----------------------------------------------------------------------------
+    response = client.get(f"/v1/jobs/{job_id}/fhir", headers=auth(alice))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    bundle = Bundle.model_validate(response.json())
+    resources = [e.resource for e in bundle.entry]
+    kinds = [r.get_resource_type() for r in resources]
+    assert kinds[0] == "DiagnosticReport" and "ImagingStudy" in kinds and "Patient" in kinds
+    report_resource = resources[0]
+    study = next(r for r in resources if r.get_resource_type() == "ImagingStudy")
+    assert study.identifier[0].value == f"urn:oid:{result['series']['study_instance_uid']}"
+    assert report_resource.imagingStudy[0].reference == next(
+        e.fullUrl for e in bundle.entry if e.resource.get_resource_type() == "ImagingStudy"
+    )
+    observations = {
+        r.code.text: r for r in resources if r.get_resource_type() == "Observation"
+    }
+    assert observations["P(COVID-19)"].valueQuantity.value == pytest.approx(
+        result["probabilities"]["COVID"], abs=1e-4
+    )
+    assert observations["covid"].valueCodeableConcept.coding[0].code == "840539006"
+    assert len(report_resource.result) == len(observations)
+
+    # --- another tenant -------------------------------------------------------------------
+    for path in ("dicom/sr", "dicom/seg", "fhir"):
+        denied = client.get(f"/v1/jobs/{job_id}/{path}", headers=auth(mallory))
+        assert denied.status_code == 404
+        assert denied.json()["code"] == "job_not_found"
+
+
+def test_not_finished_and_not_dicom_are_409(
+    eager_client: TestClient, data_dir: Path
+) -> None:
+    client = eager_client
+    alice = make_tenant("alice")
+    waiting = new_job(client, alice)["id"]
+    for path in ("dicom/sr", "dicom/seg", "fhir"):
+        response = client.get(f"/v1/jobs/{waiting}/{path}", headers=auth(alice))
+        assert response.status_code == 409
+        assert response.json()["code"] == "job_not_finished"
+    image = sorted((data_dir / "ucsd-covid-ct").rglob("*.png"))[0]
+    job_id = upload_study(client, alice, image.read_bytes(), filename="slice.png", filetype="image/png")
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth(alice)).json()["status"] == "succeeded"
+    for path in ("dicom/sr", "dicom/seg"):
+        response = client.get(f"/v1/jobs/{job_id}/{path}", headers=auth(alice))
+        assert response.status_code == 409
+        assert response.json()["code"] == "not_dicom_input"
+    # FHIR needs no DICOM: the report and its observations, without an ImagingStudy.
+    response = client.get(f"/v1/jobs/{job_id}/fhir", headers=auth(alice))
+    assert response.status_code == 200
+    kinds = [e.resource.get_resource_type() for e in Bundle.model_validate(response.json()).entry]
+    assert kinds[0] == "DiagnosticReport" and "ImagingStudy" not in kinds
+    assert client.get("/v1/jobs/nope/fhir", headers=auth(alice)).status_code == 404
+
+
+def test_sr_without_hu_findings_has_the_verdict_only() -> None:
+    """A verdict of images (no lesion measurements): the COVID-19 assessment group only,
+    the label as the category."""
+    from services.gateway.dicom_sr import measurement_groups
+
+    result = {"label": "NonCOVID", "probabilities": {"COVID": 0.2}, "model_versions": {"slice_cnn": "v1"}}
+    groups = measurement_groups("job-1", result, "noncovid", [])
+    assert len(groups) == 1
+    assert [e.value.value for e in groups[0].get_qualitative_evaluations()] == ["NONCOVID"]
+    assert np.isclose(float(groups[0].get_measurements()[0].value), 0.2)
