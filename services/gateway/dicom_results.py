@@ -3,7 +3,7 @@ a DICOM SR, its masks as a DICOM SEG, and the verdict as a FHIR R4 Bundle.
 
 Tenant-scoped like every ``/v1/jobs`` route (another tenant's job is 404). Before the verdict
 exists: 409 ``job_not_finished``. SR and SEG need a DICOM input (409 ``not_dicom_input``
-otherwise); the SEG needs the masks on the source geometry (409 ``masks_unavailable``: a
+otherwise) whose UIDs can be referenced (409 ``source_uids_invalid``); the SEG needs the masks on the source geometry (409 ``masks_unavailable``: a
 series of single images, or a job whose derived data was purged). Both are built on request
 from what the job kept (services.gateway.dicom_source) with UIDs fixed by the job id, so the
 same job always yields the same objects.
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Response
+from pydicom import Dataset
 from sqlalchemy import select
 
 from services.common.config import get_settings
@@ -33,7 +34,7 @@ from services.gateway.dicom_source import (
     source_datasets,
     source_slices,
 )
-from services.gateway.dicom_sr import build_sr
+from services.gateway.dicom_sr import SCHEME, build_sr
 from services.gateway.errors import ApiError, error_responses
 from services.gateway.fhir import build_bundle
 from services.gateway.jobs import NOT_FOUND, JobId, get_tenant_job
@@ -69,12 +70,18 @@ def _load(key: Any, job_id: str) -> Loaded:
     try:
         slices = source_slices((view["result"] or {}).get("series"), infos)
     except NotDicomSource as error:
-        raise ApiError(409, "not_dicom_input", f"job {job_id}: {error}") from None
+        raise ApiError(409, error.code, f"job {job_id}: {error}") from None
     used = {s.sop_instance_uid for s in slices if s.index in kept}
     return view, slices, used, infos
 
 
 def _dicom(data: Any, filename: str) -> Response:
+    # Names our private coding scheme (PS3.3 C.12.1.1.3.1) for readers that list schemes.
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = "covidct result codes"
+    scheme.CodingSchemeResponsibleOrganization = "covidct"
+    data.CodingSchemeIdentificationSequence = [scheme]
     buffer = io.BytesIO()
     data.save_as(buffer, enforce_file_format=True)
     headers = {**NO_STORE, "Content-Disposition": f'attachment; filename="{filename}"'}

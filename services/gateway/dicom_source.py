@@ -10,14 +10,26 @@ exactly the attributes highdicom copies or references.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
+
 
 class NotDicomSource(Exception):
-    """The job's study was not a DICOM series (or lacks what a derived object needs)."""
+    """The job's study was not a DICOM series (``not_dicom_input``), or its identifiers
+    cannot be referenced (``source_uids_invalid``: missing, or not DICOM UIDs, as some
+    anonymisers leave them)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _valid(uid: Any) -> bool:
+    return bool(uid) and UID(str(uid)).is_valid
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,7 @@ def derived_uid(job_id: str, what: str) -> str:
     """A stable UID (2.25.<hash>) for ``what`` (``sr-series``, ``sr``, ``seg``...) of a job:
     the same job always yields the same SR and SEG UIDs, so a PACS that receives a result
     twice replaces it instead of filing two."""
-    return str(generate_uid(prefix=None, entropy_srcs=["covidct", job_id, what]))
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, f'covidct:{job_id}:{what}').int}"
 
 
 def source_slices(
@@ -41,14 +53,21 @@ def source_slices(
     """Every slice of a DICOM job with its SOP identity, in slice order; ``NotDicomSource``
     for other inputs (images, NIfTI) or a series read before UIDs were kept."""
     if not series or series.get("source_format") != "dicom" or not series.get("dicom_source"):
-        raise NotDicomSource("the job's study was not a DICOM series")
-    if not series.get("study_instance_uid") or not series.get("series_instance_uid"):
-        raise NotDicomSource("the source series has no Study or Series Instance UID")
+        raise NotDicomSource("not_dicom_input", "the job's study was not a DICOM series")
+    for key in ("study_instance_uid", "series_instance_uid"):
+        if not _valid(series.get(key)):
+            name = key.replace("_", " ").replace("uid", "UID")
+            raise NotDicomSource(
+                "source_uids_invalid", f"the source's {name} is missing or not a DICOM UID"
+            )
     out = []
     for index in sorted(infos):
         info = infos[index]
-        if not info.get("sop_instance_uid") or not info.get("sop_class_uid"):
-            raise NotDicomSource(f"slice {index} has no SOP Instance UID")
+        if not _valid(info.get("sop_instance_uid")) or not _valid(info.get("sop_class_uid")):
+            raise NotDicomSource(
+                "source_uids_invalid",
+                f"slice {index}: its SOP Instance or Class UID is missing or not a DICOM UID",
+            )
         position = info.get("image_position_patient")
         out.append(
             SourceSlice(
@@ -59,7 +78,7 @@ def source_slices(
             )
         )
     if not out:
-        raise NotDicomSource("the job has no source slices")
+        raise NotDicomSource("not_dicom_input", "the job has no source slices")
     return out
 
 
@@ -88,9 +107,9 @@ def source_datasets(series: dict[str, Any], slices: list[SourceSlice]) -> list[D
             ds.SeriesNumber = int(header["series_number"])
         # CT images must carry one (Type 1), yet anonymised sets drop it; a SEG cannot be made
         # without one, so such a series gets one derived from its Series Instance UID.
+        frame = header.get("frame_of_reference_uid")
         ds.FrameOfReferenceUID = UID(
-            header.get("frame_of_reference_uid")
-            or derived_uid(series["series_instance_uid"], "frame-of-reference")
+            frame if _valid(frame) else derived_uid(series["series_instance_uid"], "frame")
         )
         ds.Rows = int(header.get("rows") or 0)
         ds.Columns = int(header.get("columns") or 0)

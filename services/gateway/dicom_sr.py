@@ -155,7 +155,7 @@ def measurement_groups(
         qualitative_evaluations=evaluations,
     )  # fmt: skip
     for reason in findings.get("pattern_reasons") or []:
-        verdict.append(
+        verdict[0].ContentSequence.append(
             hd.sr.TextContentItem(
                 name=PATTERN_REASON, value=str(reason)[:1024], relationship_type="CONTAINS"
             )

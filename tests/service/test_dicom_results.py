@@ -10,6 +10,7 @@ import io
 import os
 import shutil
 import subprocess
+import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pydicom
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
+from pydicom.uid import generate_uid
 
 from services.asgi import create_app
 from services.celery import TASK_MODULES
@@ -61,11 +63,33 @@ def dciodvfy_errors(data: bytes, tmp_path: Path) -> list[str]:
     return [line for line in lines if line.startswith("Error")]
 
 
-def _zip_series(series: Path) -> bytes:
+def _uid(value: str) -> str:
+    """A DICOM UID for an anonymiser's UUID (2.25.<its integer>, PS3.5 B.2)."""
+    return f"2.25.{uuid.UUID(value).int}"
+
+
+def pacs_series(series: Path) -> list[tuple[str, bytes]]:
+    """P002 as a PACS sends it: the published set's anonymiser removed SOPInstanceUID and
+    wrote UUIDs as Study/Series UIDs (not DICOM UIDs); a PACS's copy has valid ones. Pixel data
+    is copied as it is (JPEG Lossless)."""
+    out = []
+    for f in sorted(series.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = _uid(ds.StudyInstanceUID)
+        ds.SeriesInstanceUID = _uid(ds.SeriesInstanceUID)
+        ds.SOPInstanceUID = generate_uid(entropy_srcs=["P002", f.name])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append((f.name, buffer.getvalue()))
+    return out
+
+
+def _zip_series(files: list[tuple[str, bytes]]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
-        for f in sorted(series.iterdir()):
-            archive.write(f, f"P002/{f.name}")
+        for name, data in files:
+            archive.writestr(f"P002/{name}", data)
     return buffer.getvalue()
 
 
@@ -85,13 +109,14 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
 ) -> None:
     client = eager_client
     alice, mallory = make_tenant("alice"), make_tenant("mallory")
+    files = pacs_series(covid_series)
     job_id = upload_study(
-        client, alice, _zip_series(covid_series), filename="p002.zip", filetype="application/zip"
+        client, alice, _zip_series(files), filename="p002.zip", filetype="application/zip"
     )
     job = client.get(f"/v1/jobs/{job_id}", headers=auth(alice)).json()
     assert job["status"] == "succeeded", job
     result = job["result"]
-    sources = {pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(covid_series.iterdir())}
+    sources = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for _, data in files]
     source_uids = {str(ds.SOPInstanceUID) for ds in sources}
 
     # --- SR -------------------------------------------------------------------------------
@@ -111,9 +136,7 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
     }
     assert evidence == source_uids  # every instance of the series read
     report = sr.content
-    groups = {
-        str(g.tracking_identifier): g for g in report.get_image_measurement_groups()
-    }
+    groups = {str(g.tracking_identifier): g for g in report.get_image_measurement_groups()}
     assert set(groups) >= {"COVID-19 assessment", "Lungs", "Lung opacity"}
     verdict = groups["COVID-19 assessment"]
     (p_covid,) = _measurements(verdict)["Probability"]
@@ -127,13 +150,14 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
     )
     reasons = [
         item.TextValue
-        for item in verdict
-        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "PATTERN_REASON"
+        for item in verdict[0].ContentSequence
+        if item.ValueType == "TEXT"
+        and item.ConceptNameCodeSequence[0].CodeValue == "PATTERN_REASON"
     ]
     assert reasons == result["findings"]["pattern_reasons"]
     used = {
         str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-        for item in verdict
+        for item in verdict[0].ContentSequence
         if item.ValueType == "IMAGE"
     }
     assert len(used) == result["slices_used"] and used <= source_uids
@@ -149,11 +173,20 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
     assert len(opacity["Opacity volume, percent of the zone"]) == 6
     lung = _measurements(groups["Lungs"])["Volume"][0]
     assert float(lung.value) == pytest.approx(findings["lung_volume_ml"])
-    algorithm = verdict.algorithm_id
-    assert result["model_versions"]["slice_cnn"] in algorithm.version
+    texts = {
+        item.ConceptNameCodeSequence[0].CodeValue: item.TextValue
+        for item in verdict[0].ContentSequence
+        if item.ValueType == "TEXT"
+    }
+    assert texts["111003"] == "; ".join(
+        f"{k} {v}" for k, v in sorted(result["model_versions"].items())
+    )
     # Our own codes carry our private coding scheme designator.
     assert evaluations["Triage category"].scheme_designator == "SCT"
-    assert any(c.scheme_designator == SCHEME for c in (e.name for e in verdict.get_qualitative_evaluations()))
+    assert any(
+        c.scheme_designator == SCHEME
+        for c in (e.name for e in verdict.get_qualitative_evaluations())
+    )
     # The same job gives the same object (a PACS replaces, never duplicates).
     again = client.get(f"/v1/jobs/{job_id}/dicom/sr", headers=auth(alice)).content
     assert pydicom.dcmread(io.BytesIO(again)).SOPInstanceUID == sr.SOPInstanceUID
@@ -173,7 +206,9 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         source = frame.DerivationImageSequence[0].SourceImageSequence[0]
         ds = by_uid[str(source.ReferencedSOPInstanceUID)]  # a source instance
         position = frame.PlanePositionSequence[0].ImagePositionPatient
-        assert [float(v) for v in position] == pytest.approx([float(v) for v in ds.ImagePositionPatient])
+        assert [float(v) for v in position] == pytest.approx(
+            [float(v) for v in ds.ImagePositionPatient]
+        )
         frames += 1
     assert frames > 0
     ggo = seg.get_pixels_by_source_instance(
@@ -186,7 +221,9 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         segment_numbers=[1],
     )
     spacing = result["series"]["pixel_spacing_mm"]
-    ggo_ml = float(ggo.sum()) * spacing[0] * spacing[1] * result["series"]["slice_spacing_mm"] / 1000
+    ggo_ml = (
+        float(ggo.sum()) * spacing[0] * spacing[1] * result["series"]["slice_spacing_mm"] / 1000
+    )
     assert ggo_ml == pytest.approx(findings["ggo_volume_ml"], rel=0.02)
 
     # --- FHIR -----------------------------------------------------------------------------
@@ -203,13 +240,11 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
     assert report_resource.imagingStudy[0].reference == next(
         e.fullUrl for e in bundle.entry if e.resource.get_resource_type() == "ImagingStudy"
     )
-    observations = {
-        r.code.text: r for r in resources if r.get_resource_type() == "Observation"
-    }
+    observations = {r.code.text: r for r in resources if r.get_resource_type() == "Observation"}
     assert observations["P(COVID-19)"].valueQuantity.value == pytest.approx(
         result["probabilities"]["COVID"], abs=1e-4
     )
-    assert observations["covid"].valueCodeableConcept.coding[0].code == "840539006"
+    assert observations["Triage category"].valueCodeableConcept.coding[0].code == "840539006"
     assert len(report_resource.result) == len(observations)
 
     # --- another tenant -------------------------------------------------------------------
@@ -219,9 +254,7 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         assert denied.json()["code"] == "job_not_found"
 
 
-def test_not_finished_and_not_dicom_are_409(
-    eager_client: TestClient, data_dir: Path
-) -> None:
+def test_not_finished_and_not_dicom_are_409(eager_client: TestClient, data_dir: Path) -> None:
     client = eager_client
     alice = make_tenant("alice")
     waiting = new_job(client, alice)["id"]
@@ -230,7 +263,9 @@ def test_not_finished_and_not_dicom_are_409(
         assert response.status_code == 409
         assert response.json()["code"] == "job_not_finished"
     image = sorted((data_dir / "ucsd-covid-ct").rglob("*.png"))[0]
-    job_id = upload_study(client, alice, image.read_bytes(), filename="slice.png", filetype="image/png")
+    job_id = upload_study(
+        client, alice, image.read_bytes(), filename="slice.png", filetype="image/png"
+    )
     assert client.get(f"/v1/jobs/{job_id}", headers=auth(alice)).json()["status"] == "succeeded"
     for path in ("dicom/sr", "dicom/seg"):
         response = client.get(f"/v1/jobs/{job_id}/{path}", headers=auth(alice))
@@ -249,7 +284,11 @@ def test_sr_without_hu_findings_has_the_verdict_only() -> None:
     the label as the category."""
     from services.gateway.dicom_sr import measurement_groups
 
-    result = {"label": "NonCOVID", "probabilities": {"COVID": 0.2}, "model_versions": {"slice_cnn": "v1"}}
+    result = {
+        "label": "NonCOVID",
+        "probabilities": {"COVID": 0.2},
+        "model_versions": {"slice_cnn": "v1"},
+    }
     groups = measurement_groups("job-1", result, "noncovid", [])
     assert len(groups) == 1
     assert [e.value.value for e in groups[0].get_qualitative_evaluations()] == ["NONCOVID"]
