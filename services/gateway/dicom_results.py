@@ -3,10 +3,11 @@ a DICOM SR, its masks as a DICOM SEG, and the verdict as a FHIR R4 Bundle.
 
 Tenant-scoped like every ``/v1/jobs`` route (another tenant's job is 404). Before the verdict
 exists: 409 ``job_not_finished``. SR and SEG need a DICOM input (409 ``not_dicom_input``
-otherwise) whose UIDs can be referenced (409 ``source_uids_invalid``); the SEG needs the masks on the source geometry (409 ``masks_unavailable``: a
-series of single images, or a job whose derived data was purged). Both are built on request
-from what the job kept (services.gateway.dicom_source) with UIDs fixed by the job id, so the
-same job always yields the same objects.
+otherwise) whose UIDs can be referenced (409 ``source_uids_invalid``); the SEG needs the
+masks on the source geometry (409 ``masks_unavailable``: a multi-frame source, or a job whose
+derived data was purged). Both are built on request from what the job kept
+(services.gateway.dicom_source) with UIDs fixed by the job id, so the same job always yields
+the same objects (docs/dicom-results.md).
 """
 
 from __future__ import annotations

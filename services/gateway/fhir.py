@@ -88,7 +88,7 @@ def build_bundle(view: dict[str, Any], issued: str) -> dict[str, Any]:
     if study_ref:
         common["derivedFrom"] = [{"reference": study_ref}]
     code = sr.category_code(category, str(result.get("label", "")))
-    observations = [
+    observations: list[dict[str, Any]] = [
         {"code": concept(sr.CATEGORY), "valueCodeableConcept": concept(code, category)},
     ]
     p_covid = _number((result.get("probabilities") or {}).get("COVID"))

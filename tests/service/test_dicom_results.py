@@ -241,7 +241,7 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         e.fullUrl for e in bundle.entry if e.resource.get_resource_type() == "ImagingStudy"
     )
     observations = {r.code.text: r for r in resources if r.get_resource_type() == "Observation"}
-    assert observations["P(COVID-19)"].valueQuantity.value == pytest.approx(
+    assert float(observations["P(COVID-19)"].valueQuantity.value) == pytest.approx(
         result["probabilities"]["COVID"], abs=1e-4
     )
     assert observations["Triage category"].valueCodeableConcept.coding[0].code == "840539006"
@@ -293,3 +293,32 @@ def test_sr_without_hu_findings_has_the_verdict_only() -> None:
     assert len(groups) == 1
     assert [e.value.value for e in groups[0].get_qualitative_evaluations()] == ["NONCOVID"]
     assert np.isclose(float(groups[0].get_measurements()[0].value), 0.2)
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"source_format": "nifti"}, "not_dicom_input"),
+        ({"dicom_source": None}, "not_dicom_input"),
+        # the published P002 as its anonymiser left it: a UUID, not a DICOM UID
+        ({"study_instance_uid": "896911bf-1143-4c8d-8f04-f3cd1a7f6204"}, "source_uids_invalid"),
+        ({"series_instance_uid": None}, "source_uids_invalid"),
+    ],
+)
+def test_sources_that_cannot_be_referenced_are_refused(change: dict[str, Any], code: str) -> None:
+    from services.gateway.dicom_source import NotDicomSource, source_slices
+
+    series = {
+        "source_format": "dicom",
+        "dicom_source": {"rows": 2, "columns": 2},
+        "study_instance_uid": "1.2.3",
+        "series_instance_uid": "1.2.3.4",
+    }
+    info = {"sop_instance_uid": "1.2.3.4.5", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2"}
+    assert [s.sop_instance_uid for s in source_slices(series, {0: info})] == ["1.2.3.4.5"]
+    with pytest.raises(NotDicomSource) as refused:
+        source_slices({**series, **change}, {0: info})
+    assert refused.value.code == code
+    with pytest.raises(NotDicomSource) as refused:
+        source_slices(series, {0: {**info, "sop_instance_uid": None}})  # SOPInstanceUID removed
+    assert refused.value.code == "source_uids_invalid"
