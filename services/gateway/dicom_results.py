@@ -53,27 +53,30 @@ def _finished(job: Job, job_id: str) -> None:
         )
 
 
-Loaded = tuple[dict[str, Any], list[SourceSlice], set[str], dict[int, dict[str, Any]]]
+Loaded = tuple[
+    dict[str, Any], dict[str, Any], list[SourceSlice], set[str], dict[int, dict[str, Any]]
+]
 
 
 def _load(key: Any, job_id: str) -> Loaded:
-    """(job view, source slices, SOP Instance UIDs of the slices the verdict used, each
-    slice's info)."""
+    """(job view, the series as stored (with ``dicom_source``), source slices, SOP Instance
+    UIDs of the slices the verdict used, each slice's info)."""
     with tenant_session(key) as (session, tenant):
         job = get_tenant_job(session, tenant.id, job_id)
         _finished(job, job_id)
         view = job_view(job)
+        series = dict(job.series or {})
         rows = session.scalars(
             select(SliceRecord).where(SliceRecord.job_id == job_id).order_by(SliceRecord.index)
         ).all()
         infos = {r.index: dict(r.info or {}) for r in rows}
         kept = {r.index for r in rows if r.kept}
     try:
-        slices = source_slices((view["result"] or {}).get("series"), infos)
+        slices = source_slices(series, infos)
     except NotDicomSource as error:
         raise ApiError(409, error.code, f"job {job_id}: {error}") from None
     used = {s.sop_instance_uid for s in slices if s.index in kept}
-    return view, slices, used, infos
+    return view, series, slices, used, infos
 
 
 def _dicom(data: Any, filename: str) -> Response:
@@ -93,9 +96,10 @@ def _dicom(data: Any, filename: str) -> Response:
 def get_dicom_sr(job_id: JobId, key: ApiKeyDep) -> Response:
     """The verdict as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report) in the
     source study (docs/dicom-results.md)."""
-    view, slices, used, _infos = _load(key, job_id)
-    series = view["result"]["series"]
-    sources = source_datasets(series, slices)
+    view, series, slices, used, _infos = _load(key, job_id)
+    # One reference per instance (the frames of a multi-frame source share one).
+    unique = {s.sop_instance_uid: s for s in reversed(slices)}
+    sources = source_datasets(series, sorted(unique.values(), key=lambda s: s.index))
     category = (view.get("study") or {}).get("category")
     sr = build_sr(job_id, view["result"], category, sources, used)
     return _dicom(sr, f"covidct-sr-{job_id}.dcm")
@@ -105,8 +109,7 @@ def get_dicom_sr(job_id: JobId, key: ApiKeyDep) -> Response:
 def get_dicom_seg(job_id: JobId, key: ApiKeyDep) -> Response:
     """Ground glass, consolidation and lung masks as a DICOM Segmentation (BINARY) on the
     source images (lungs only where the series had no lesion masks)."""
-    view, slices, _used, infos = _load(key, job_id)
-    series = view["result"]["series"]
+    view, series, slices, _used, infos = _load(key, job_id)
     if (series.get("dicom_source") or {}).get("multi_frame"):
         raise ApiError(409, "masks_unavailable", "a SEG of a multi-frame source is not made")
     masks = _masks(job_id, slices, series, infos)

@@ -27,6 +27,9 @@ from pydicom.uid import generate_uid
 from services.asgi import create_app
 from services.celery import TASK_MODULES
 from services.common.config import Settings
+from services.common.db import session_scope
+from services.common.jobs import job_view
+from services.common.orm import Job
 from services.common.queue import celery_app
 from services.gateway.dicom_sr import SCHEME
 from tests.support.service import auth, make_tenant, new_job, upload_study
@@ -116,6 +119,11 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
     job = client.get(f"/v1/jobs/{job_id}", headers=auth(alice)).json()
     assert job["status"] == "succeeded", job
     result = job["result"]
+    with session_scope() as session:
+        # The source header kept for SR/SEG (patient name, birth date) is never in a callback.
+        stored = session.get(Job, job_id)
+        assert stored is not None and stored.series and "dicom_source" in stored.series
+        assert "dicom_source" not in job_view(stored)["result"]["series"]
     sources = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for _, data in files]
     source_uids = {str(ds.SOPInstanceUID) for ds in sources}
 
