@@ -330,3 +330,58 @@ def test_sources_that_cannot_be_referenced_are_refused(change: dict[str, Any], c
     with pytest.raises(NotDicomSource) as refused:
         source_slices(series, {0: {**info, "sop_instance_uid": None}})  # SOPInstanceUID removed
     assert refused.value.code == "source_uids_invalid"
+
+
+def _synthetic_source(n: int = 4, size: int = 16) -> tuple[dict[str, Any], list[Any]]:
+    from services.gateway.dicom_source import SourceSlice
+
+    series = {
+        "source_format": "dicom",
+        "modality": "CT",
+        "patient_id": "PX",
+        "study_instance_uid": "1.2.826.0.1.3680043.8.498.1",
+        "series_instance_uid": "1.2.826.0.1.3680043.8.498.2",
+        "image_orientation_patient": [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        "dicom_source": {"rows": size, "columns": size, "pixel_spacing": [0.7, 0.7],
+                         "slice_thickness": 2.0, "patient_sex": "F"},
+    }  # fmt: skip
+    slices = [
+        SourceSlice(k, "1.2.840.10008.5.1.4.1.1.2", f"1.2.826.0.1.3680043.8.498.3.{k}",
+                    [-5.0, -5.0, 2.0 * k])
+        for k in range(n)
+    ]  # fmt: skip
+    return series, slices
+
+
+def test_lungs_only_seg_and_image_verdict_sr_pass_dciodvfy(tmp_path: Path) -> None:
+    """The other shapes of our objects: a SEG of lungs only (a DICOM series without lesion
+    masks) and an SR without HU findings, each valid for dciodvfy."""
+    from services.gateway.dicom_seg import build_seg
+    from services.gateway.dicom_source import source_datasets
+    from services.gateway.dicom_sr import build_sr
+
+    series, slices = _synthetic_source()
+    sources = source_datasets(series, slices)
+    lungs = np.zeros((4, 16, 16, 1), bool)
+    lungs[1:3, 4:12, 3:8] = True
+    seg = build_seg("job-2", sources, lungs, "slice_cnn v1")
+    buffer = io.BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+    back = hd.seg.segread(io.BytesIO(buffer.getvalue()))
+    assert [s.SegmentLabel for s in back.SegmentSequence] == ["Lungs"]
+    assert back.NumberOfFrames == 2  # empty frames are left out
+    # a derived frame of reference, the same for every slice of the series
+    assert back.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+
+    result = {
+        "label": "COVID",
+        "probabilities": {"COVID": 0.7},
+        "model_versions": {"slice_cnn": "v1"},
+    }
+    sr = build_sr("job-2", result, "covid", sources, {s.sop_instance_uid for s in slices[1:3]})
+    buffer = io.BytesIO()
+    sr.save_as(buffer, enforce_file_format=True)
+    assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+    again = build_sr("job-2", result, "covid", sources, set())
+    assert again.SOPInstanceUID == sr.SOPInstanceUID  # fixed by the job id
