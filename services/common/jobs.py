@@ -154,8 +154,11 @@ def study_view(job: Job) -> dict[str, Any]:
 def result_view(job: Job) -> dict[str, Any] | None:
     if job.result is None:
         return None
+    # dicom_source (patient name, birth date... for the DICOM SR/SEG) stays on the server:
+    # this view is also the callback's body.
+    series = {k: v for k, v in job.series.items() if k != "dicom_source"} if job.series else None
     return {
-        "series": job.series,
+        "series": series,
         "label": job.result.label,
         "probabilities": job.result.probabilities,
         "slices_total": job.result.slices_total,

@@ -39,6 +39,12 @@ def native_blob_key(job_id: str) -> str:
     return f"jobs/{job_id}/native.bin"
 
 
+def native_lesions_key(job_id: str) -> str:
+    """Lesion label maps of every slice as read (npz ``labels``, (N, H, W) uint8: 0 none,
+    1 ground glass, 2 consolidation, 3 other lung); HU volumes only."""
+    return f"jobs/{job_id}/lesions_native.npz"
+
+
 @dataclass(frozen=True)
 class NativeSlice:
     pixels: NDArray[Any]  # (H, W): int16 HU or uint8 grey

@@ -71,6 +71,16 @@ class _Slice:
     patient_name: str = ""
     birth_date: str = ""
     images_in_acquisition: int | None = None
+    # What a derived object (our DICOM SR and SEG, services.gateway.dicom_results) copies from
+    # its source so the PACS files it with the study: patient/study modules, frame of reference.
+    rows: int = 0
+    columns: int = 0
+    frame_of_reference_uid: str = ""
+    patient_sex: str = ""
+    study_time: str = ""
+    study_id: str = ""
+    referring_physician: str = ""
+    series_number: int | None = None
 
 
 @dataclass
@@ -166,6 +176,7 @@ def study_from_scan(scan: DicomScan, settings: Settings) -> Study:
             "image_orientation_patient": list(first.iop) if first.iop else None,
             "orientation": edge_labels(first.iop),
             **series_identifiers(ordered),
+            "dicom_source": dicom_source(ordered),
         },
         spacing_mm=_spacing(ordered, keys, sort_by),
         hu=hu,
@@ -235,6 +246,14 @@ def _slices_of(ds: Dataset, path: Path, label: str) -> list[_Slice]:
             patient_name=_text(ds, "PatientName"),
             birth_date=_text(ds, "PatientBirthDate"),
             images_in_acquisition=_as_int(ds.get("ImagesInAcquisition")),
+            rows=_as_int(ds.get("Rows")) or 0,
+            columns=_as_int(ds.get("Columns")) or 0,
+            frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+            patient_sex=_text(ds, "PatientSex"),
+            study_time=_text(ds, "StudyTime"),
+            study_id=_text(ds, "StudyID"),
+            referring_physician=_text(ds, "ReferringPhysicianName"),
+            series_number=_as_int(ds.get("SeriesNumber")),
         )
         for f in range(frames)
     ]
@@ -458,6 +477,28 @@ def series_identifiers(ordered: list[_Slice]) -> dict[str, Any]:
     }
 
 
+def dicom_source(ordered: list[_Slice]) -> dict[str, Any]:
+    """The source attributes a derived DICOM object (SR, SEG) repeats or references: patient
+    and study modules, series, frame of reference, the image plane shared by the series.
+    Kept with the job because the raw upload is deleted when the job ends."""
+    first = ordered[0]
+    return {
+        "patient_name": first.patient_name or None,
+        "patient_birth_date": first.birth_date or None,
+        "patient_sex": first.patient_sex or None,
+        "study_time": first.study_time or None,
+        "study_id": first.study_id or None,
+        "referring_physician_name": first.referring_physician or None,
+        "series_number": first.series_number,
+        "frame_of_reference_uid": first.frame_of_reference_uid or None,
+        "rows": first.rows,
+        "columns": first.columns,
+        "pixel_spacing": list(first.pixel_spacing) if first.pixel_spacing else None,
+        "slice_thickness": first.thickness,
+        "multi_frame": any(s.frame is not None for s in ordered),
+    }
+
+
 # --- ordering and pixels -------------------------------------------------------------------
 
 
@@ -571,6 +612,8 @@ def _slice_info(s: _Slice, key: float | None, sort_by: str) -> dict[str, Any]:
         "sort_by": sort_by,
         "slice_location": s.slice_location,
         "sop_instance_uid": s.sop_instance_uid or None,
+        "sop_class_uid": s.sop_class or None,
+        "image_position_patient": list(s.ipp) if s.ipp else None,
     }
     if s.frame is not None:
         info["frame"] = s.frame

@@ -188,5 +188,6 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
         lung_features=lung_features,
         lesion_findings=lesion_findings,
         lesion_maps=lesion_maps,
+        lesion_labels=None if lesion_labels is None else np.asarray(lesion_labels, np.uint8),
         lung_masks=[np.asarray(m, dtype=bool) for m in masks],
     )

@@ -20,7 +20,7 @@ from services.common.db import session_scope
 from services.common.errors import ErrorCode, StudyError
 from services.common.jobs import transition
 from services.common.modelinfo import slice_model_info
-from services.common.native_slices import native_blob_key, pack_native
+from services.common.native_slices import native_blob_key, native_lesions_key, pack_native
 from services.common.orm import Job, JobStatus, SliceRecord
 from services.common.queue import PREPROCESS_TASK, celery_app
 from services.common.retention import discard_if_deleted
@@ -73,6 +73,11 @@ def _preprocess(job_id: str) -> str:
         np.savez_compressed(buffer, labels=prepared.lesion_maps.astype(np.uint8))
         lesions_blob = f"jobs/{job_id}/lesions.npz"
         storage.put_bytes(lesions_blob, buffer.getvalue())
+    if prepared.lesion_labels is not None:
+        # The same labels on every slice as read (source geometry): the DICOM SEG.
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, labels=prepared.lesion_labels.astype(np.uint8))
+        storage.put_bytes(native_lesions_key(job_id), buffer.getvalue())
     native, native_entries = native_slices(out)
     storage.put_bytes(native_blob_key(job_id), native)
     series = series_report(out)
@@ -130,7 +135,15 @@ def native_slices(out: PreprocessedStudy) -> tuple[bytes, list[dict[str, Any]]]:
     return pack_native(pixels, masks)
 
 
-_SOURCE_KEYS = ("file", "frame", "instance_number", "slice_location", "sop_instance_uid")
+_SOURCE_KEYS = (
+    "file",
+    "frame",
+    "instance_number",
+    "slice_location",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "image_position_patient",
+)
 
 
 def _source_info(

@@ -67,5 +67,8 @@ class PreparedStudy:
     # ``inputs`` ((K, S, S) uint8: 0 none, 1 ground glass, 2 consolidation, 3 other lung).
     lesion_findings: dict[str, Any] | None = None
     lesion_maps: NDArray[np.uint8] | None = None
+    # The same labels for every original slice at its own geometry ((N, H, W) uint8): the
+    # source-aligned masks of the DICOM SEG.
+    lesion_labels: NDArray[np.uint8] | None = None
     # Lung mask of every original slice (bool, the slice's own shape): the viewer's overlay.
     lung_masks: list[NDArray[np.bool_]] = field(default_factory=list)
