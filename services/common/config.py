@@ -120,6 +120,19 @@ class Settings(BaseSettings):
     auth_failure_limit: int = 20
     auth_failure_window_s: float = 60.0
 
+    # Console sign-in (services.common.accounts): a session cookie lives this long.
+    session_ttl_s: int = 8 * 3600
+    # Optional OpenID Connect single sign-on (all three set: on). Users sign in at the issuer
+    # and land in oidc_tenant as the user whose username equals the oidc_username_claim; one
+    # an admin has not created is refused unless oidc_auto_create_role names a role.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_tenant: str | None = None
+    oidc_username_claim: str = "preferred_username"
+    oidc_auto_create_role: str | None = None
+    oidc_scopes: str = "openid profile email"
+
     # Keys (Fernet, urlsafe base64 of 32 bytes) that encrypt webhook secrets at rest. The first
     # encrypts; all decrypt, so a key is rotated by putting a new one first, running
     # `covidct tenants reencrypt-secrets`, then dropping the old one. Empty: one key is made
