@@ -286,14 +286,14 @@ class User(Base):
 
 
 class UserSession(Base):
-    """A console sign-in: the cookie's and the CSRF token's SHA-256, never the tokens."""
+    """A console sign-in: the cookie token's SHA-256, never the token (its CSRF token is
+    derived from it, services.common.accounts.csrf_token)."""
 
     __tablename__ = "user_sessions"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    csrf_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
 
