@@ -25,6 +25,8 @@ from sqlalchemy.orm import Session
 from services.common.caches import process_cache
 from services.common.orm import Tenant, User, UserSession, utcnow
 
+SESSION_COOKIE = "covidct_session"
+CSRF_HEADER = "X-CSRF-Token"
 MIN_PASSWORD_CHARS = 10
 MAX_PASSWORD_CHARS = 1024  # argon2 takes any length; a bound keeps one login cheap to refuse
 USERNAME_CHARS = 200
@@ -188,6 +190,18 @@ def csrf_token(session_token: str) -> str:
 
 def csrf_matches(session_token: str, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(csrf_token(session_token), presented)
+
+
+def cookie_tenant(
+    session: Session, token: str, csrf: str | None, unsafe: bool, needed: Role
+) -> str | None:
+    """The tenant id of a session cookie allowed ``needed`` (with the CSRF token for an
+    unsafe method), else None: the check of a route outside the gateway (tus uploads)."""
+    found = session_user(session, token)
+    if found is None or (unsafe and not csrf_matches(token, csrf)):
+        return None
+    user = found[0]
+    return user.tenant_id if Role(user.role).allows(needed) else None
 
 
 def start_session(session: Session, user: User, ttl_s: int) -> tuple[str, datetime]:

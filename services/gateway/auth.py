@@ -27,7 +27,13 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from services.common.accounts import Role, csrf_matches, session_user
+from services.common.accounts import (
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Role,
+    csrf_matches,
+    session_user,
+)
 from services.common.audit import Action, recently_recorded, record
 from services.common.db import session_scope
 from services.common.orm import Tenant
@@ -37,8 +43,6 @@ from services.common.throttle import KEY_PREFIX_CHARS, auth_failures, identities
 from services.gateway.errors import ApiError
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
-SESSION_COOKIE = "covidct_session"
-CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 VIEW_DEDUP_S = 600.0
 
