@@ -141,7 +141,7 @@ def _job_action(credentials: Credentials) -> Action | None:
         return None
     if credentials.path.endswith("/report.pdf"):
         return Action.REPORT_VIEW
-    if any(part in credentials.path for part in ("/slices/", "/heatmaps/", "/native/")):
+    if any(part in credentials.path for part in ("/slices/", "/heatmaps/")):
         return Action.SLICE_VIEW
     return Action.JOB_VIEW
 
