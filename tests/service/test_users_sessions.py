@@ -236,3 +236,37 @@ def test_api_key_session_view(client: TestClient, alice: dict[str, str]) -> None
         "csrf_token": None, "expires_at": None,
     }  # fmt: skip
     assert client.get("/v1/session").status_code == 401
+
+
+def test_cli_manages_users(
+    client: TestClient, alice: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli.main import app as cli
+
+    runner = CliRunner()
+    monkeypatch.setenv("COVIDCT_NEW_PASSWORD", PASSWORD)
+    made = runner.invoke(cli, ["users", "create", "alice", "ada", "--role", "admin"])
+    assert made.exit_code == 0, made.output
+    sso = runner.invoke(cli, ["users", "create", "alice", "sam", "--sso-only"])
+    assert sso.exit_code == 0, sso.output
+    assert login(client, alice, "ada")
+    output = runner.invoke(cli, ["users", "list", "alice"]).output.splitlines()
+    listed = [line for line in output if not line.startswith("{")]  # not the log lines
+    assert listed[0].split()[:2] == ["ada", "admin"] and listed[0].endswith("password")
+    assert listed[1].split()[:2] == ["sam", "viewer"] and listed[1].endswith("sso-only")
+    changed = runner.invoke(cli, ["users", "set-role", "alice", "sam", "uploader"])
+    assert changed.exit_code == 0 and "viewer -> uploader" in changed.output
+    bad = runner.invoke(cli, ["users", "set-role", "alice", "sam", "root"])
+    assert bad.exit_code == 2 and "invalid_role" in bad.output
+    dup = runner.invoke(cli, ["users", "create", "alice", "ada"])
+    assert dup.exit_code == 2 and "user_exists" in dup.output
+    nobody = runner.invoke(cli, ["users", "list", "nowhere"])
+    assert nobody.exit_code == 2 and "tenant_not_found" in nobody.output
+    assert runner.invoke(cli, ["users", "delete", "alice", "ada"]).exit_code == 0
+    assert client.get("/v1/jobs").status_code == 401  # ada's session ended with her account
+    gone = runner.invoke(cli, ["users", "delete", "alice", "ada"])
+    assert gone.exit_code == 2 and "user_not_found" in gone.output
+    trail = client.get("/v1/audit", headers=auth(alice)).text.splitlines()
+    assert '"actor":"cli","action":"user_create"' in trail[0]
