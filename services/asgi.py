@@ -24,7 +24,7 @@ from services.common.db import pool_capacity
 from services.common.logging import configure_logging
 from services.common.queue import configure
 from services.common.retention import sweep_retention
-from services.gateway import accounts, health, jobs, report, slices
+from services.gateway import accounts, health, jobs, report, slices, sso
 from services.gateway.auth import bearer_scheme
 from services.gateway.console import install_console
 from services.gateway.docs import install_docs
@@ -176,6 +176,7 @@ def create_app() -> FastAPI:
     app.include_router(slices.router)
     app.include_router(report.router)
     app.include_router(accounts.router)
+    app.include_router(sso.router)
     # Authenticate tus requests before any route dependency reads the body; the bearer
     # scheme only documents the key (it never rejects by itself).
     app.include_router(

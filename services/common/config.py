@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from pydantic import SecretStr, field_validator
@@ -174,6 +175,25 @@ class Settings(BaseSettings):
                     f"make one with {MAKE_FERNET_KEY}"
                 ) from None
         return keys
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _https_issuer(cls, issuer: str | None) -> str | None:
+        """ID tokens and their keys come from here: https only, but for this machine."""
+        if issuer is None:
+            return None
+        parts = urlsplit(issuer)
+        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            raise ValueError("must be an https:// URL (http only for 127.0.0.1/localhost)")
+        return issuer
+
+    @field_validator("oidc_auto_create_role")
+    @classmethod
+    def _known_role(cls, role: str | None) -> str | None:
+        if role is not None and role not in ("viewer", "uploader", "admin"):
+            raise ValueError("is viewer, uploader or admin (or unset: no accounts made)")
+        return role
 
     @field_validator("database_url", "broker_url", "storage_url")
     @classmethod
