@@ -81,9 +81,10 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
                 self._json(200, KeySet([provider.key]).as_dict(private=False))
             elif url.path == "/authorize":
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                if query.get("client_id") != provider.client_id or "openid" not in query.get(
-                    "scope", ""
-                ).split():
+                if (
+                    query.get("client_id") != provider.client_id
+                    or "openid" not in query.get("scope", "").split()
+                ):
                     self._json(400, {"error": "invalid_request"})
                     return
                 code = secrets.token_urlsafe(16)
