@@ -30,7 +30,7 @@ let studyJobId = '';
 
 async function signIn(page: Page, key: string): Promise<void> {
   await page.goto('/');
-  await page.getByRole('tab', { name: 'API key' }).click(); // people sign in with a password
+  await page.getByRole('tab', { name: 'For integrators' }).click(); // people sign in with a password
   await page.getByLabel('API key').fill(key);
   await page.getByRole('button', { name: 'Sign in with the key' }).click();
 }
@@ -74,7 +74,7 @@ test('1. a wrong key is refused with a message; the right one shows an empty job
   expect(page.url()).not.toContain(KEY_A);
   expect(await seriousViolations(page)).toEqual([]);
   await page.getByRole('button', { name: 'Sign out' }).click();
-  await expect(page.getByLabel('Username')).toBeVisible();
+  await expect(page.getByLabel('Username', { exact: true })).toBeVisible();
   expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
   await page.close();
 });

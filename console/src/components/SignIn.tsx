@@ -101,8 +101,8 @@ export function SignIn({ onSignedIn }: { onSignedIn: (auth: Auth) => void }) {
       )}
       <Tabs
         items={[
-          { key: 'password', label: 'Username and password', children: <PasswordForm onSignedIn={onSignedIn} /> },
-          { key: 'key', label: 'API key', children: <ApiKeyForm onSignedIn={onSignedIn} /> },
+          { key: 'password', label: 'Your account', children: <PasswordForm onSignedIn={onSignedIn} /> },
+          { key: 'key', label: 'For integrators', children: <ApiKeyForm onSignedIn={onSignedIn} /> },
         ]}
       />
     </Card>
