@@ -121,8 +121,8 @@ def _verified_claims(
         keys.raise_for_status()
         token = jwt.decode(id_token, KeySet.import_key_set(keys.json()), ID_TOKEN_ALGORITHMS)
         jwt.JWTClaimsRegistry(
-            iss={"essential": True, "value": settings.oidc_issuer},
-            aud={"essential": True, "value": settings.oidc_client_id},
+            iss={"essential": True, "value": settings.oidc_issuer or ""},
+            aud={"essential": True, "value": settings.oidc_client_id or ""},
             nonce={"essential": True, "value": nonce},
             exp={"essential": True},
         ).validate(token.claims)
