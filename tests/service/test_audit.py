@@ -148,3 +148,59 @@ def test_postgresql_refuses_update_delete_and_truncate() -> None:
                 connection.execute(text("TRUNCATE audit_events"))
         finally:
             engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("method", "suffix", "action"),
+    [
+        ("GET", "", "job_view"),
+        ("GET", "/slices", "job_view"),
+        ("GET", "/events", "job_view"),
+        ("GET", "/report.pdf", "report_view"),
+        ("HEAD", "/report.pdf", "report_view"),
+        ("GET", "/slices/3.png", "slice_view"),
+        ("GET", "/slices/3/image", "slice_view"),
+        ("GET", "/slices/3/lung-mask.png", "slice_view"),
+        ("GET", "/slices/3/density-overlay.png", "slice_view"),
+        ("GET", "/slices/3/lesions.png", "slice_view"),
+        ("GET", "/heatmaps/3", "slice_view"),
+        ("DELETE", "", "job_delete"),
+        ("POST", "", None),
+    ],
+)
+def test_what_a_request_on_a_job_is(method: str, suffix: str, action: str | None) -> None:
+    """Every route under /v1/jobs/{id} is classified (the gateway's routes as of now)."""
+    from services.gateway.auth import Credentials, _job_action
+
+    job_id = "0" * 8 + "-0000-0000-0000-" + "0" * 12
+    credentials = Credentials(
+        None, (), method=method, path=f"/v1/jobs/{job_id}{suffix}", job_id=job_id
+    )
+    found = _job_action(credentials)
+    assert (found.value if found else None) == action
+    assert _job_action(Credentials(None, (), method="GET", path="/v1/jobs")) is None
+
+
+def test_every_read_or_delete_of_a_job_is_audited_as_what_it_serves(client: TestClient) -> None:
+    """Every route under /v1/jobs/{job_id} (those added later too): an image is a slice
+    view, a PDF a report view, anything else a job view; DELETE a job deletion."""
+    from services.gateway.auth import Credentials, _job_action
+
+    paths = client.get("/openapi.json").json()["paths"]
+    routes = {p: ops for p, ops in paths.items() if p.startswith("/v1/jobs/{job_id}")}
+    assert len(routes) >= 10
+    for route, operations in routes.items():
+        path = route.replace("{job_id}", "j").replace("{slice_index}", "1")
+        for method, operation in operations.items():
+            if method == "delete":
+                expected = "job_delete"
+            else:
+                media = set(operation["responses"].get("200", {}).get("content", {}))
+                expected = (
+                    "slice_view" if any(m.startswith("image/") for m in media)
+                    else "report_view" if "application/pdf" in media
+                    else "job_view"
+                )  # fmt: skip
+            credentials = Credentials(None, (), method=method.upper(), path=path, job_id="j")
+            found = _job_action(credentials)
+            assert (found.value if found else None) == expected, (method, route)
