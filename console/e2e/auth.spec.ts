@@ -1,7 +1,8 @@
 // People's accounts in Chromium (issue 20 items 12 and 13): an admin (here the tenant's API
 // key) makes users; a viewer signs in with a password, the session cookie is out of the
 // page's reach, the role shows, a reload keeps the session, sign-out ends it; an admin sees
-// the audit trail. Needs CONSOLE_URL and KEY_A (tests/e2e/test_console.py passes them).
+// the audit trail; an uploader uploads with the cookie. Needs CONSOLE_URL and KEY_A
+// (tests/e2e/test_console.py passes them); leaves KEY_A's job list empty as it found it.
 import { expect, test, type Page } from '@playwright/test';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -88,4 +89,12 @@ test('an uploader uploads with the session cookie and its CSRF token', async ({ 
       return jobs.items.filter((j: { status: string }) => j.status !== 'awaiting_upload').length;
     })
     .toBeGreaterThan(0); // every byte arrived through tus with the cookie
+  // Leave the tenant's job list as found (console.spec.ts starts from an empty one).
+  await expect
+    .poll(async () => {
+      const jobs = await (await page.request.get('/v1/jobs?limit=50', { headers })).json();
+      for (const job of jobs.items as { id: string }[]) await page.request.delete(`/v1/jobs/${job.id}`, { headers });
+      return jobs.items.length;
+    })
+    .toBe(0);
 });
