@@ -31,6 +31,7 @@ from services.gateway.docs import install_docs
 from services.gateway.errors import error_responses, install_error_handlers
 from services.gateway.limits import InFlightLimit, RouteClass
 from services.upload.ingest import finish_completed_uploads, sweep_expired_uploads
+from services.upload.stow import STOW_PREFIX, create_stow_router, remove_stow_leftovers
 from services.upload.tus import (
     TUS_ALLOW_HEADERS,
     TUS_EXPOSE_HEADERS,
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 
 async def _sweep_forever(settings: Settings) -> None:
-    """Expired tus uploads and the retention policy, on every gateway (both are idempotent)."""
+    """Expired tus uploads, STOW-RS leftovers and the retention policy, on every gateway
+    (all idempotent)."""
     while True:
         try:
             removed = await run_in_threadpool(sweep_expired_uploads, settings.upload_dir)
@@ -52,6 +54,10 @@ async def _sweep_forever(settings: Settings) -> None:
                 log.info("removed %d expired uploads", removed)
         except Exception:
             log.exception("expired-upload sweep failed")
+        try:
+            await run_in_threadpool(remove_stow_leftovers, settings.upload_dir)
+        except Exception:
+            log.exception("STOW-RS leftover sweep failed")
         try:
             await run_in_threadpool(sweep_retention, settings)
         except Exception:
@@ -143,6 +149,14 @@ def create_app() -> FastAPI:
                 per_address=settings.gateway_max_uploads_per_address,
                 body_timeout_s=settings.gateway_body_timeout_s,
             ),
+            RouteClass(
+                "dicomweb",
+                STOW_PREFIX,
+                settings.gateway_max_uploads_in_flight,
+                per_key=settings.gateway_max_uploads_per_key,
+                per_address=settings.gateway_max_uploads_per_address,
+                body_timeout_s=settings.gateway_body_timeout_s,
+            ),
         ],
         queue_timeout_s=settings.gateway_queue_timeout_s,
         retry_after_s=settings.gateway_retry_after_s,
@@ -183,6 +197,12 @@ def create_app() -> FastAPI:
         create_upload_router(settings),
         dependencies=[Depends(tus_auth), Security(bearer_scheme)],
         responses=error_responses(400, 401, 404, 409, 410, 412, 413, 415, 429, 503),
+    )
+    # DICOMweb STOW-RS: tenant-authenticated as tus, before the body is read.
+    app.include_router(
+        create_stow_router(),
+        dependencies=[Security(bearer_scheme)],
+        responses=error_responses(400, 401, 413, 415, 429, 503),
     )
     app.include_router(health.router)
     install_docs(app)

@@ -180,3 +180,30 @@ def migrate_cmd(
         return
     migrate(url)
     typer.echo(f"migrated {where}")
+
+
+def dicom_listen(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[
+        int | None, typer.Option(help="DICOM port (default COVIDCT_DICOM_PORT, 11112).")
+    ] = None,
+) -> None:
+    """The DICOM C-STORE SCP: a PACS sends CT series (AE titles: COVIDCT_DICOM_AE_TITLES);
+    each series becomes one job once quiet for COVIDCT_DICOM_STABLE_AGE_S."""
+    import signal
+    import threading
+
+    from services.common.queue import configure
+    from services.upload.scp import ConfigurationError, serve
+
+    settings = get_settings()
+    ensure_directories(settings)
+    configure(settings)  # jobs are queued on the broker these settings name
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    try:
+        serve(settings, host, port or settings.dicom_port, stop)
+    except ConfigurationError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -153,6 +153,22 @@ class Settings(BaseSettings):
     # PS3.15 basic profile via dicognito, pseudonyms keyed per tenant.
     deidentify_uploads: bool = False
 
+    # DICOM intake (services/upload/stow.py, services/upload/scp.py). The C-STORE SCP
+    # (`covidct dicom-listen`) answers as dicom_ae_title on dicom_port; a calling AE title
+    # names the tenant its studies belong to (JSON map AE title -> tenant name or id; an AE
+    # title not listed is refused at association). A series is complete once no instance of
+    # it arrived for dicom_stable_age_s (Orthanc's StableAge), then it becomes one job.
+    dicom_ae_title: str = "COVIDCT"
+    dicom_port: int = 11112
+    dicom_ae_titles: dict[str, str] = {}
+    dicom_stable_age_s: float = 60.0
+    dicom_max_associations: int = 10
+
+    @property
+    def dicom_spool_dir(self) -> Path:
+        """Instances received by the SCP, per tenant and series, until the series is done."""
+        return self.var_dir / "dicom-spool"
+
     log_level: str = "INFO"
     log_json: bool = True
 
