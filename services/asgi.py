@@ -24,7 +24,7 @@ from services.common.db import pool_capacity
 from services.common.logging import configure_logging
 from services.common.queue import configure
 from services.common.retention import sweep_retention
-from services.gateway import dicom_results, health, jobs, report, slices
+from services.gateway import accounts, dicom_results, health, jobs, report, slices, sso
 from services.gateway.auth import bearer_scheme
 from services.gateway.console import install_console
 from services.gateway.docs import install_docs
@@ -171,7 +171,13 @@ def create_app() -> FastAPI:
             CORSMiddleware,
             allow_origins=settings.cors_allowed_origins,
             allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", *TUS_ALLOW_HEADERS],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Idempotency-Key",
+                "X-CSRF-Token",
+                *TUS_ALLOW_HEADERS,
+            ],
             expose_headers=["Location", "Retry-After", *TUS_EXPOSE_HEADERS],
             max_age=600,
         )
@@ -184,6 +190,8 @@ def create_app() -> FastAPI:
     app.include_router(slices.router)
     app.include_router(report.router)
     app.include_router(dicom_results.router)
+    app.include_router(accounts.router)
+    app.include_router(sso.router)
     # Authenticate tus requests before any route dependency reads the body; the bearer
     # scheme only documents the key (it never rejects by itself).
     app.include_router(

@@ -30,8 +30,9 @@ let studyJobId = '';
 
 async function signIn(page: Page, key: string): Promise<void> {
   await page.goto('/');
+  await page.getByRole('tab', { name: 'For integrators' }).click(); // people sign in with a password
   await page.getByLabel('API key').fill(key);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in with the key' }).click();
 }
 
 async function addFile(page: Page, path: string): Promise<void> {
@@ -68,12 +69,12 @@ test('1. a wrong key is refused with a message; the right one shows an empty job
   await expect(page.getByRole('alert')).toContainText('API key was not accepted');
   expect(page.url()).not.toContain('cct_');
   await page.getByLabel('API key').fill(KEY_A);
-  await page.getByRole('button', { name: 'Sign in' }).click();
+  await page.getByRole('button', { name: 'Sign in with the key' }).click();
   await expect(page.getByText('No jobs yet')).toBeVisible();
   expect(page.url()).not.toContain(KEY_A);
   expect(await seriousViolations(page)).toEqual([]);
   await page.getByRole('button', { name: 'Sign out' }).click();
-  await expect(page.getByLabel('API key')).toBeVisible();
+  await expect(page.getByLabel('Username', { exact: true })).toBeVisible();
   expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
   await page.close();
 });

@@ -2,10 +2,12 @@ import { useEffect, useMemo, useState } from 'react';
 import { Button, Layout, Space, Typography } from 'antd';
 import { useQueryClient } from '@tanstack/react-query';
 import { clearKey, loadKey, saveKey } from './lib/auth';
+import { allows, currentSession, logout, type Auth } from './lib/session';
 import { makeClient } from './api/client';
 import { SignIn } from './components/SignIn';
 import { JobsPage } from './components/JobsPage';
 import { JobPage } from './components/JobPage';
+import { AuditPage } from './components/AuditPage';
 import { ApiContext } from './api/context';
 
 function useHashRoute(): string {
@@ -19,15 +21,30 @@ function useHashRoute(): string {
 }
 
 export function App() {
-  const [apiKey, setApiKey] = useState<string | null>(() => loadKey());
+  // A pasted API key (this tab), else the console session the cookie holds (checked once).
+  const [auth, setAuth] = useState<Auth | null>(() => {
+    const key = loadKey();
+    return key ? { kind: 'key', apiKey: key } : null;
+  });
+  const [checked, setChecked] = useState(auth !== null);
   const route = useHashRoute();
   const queryClient = useQueryClient();
-  const client = useMemo(() => (apiKey ? makeClient(apiKey) : null), [apiKey]);
+  const client = useMemo(() => (auth ? makeClient(auth) : null), [auth]);
+  const apiKey = auth?.kind === 'key' ? auth.apiKey : '';
+
+  useEffect(() => {
+    if (checked) return;
+    currentSession()
+      .then((found) => found && setAuth(found))
+      .catch(() => undefined)
+      .finally(() => setChecked(true));
+  }, [checked]);
 
   const signOut = () => {
+    if (auth) void logout(auth).catch(() => undefined);
     clearKey();
     queryClient.clear();
-    setApiKey(null);
+    setAuth(null);
     window.location.hash = '/';
   };
 
@@ -38,24 +55,32 @@ export function App() {
         <a href="#/" style={{ color: '#fff', fontSize: 18, fontWeight: 600 }}>
           covidct console
         </a>
-        {apiKey && (
+        {auth && (
           <Space>
+            <Typography.Text style={{ color: '#fff' }}>
+              {auth.kind === 'session' ? `${auth.username} (${auth.role}, ${auth.tenant})` : 'API key'}
+            </Typography.Text>
+            {allows(auth, 'admin') && (
+              <a href="#/audit" style={{ color: '#fff' }}>
+                Audit
+              </a>
+            )}
             <Button onClick={signOut}>Sign out</Button>
           </Space>
         )}
       </Layout.Header>
       <Layout.Content style={{ padding: '16px 24px', maxWidth: 1280, width: '100%', margin: '0 auto' }}>
         <main>
-          {!apiKey || !client ? (
+          {!checked ? null : !auth || !client ? (
             <SignIn
-              onSignedIn={(key) => {
-                saveKey(key);
-                setApiKey(key);
+              onSignedIn={(signed) => {
+                if (signed.kind === 'key') saveKey(signed.apiKey);
+                setAuth(signed);
               }}
             />
           ) : (
-            <ApiContext.Provider value={{ client, apiKey, onUnauthorized: signOut }}>
-              {jobMatch ? <JobPage jobId={jobMatch[1]} /> : <JobsPage />}
+            <ApiContext.Provider value={{ client, apiKey, auth, onUnauthorized: signOut }}>
+              {route === '/audit' && allows(auth, 'admin') ? <AuditPage /> : jobMatch ? <JobPage jobId={jobMatch[1]} /> : <JobsPage />}
             </ApiContext.Provider>
           )}
         </main>

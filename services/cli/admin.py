@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 tenants_app = typer.Typer(no_args_is_help=True, help="Manage tenants (API keys, secrets).")
 models_app = typer.Typer(no_args_is_help=True, help="Package the shipped models.")
+users_app = typer.Typer(no_args_is_help=True, help="Manage a tenant's console users and roles.")
 
 
 @tenants_app.command("create")
@@ -49,6 +50,7 @@ def tenants_create(
 
 def _tenant_command(name: str, action: Callable[[Session, Tenant], object]) -> object:
     """Run ``action`` on tenant ``name`` in one transaction; clear errors, exit 2."""
+    from services.common.accounts import AccountError
     from services.common.db import migrate, session_scope
     from services.common.tenants import LastActive, TenantNotFound, TooManyActive, tenant_by_name
 
@@ -62,6 +64,8 @@ def _tenant_command(name: str, action: Callable[[Session, Tenant], object]) -> o
         typer.echo(f"error: tenant_not_found: no tenant named {name!r}", err=True)
     except (TooManyActive, LastActive) as exc:
         typer.echo(f"error: {exc}", err=True)
+    except AccountError as exc:
+        typer.echo(f"error: {exc.code}: {exc}", err=True)
     raise typer.Exit(2)
 
 
@@ -130,6 +134,88 @@ def tenants_reencrypt_secrets() -> None:
     with session_scope() as session:
         count = reencrypt_webhook_secrets(session, settings)
     typer.echo(f"re-encrypted {count} secret(s)")
+
+
+ROLE_HELP = "viewer (reads results), uploader (also creates and deletes jobs) or admin."
+
+
+def _audited(session: Session, tenant: Tenant, action: str, **detail: str) -> None:
+    from services.common.audit import Action, record
+
+    record(session, tenant.id, "cli", Action(action), detail=detail)
+
+
+@users_app.command("create")
+def users_create(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    username: Annotated[str, typer.Argument(help="Username (unique in the tenant).")],
+    role: Annotated[str, typer.Option(help=ROLE_HELP)] = "viewer",
+    sso_only: Annotated[
+        bool, typer.Option("--sso-only", help="No password: signs in by single sign-on only.")
+    ] = False,
+) -> None:
+    """Create a user; the password is asked for twice (or read from COVIDCT_NEW_PASSWORD)."""
+    import os
+
+    from services.common.accounts import create_user
+
+    password = None
+    if not sso_only:
+        password = os.environ.get("COVIDCT_NEW_PASSWORD") or typer.prompt(
+            "Password", hide_input=True, confirmation_prompt=True
+        )
+
+    def action(session: Session, found: Tenant) -> str:
+        user = create_user(session, found, username, role, password)
+        _audited(session, found, "user_create", username=user.username, role=user.role)
+        return f"created {user.username} ({user.role}) in {found.name}"
+
+    typer.echo(_tenant_command(tenant, action))
+
+
+@users_app.command("list")
+def users_list(tenant: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """The tenant's users: name, role, created, whether they have a password."""
+    from services.common.accounts import list_users
+
+    users = _tenant_command(tenant, list_users)
+    assert isinstance(users, list)
+    for user in users:
+        login = "password" if user.has_password else "sso-only"
+        typer.echo(f"{user.username:24s} {user.role:9s} {user.created_at:%Y-%m-%d %H:%M}  {login}")
+
+
+@users_app.command("delete")
+def users_delete(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    username: Annotated[str, typer.Argument(help="Username.")],
+) -> None:
+    """Delete a user; their console sessions end at once."""
+    from services.common.accounts import delete_user
+
+    def action(session: Session, found: Tenant) -> str:
+        delete_user(session, found, username)
+        _audited(session, found, "user_delete", username=username)
+        return f"deleted {username}"
+
+    typer.echo(_tenant_command(tenant, action))
+
+
+@users_app.command("set-role")
+def users_set_role(
+    tenant: Annotated[str, typer.Argument(help="Tenant name.")],
+    username: Annotated[str, typer.Argument(help="Username.")],
+    role: Annotated[str, typer.Argument(help=ROLE_HELP)],
+) -> None:
+    """Change a user's role (effective on their next request)."""
+    from services.common.accounts import set_role
+
+    def action(session: Session, found: Tenant) -> str:
+        old = set_role(session, found, username, role)
+        _audited(session, found, "user_role_change", username=username, old_role=old, role=role)
+        return f"{username}: {old} -> {role}"
+
+    typer.echo(_tenant_command(tenant, action))
 
 
 @models_app.command("build-mar")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet
 from pydantic import SecretStr, field_validator
@@ -120,6 +121,19 @@ class Settings(BaseSettings):
     auth_failure_limit: int = 20
     auth_failure_window_s: float = 60.0
 
+    # Console sign-in (services.common.accounts): a session cookie lives this long.
+    session_ttl_s: int = 8 * 3600
+    # Optional OpenID Connect single sign-on (all three set: on). Users sign in at the issuer
+    # and land in oidc_tenant as the user whose username equals the oidc_username_claim; one
+    # an admin has not created is refused unless oidc_auto_create_role names a role.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    oidc_tenant: str | None = None
+    oidc_username_claim: str = "preferred_username"
+    oidc_auto_create_role: str | None = None
+    oidc_scopes: str = "openid profile email"
+
     # Keys (Fernet, urlsafe base64 of 32 bytes) that encrypt webhook secrets at rest. The first
     # encrypts; all decrypt, so a key is rotated by putting a new one first, running
     # `covidct tenants reencrypt-secrets`, then dropping the old one. Empty: one key is made
@@ -177,6 +191,25 @@ class Settings(BaseSettings):
                     f"make one with {MAKE_FERNET_KEY}"
                 ) from None
         return keys
+
+    @field_validator("oidc_issuer")
+    @classmethod
+    def _https_issuer(cls, issuer: str | None) -> str | None:
+        """ID tokens and their keys come from here: https only, but for this machine."""
+        if issuer is None:
+            return None
+        parts = urlsplit(issuer)
+        local = parts.hostname in ("127.0.0.1", "localhost", "::1")
+        if parts.scheme != "https" and not (parts.scheme == "http" and local):
+            raise ValueError("must be an https:// URL (http only for 127.0.0.1/localhost)")
+        return issuer
+
+    @field_validator("oidc_auto_create_role")
+    @classmethod
+    def _known_role(cls, role: str | None) -> str | None:
+        if role is not None and role not in ("viewer", "uploader", "admin"):
+            raise ValueError("is viewer, uploader or admin (or unset: no accounts made)")
+        return role
 
     @field_validator("database_url", "broker_url", "storage_url")
     @classmethod

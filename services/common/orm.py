@@ -164,6 +164,8 @@ class Job(Base):
     study_instance_uid: Mapped[str | None] = mapped_column(String(128), default=None)
     series_instance_uid: Mapped[str | None] = mapped_column(String(128), default=None)
     category: Mapped[str | None] = mapped_column(String(40), default=None)
+    # Who created the job: "user:<username>" or "key:<prefix>" (migration 0009).
+    created_by: Mapped[str | None] = mapped_column(String(220), default=None)
 
     result: Mapped[Result | None] = relationship(
         back_populates="job", cascade="all, delete-orphan", uselist=False
@@ -266,3 +268,49 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer, default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class User(Base):
+    """A person inside a tenant (migration 0009): role viewer, uploader or admin; only an
+    argon2 hash of the password is stored (None for a single-sign-on-only account)."""
+
+    __tablename__ = "users"
+    __table_args__ = (UniqueConstraint("tenant_id", "username"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    username: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    password_hash: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UserSession(Base):
+    """A console sign-in: the cookie token's SHA-256, never the token (its CSRF token is
+    derived from it, services.common.accounts.csrf_token)."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+
+
+class AuditEvent(Base):
+    """Who did what, when, from where (services.common.audit). Append-only: the database
+    refuses UPDATE and DELETE (triggers of migration 0009); no foreign keys, so a record
+    outlives the job or user it names."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_tenant_at", "tenant_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    tenant_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(220))
+    action: Mapped[str] = mapped_column(String(40))
+    job_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    client_address: Mapped[str | None] = mapped_column(String(64), default=None)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(default=None)

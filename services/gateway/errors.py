@@ -35,7 +35,9 @@ HTTP_CODES = {
 
 DESCRIPTIONS = {
     400: "Bad request (e.g. missing tus metadata)",
-    401: "Missing or unknown API key (`Authorization: Bearer <api_key>`)",
+    401: "Missing or unknown API key (`Authorization: Bearer <api_key>`) or console session",
+    403: "Authenticated, but the role is too low (`forbidden`) or a console request that "
+    "changes state lacks its session's `X-CSRF-Token` (`csrf_failed`)",
     404: "No such job or upload for this API key",
     409: "Conflict (Idempotency-Key reused with another body; the job already has an upload; "
     "`upload_busy`: another request is writing this upload, retry from HEAD)",

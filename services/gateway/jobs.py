@@ -15,6 +15,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.common.audit import Action
 from services.common.config import get_settings
 from services.common.jobs import job_view, transition
 from services.common.modelinfo import CLASS_NAMES
@@ -28,7 +29,7 @@ from services.common.orm import (
 )
 from services.common.retention import discard_partial_upload
 from services.common.storage import make_storage
-from services.gateway.auth import ApiKeyDep, tenant_session
+from services.gateway.auth import ApiKeyDep, audit, tenant_session
 from services.gateway.errors import ApiError, error_responses
 from services.gateway.schemas import (
     MAX_INT,
@@ -104,6 +105,7 @@ def create_job(
             callback_url=str(body.callback_url) if body.callback_url else None,
             idempotency_key=idempotency_key or None,
             request_hash=request_hash,
+            created_by=key.actor,
         )
         session.add(job)
         try:
@@ -119,6 +121,7 @@ def create_job(
                 raise
             return _replay(existing, request_hash)
         session.add(JobEvent(job_id=job.id, status=JobStatus.AWAITING_UPLOAD.value))
+        audit(session, key, tenant, Action.JOB_CREATE, job.id)
         session.commit()
         return _created_body(job)
 

@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tuspyserver import create_tus_router
 from tuspyserver.router import noop
 
+from services.common.accounts import CSRF_HEADER, SESSION_COOKIE, Role, cookie_tenant
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
@@ -106,16 +107,24 @@ def tus_auth(request: Request) -> None:
     # Failures are throttled, never a valid key: a throttled address or key prefix still
     # gets in with a key that is valid (the lookup is one indexed hash comparison).
     wait = auth_failures().retry_after(*throttled_as)
-    if api_key is None:
+    # The console's session cookie (an uploader or admin; CSRF token on unsafe methods).
+    cookie = None if api_key else request.cookies.get(SESSION_COOKIE)
+    if api_key is None and not cookie:
         auth_failures().record_failure(*throttled_as)
         raise _refused("missing Authorization: Bearer <api_key>", wait)
     upload_id = request.path_params.get("uuid")
     with session_scope() as session:
-        tenant = tenant_by_api_key(session, api_key)
-        if tenant is None:
+        if api_key is not None:
+            tenant = tenant_by_api_key(session, api_key)
+            tenant_id = tenant.id if tenant is not None else None
+        else:
+            unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
+            csrf = request.headers.get(CSRF_HEADER)
+            tenant_id = cookie_tenant(session, cookie or "", csrf, unsafe, Role.UPLOADER)
+        if tenant_id is None:
             auth_failures().record_failure(*throttled_as)
-            raise _refused("unknown API key", wait)
-        request.state.tenant_id = tenant.id
+            raise _refused("unknown API key, or a session without upload rights", wait)
+        request.state.tenant_id = tenant_id
         if upload_id is None:
             return
         found = session.execute(

@@ -4,6 +4,7 @@
 import createClient, { type Middleware } from 'openapi-fetch';
 import type { components, paths } from './schema';
 import { ApiFailure } from '../lib/errors';
+import { authHeaders, type Auth } from '../lib/session';
 
 export type Job = components['schemas']['JobOut'];
 export type JobPage = components['schemas']['JobPage'];
@@ -13,11 +14,13 @@ export type Slice = components['schemas']['SliceOut'];
 export type JobEvents = components['schemas']['JobEventsOut'];
 export type JobStatus = Job['status'];
 
-export function makeClient(apiKey: string, baseUrl = '') {
-  const client = createClient<paths>({ baseUrl });
+/** A client that authenticates with an API key (a string) or a console session. */
+export function makeClient(credentials: Auth | string, baseUrl = '') {
+  const client = createClient<paths>({ baseUrl, credentials: 'same-origin' });
+  const signed: Auth = typeof credentials === 'string' ? { kind: 'key', apiKey: credentials } : credentials;
   const auth: Middleware = {
     onRequest({ request }) {
-      request.headers.set('Authorization', `Bearer ${apiKey}`);
+      for (const [name, value] of Object.entries(authHeaders(signed, request.method))) request.headers.set(name, value);
       return request;
     },
   };
@@ -44,9 +47,11 @@ export async function ok<T>(result: Promise<{ data?: T; error?: unknown; respons
   return r.data;
 }
 
-/** A binary resource (slice or heatmap PNG) as an object URL, fetched with the key. */
+/** A binary resource (slice or heatmap PNG) as an object URL, fetched with the key (an
+ * empty key: the session cookie authenticates). */
 export async function imageUrl(apiKey: string, path: string): Promise<string> {
-  const response = await fetch(path, { headers: { Authorization: `Bearer ${apiKey}` } });
+  const headers: Record<string, string> = apiKey ? { Authorization: `Bearer ${apiKey}` } : {};
+  const response = await fetch(path, { headers, credentials: 'same-origin' });
   if (!response.ok) throw new ApiFailure(response.status, 'not_found', 'image not found');
   return URL.createObjectURL(await response.blob());
 }

@@ -1,9 +1,11 @@
 import { createContext, useContext } from 'react';
 import type { Client } from './client';
+import type { Auth } from '../lib/session';
 
 export interface ApiContextValue {
   client: Client;
-  apiKey: string;
+  apiKey: string; // '' when a console session (cookie) authenticates
+  auth: Auth;
   onUnauthorized: () => void;
 }
 

@@ -18,6 +18,7 @@ import { sha256Hex } from '../lib/sha256';
 import { groupByFolder, newest, zipFiles, type LocalFile } from '../lib/zipFolder';
 import { ApiFailure } from '../lib/errors';
 import { formatBytes, formatDuration, RateMeter } from '../lib/rate';
+import { authHeaders } from '../lib/session';
 
 // Small enough that a closed tab loses little (each acknowledged chunk is an offset the
 // server keeps), large enough to keep requests few.
@@ -54,7 +55,7 @@ function fixListRoles(root: HTMLElement): void {
 }
 
 export function Uploader() {
-  const { client, apiKey } = useApi();
+  const { client, apiKey, auth } = useApi();
   const { message } = AntApp.useApp();
   const queryClient = useQueryClient();
   const target = useRef<HTMLDivElement>(null);
@@ -77,7 +78,7 @@ export function Uploader() {
     });
     uppy.use(Tus, {
       endpoint: '/v1/uploads',
-      headers: { Authorization: `Bearer ${apiKey}` },
+      headers: authHeaders(auth, 'POST'), // API key, or the session's CSRF token (tus PATCHes)
       chunkSize: CHUNK_SIZE,
       allowedMetaFields: ['job_id', 'filename', 'filetype', 'sha256'],
       removeFingerprintOnSuccess: true,
@@ -189,7 +190,7 @@ export function Uploader() {
       observer.disconnect();
       uppy.destroy();
     };
-  }, [apiKey, client, message, queryClient]);
+  }, [apiKey, auth, client, message, queryClient]);
 
   return (
     <>

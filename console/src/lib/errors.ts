@@ -17,7 +17,10 @@ const WORDS: Record<string, string> = {
     'Processing this study stopped the server several times, so it was set aside for the administrator to investigate.',
   internal_error: 'Something went wrong on the server. Try again; if it persists, contact the administrator.',
   unauthorized: 'This API key was not accepted. Check that you pasted the whole key.',
-  too_many_failed_auth: 'Too many wrong keys from this address. Wait a minute and try again.',
+  too_many_failed_auth: 'Too many failed sign-ins from this address. Wait a minute and try again.',
+  bad_credentials: 'Unknown organisation, username or password.',
+  forbidden: 'Your role does not allow this. Ask an administrator of your organisation.',
+  csrf_failed: 'Your session could not be verified. Sign out and sign in again.',
   job_not_found: 'This job does not exist, or it belongs to another account.',
   network: 'The server could not be reached. Check your connection.',
 };
