@@ -151,13 +151,17 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await signIn(page, KEY_A);
   await page.getByRole('link', { name: /P002/ }).click();
   await expect(page.getByTestId('verdict')).toHaveText(EXPECTED_LABEL, { timeout: JOB_TIMEOUT_MS });
-  const pCovid = Number(await page.getByTestId('p-COVID').textContent());
+  const pCovid = Number(await page.getByTestId('p-COVID').getAttribute('data-value'));
+  await expect(page.getByTestId('p-COVID')).toHaveText(EXPECTED_P_COVID.toFixed(2)); // two decimals shown
   expect(Math.abs(pCovid - EXPECTED_P_COVID)).toBeLessThan(1e-3);
   // A whole-lung HU series shows the RSNA pattern it was read as (P002: typical).
   if (EXPECTED_PATTERN) await expect(page.getByTestId('ct-pattern')).toHaveText(EXPECTED_PATTERN);
   // Ensemble v3: the category comes first, with the lesion measurements and the overlay switch.
   if (EXPECTED_CATEGORY) {
-    await expect(page.getByTestId('category')).toHaveAttribute('data-category', EXPECTED_CATEGORY);
+    const headline = page.getByTestId('verdict-headline');
+    await expect(headline).toHaveAttribute('data-category', EXPECTED_CATEGORY);
+    await expect(headline).not.toContainText('NonCOVID'); // issue 20.5: the category, never the label
+    await expect(page.getByTestId('headline-explanation')).toContainText('likelihood ratio');
     await expect(page.getByTestId('opacity')).toContainText('%');
     await expect(page.getByTestId('lesion-legend')).toBeVisible();
   }

@@ -6,11 +6,13 @@ import { useApi } from '../api/context';
 import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
 import { plotData } from '../lib/slicePlot';
-import { categoryText, lesionSummary, patternSummary } from '../lib/findings';
+import { lesionSummary, patternSummary } from '../lib/findings';
 import { StatusTag } from './StatusTag';
 import { formatTime } from './JobsPage';
 import { SlicePlot } from './SlicePlot';
 import { SliceViewer } from './SliceViewer';
+import { VerdictHeadline } from './VerdictHeadline';
+import { two } from '../lib/verdict';
 
 const STEPS = ['queued', 'preprocessing', 'scoring', 'ensembling', 'succeeded'] as const;
 
@@ -117,21 +119,16 @@ export function JobPage({ jobId }: { jobId: string }) {
 
       {j.result && (
         <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Verdict</Typography.Title>}>
-          <Descriptions column={{ xs: 1, md: 3 }} bordered size="small">
-            {lesions?.category && (
-              <Descriptions.Item label="Category" span={3}>
-                <strong data-testid="category" data-category={lesions.category} style={{ fontSize: 16 }}>
-                  {categoryText(lesions.category)}
-                </strong>{' '}
-                ({lesions.category})
-              </Descriptions.Item>
-            )}
-            <Descriptions.Item label="Verdict">
+          <VerdictHeadline result={j.result} />
+          <Descriptions column={{ xs: 1, md: 3 }} bordered size="small" style={{ marginTop: 12 }}>
+            <Descriptions.Item label="Binary label (COVID-19 or not)">
               <strong data-testid="verdict">{j.result.label}</strong>
             </Descriptions.Item>
             {Object.entries(j.result.probabilities).map(([name, p]) => (
               <Descriptions.Item key={name} label={`P(${name})`}>
-                <span data-testid={`p-${name}`}>{p.toFixed(4)}</span>
+                <span data-testid={`p-${name}`} data-value={p}>
+                  {two(p)}
+                </span>
               </Descriptions.Item>
             ))}
             <Descriptions.Item label="Slices used">

@@ -7,6 +7,7 @@ import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
 import { StatusTag, STATUS_LABELS } from './StatusTag';
 import { Uploader } from './Uploader';
+import { two, verdictHeadline } from '../lib/verdict';
 
 const PAGE_SIZE = 20;
 
@@ -50,7 +51,7 @@ export function JobsPage() {
       key: 'verdict',
       render: (_: unknown, job: Job) =>
         job.result ? (
-          <strong>{job.result.label}</strong>
+          <strong>{verdictHeadline(job.result).title}</strong>
         ) : job.error ? (
           <span title={job.error.message}>{errorText(job.error.code, job.error.message)}</span>
         ) : (
@@ -61,7 +62,7 @@ export function JobsPage() {
       title: 'P(COVID)',
       key: 'p',
       align: 'right' as const,
-      render: (_: unknown, job: Job) => (job.result ? job.result.probabilities.COVID?.toFixed(3) : ''),
+      render: (_: unknown, job: Job) => (job.result ? two(job.result.probabilities.COVID ?? 0) : ''),
     },
   ];
 
