@@ -128,10 +128,23 @@ test('2. an upload closed at about half resumes from the server offset', async (
   page2.on('request', (request) => {
     if (request.url().includes('/v1/uploads')) requests.push({ method: request.method(), offset: request.headers()['upload-offset'] });
   });
+  await page2.route('**/v1/uploads/**', async (route) => {
+    if (route.request().method() === 'PATCH') await new Promise((r) => setTimeout(r, 400));
+    await route.continue().catch(() => undefined);
+  });
   await signIn(page2, KEY_A);
   await expect(page2.getByTestId('jobs-table')).toContainText('awaiting upload');
   await addFile(page2, STUDY);
   await startUpload(page2);
+  // Issue 20.8: opening the job page mid-upload keeps the upload going, its progress shown.
+  await expect(page2.getByTestId('upload-speed')).toContainText(/of .+ at .+\/s, about .+ left/);
+  await page2.getByRole('link', { name: /P002/ }).click();
+  await expect(page2.getByTestId('timeline')).toBeVisible();
+  await expect(page2.getByTestId('upload-speed')).toContainText('1 upload');
+  await expect
+    .poll(async () => (await (await api(page2, KEY_A, 'GET', `/v1/jobs/${studyJobId}`)).json()).status, { timeout: 120_000 })
+    .not.toBe('awaiting_upload');
+  await page2.getByRole('link', { name: '← Jobs' }).click();
   await expect(page2.locator('.uppy-StatusBar.is-complete')).toBeVisible({ timeout: 120_000 });
   const patches = requests.filter((r) => r.method === 'PATCH');
   expect(requests.filter((r) => r.method === 'POST')).toEqual([]); // no new upload created
@@ -236,5 +249,42 @@ test('7. a dropped DICOM folder is zipped in the browser into one study', async 
   await expect(page.locator('.uppy-Dashboard-Item')).toHaveCount(1, { timeout: 60_000 });
   await expect(page.locator('.uppy-Dashboard-Item-name')).toContainText('.zip');
   expect(await seriousViolations(page)).toEqual([]);
+  await page.close();
+});
+
+test('8. cancelling an upload deletes its job; leaving mid-upload asks first', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'covidct-'));
+  const big = join(dir, 'cancelled-study.zip');
+  writeFileSync(big, Buffer.alloc(12 * 1024 * 1024, 1)); // three chunks
+  const page = await context.newPage();
+  await page.route('**/v1/uploads/**', async (route) => {
+    if (route.request().method() === 'PATCH') await new Promise((r) => setTimeout(r, 3000));
+    await route.continue().catch(() => undefined);
+  });
+  await signIn(page, KEY_A);
+  const before = (await (await api(page, KEY_A, 'GET', '/v1/jobs')).json()).total;
+  await addFile(page, big);
+  const patching = page.waitForRequest((r) => r.method() === 'PATCH' && r.url().includes('/v1/uploads/'));
+  await startUpload(page);
+  await patching;
+  // Issue 20.10: one figure, never "0 files selected" while uploading.
+  await expect(page.locator('.uppy-DashboardContent-title')).not.toContainText('0 files selected');
+  const jobs = await (await api(page, KEY_A, 'GET', '/v1/jobs?status=awaiting_upload')).json();
+  const job = jobs.items.find((j: { external_id: string }) => j.external_id === 'cancelled-study.zip');
+  expect(job).toBeTruthy();
+  // Leaving the page mid-upload asks first (beforeunload); staying keeps the upload.
+  const dialog = new Promise<string>((resolve) =>
+    page.once('dialog', (d) => {
+      resolve(d.type());
+      void d.dismiss();
+    }),
+  );
+  await page.close({ runBeforeUnload: true });
+  expect(await dialog).toBe('beforeunload');
+  expect(page.isClosed()).toBe(false);
+  // Issue 20.9: one action (Cancel), one final state (the job is gone, not left waiting).
+  await page.locator('.uppy-DashboardContent-back').click();
+  await expect.poll(async () => (await api(page, KEY_A, 'GET', `/v1/jobs/${job.id}`)).status()).toBe(404);
+  expect((await (await api(page, KEY_A, 'GET', '/v1/jobs')).json()).total).toBe(before);
   await page.close();
 });

@@ -7,6 +7,7 @@ import { SignIn } from './components/SignIn';
 import { JobsPage } from './components/JobsPage';
 import { JobPage } from './components/JobPage';
 import { ApiContext } from './api/context';
+import { UploadProgressLine, UploadProvider } from './components/UploadStore';
 
 function useHashRoute(): string {
   const [hash, setHash] = useState(window.location.hash);
@@ -55,7 +56,11 @@ export function App() {
             />
           ) : (
             <ApiContext.Provider value={{ client, apiKey, onUnauthorized: signOut }}>
-              {jobMatch ? <JobPage jobId={jobMatch[1]} /> : <JobsPage />}
+              {/* Above the pages: uploads survive in-app navigation (issue 20.8). */}
+              <UploadProvider key={apiKey}>
+                <UploadProgressLine />
+                {jobMatch ? <JobPage jobId={jobMatch[1]} /> : <JobsPage />}
+              </UploadProvider>
             </ApiContext.Provider>
           )}
         </main>
