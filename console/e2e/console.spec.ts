@@ -3,7 +3,7 @@
 // the job watched to its verdict, a corrupt upload, tenant isolation, deletion, axe.
 import { expect, test, type Browser, type BrowserContext, type Page } from '@playwright/test';
 import AxeBuilder from '@axe-core/playwright';
-import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -286,5 +286,21 @@ test('8. cancelling an upload deletes its job; leaving mid-upload asks first', a
   await page.locator('.uppy-DashboardContent-back').click();
   await expect.poll(async () => (await api(page, KEY_A, 'GET', `/v1/jobs/${job.id}`)).status()).toBe(404);
   expect((await (await api(page, KEY_A, 'GET', '/v1/jobs')).json()).total).toBe(before);
+  await page.close();
+});
+
+test('9. DICOM files picked together become one study per series, not one job per file', async () => {
+  test.skip(!STUDY_DIR, 'STUDY_DIR not set');
+  const page = await context.newPage();
+  await signIn(page, KEY_B);
+  const slices = readdirSync(STUDY_DIR!)
+    .filter((n) => n.endsWith('.dcm'))
+    .sort()
+    .slice(60, 63)
+    .map((n) => join(STUDY_DIR!, n));
+  expect(slices).toHaveLength(3);
+  await page.locator('.uppy-Dashboard-input:not([webkitdirectory])').first().setInputFiles(slices);
+  await expect(page.locator('.uppy-Dashboard-Item')).toHaveCount(1, { timeout: 60_000 });
+  await expect(page.locator('.uppy-Dashboard-Item-name')).toContainText('.zip');
   await page.close();
 });

@@ -8,7 +8,8 @@
 // completes), tus upload to /v1/uploads with the job id and the file's sha256 as metadata. tus
 // keeps each upload's URL in localStorage (fingerprint = Uppy's file id, stable for the same
 // file), so the same file added again, in this tab or a reopened one, resumes from the
-// server's offset. A dropped folder is zipped into one study first.
+// server's offset. A dropped folder is zipped into one study first, and DICOM files picked
+// together into one study per series.
 import { createContext, useContext, useEffect, useMemo, useState, type ReactNode } from 'react';
 import { App as AntApp } from 'antd';
 import { useQueryClient } from '@tanstack/react-query';
@@ -18,6 +19,7 @@ import { ok } from '../api/client';
 import { useApi } from '../api/context';
 import { fileKey, ResumeStore } from '../lib/resume';
 import { sha256Hex } from '../lib/sha256';
+import { groupBySeries, seriesArchiveName } from '../lib/dicomSeries';
 import { groupByFolder, newest, zipFiles, type LocalFile } from '../lib/zipFolder';
 import { ApiFailure } from '../lib/errors';
 import { RateMeter } from '../lib/rate';
@@ -88,19 +90,29 @@ export function UploadProvider({ children }: { children: ReactNode }) {
         data: f.data as Blob,
         lastModified: (f.data as File).lastModified,
       }));
-      const { folders } = groupByFolder(local);
-      if (folders.size === 0) return;
+      const { folders, single } = groupByFolder(local);
+      if (folders.size === 0 && single.length < 2) return;
       zipping = true;
       try {
-        for (const [folder, members] of folders) {
-          message.info(`Zipping folder ${folder} (${members.length} files)…`);
+        const replace = async (name: string, members: LocalFile[]) => {
           const bytes = await zipFiles(members);
           members.forEach((m) => uppy.removeFile((m as LocalFile & { id: string }).id));
-          const file = new File([bytes as BlobPart], `${folder}.zip`, { type: 'application/zip', lastModified: newest(members) });
+          const file = new File([bytes as BlobPart], name, { type: 'application/zip', lastModified: newest(members) });
           uppy.addFile({ name: file.name, type: file.type, data: file, source: 'folder-zip' });
+        };
+        for (const [folder, members] of folders) {
+          message.info(`Zipping folder ${folder} (${members.length} files)…`);
+          await replace(`${folder}.zip`, members);
+        }
+        // DICOM files picked together: one study (one job) per series, not one per file.
+        const { series } = await groupBySeries(single);
+        for (const { header, files: members } of series) {
+          if (members.length < 2) continue;
+          message.info(`${members.length} DICOM files of series ${header.description || header.seriesUid} become one study`);
+          await replace(seriesArchiveName(header), members);
         }
       } catch (e) {
-        message.error(`Could not zip the folder: ${String(e)}`);
+        message.error(`Could not zip the files: ${String(e)}`);
       } finally {
         zipping = false;
       }
