@@ -304,3 +304,15 @@ test('9. DICOM files picked together become one study per series, not one job pe
   await expect(page.locator('.uppy-Dashboard-Item-name')).toContainText('.zip');
   await page.close();
 });
+
+test('10. the model card link opens a rendered page, not raw Markdown', async () => {
+  const page = await context.newPage();
+  await page.goto('/');
+  await page.getByRole('link', { name: 'Model card' }).click();
+  const card = page.getByTestId('model-card');
+  await expect(card.locator('h1').first()).toBeVisible();
+  await expect(card.locator('table').first()).toBeVisible();
+  expect(await card.textContent()).not.toMatch(/^#\s/m);
+  expect(await seriousViolations(page)).toEqual([]);
+  await page.close();
+});

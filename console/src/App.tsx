@@ -8,6 +8,7 @@ import { JobsPage } from './components/JobsPage';
 import { JobPage } from './components/JobPage';
 import { ApiContext } from './api/context';
 import { UploadProgressLine, UploadProvider } from './components/UploadStore';
+import { ModelCardPage } from './components/ModelCardPage';
 
 function useHashRoute(): string {
   const [hash, setHash] = useState(window.location.hash);
@@ -47,7 +48,9 @@ export function App() {
       </Layout.Header>
       <Layout.Content style={{ padding: '16px 24px', maxWidth: 1280, width: '100%', margin: '0 auto' }}>
         <main>
-          {!apiKey || !client ? (
+          {route === '/model-card' ? (
+            <ModelCardPage />
+          ) : !apiKey || !client ? (
             <SignIn
               onSignedIn={(key) => {
                 saveKey(key);
@@ -68,9 +71,7 @@ export function App() {
       <Layout.Footer style={{ textAlign: 'center' }}>
         <Typography.Text>
           covidct is research software, not a medical device: it must not be used to diagnose or treat patients.{' '}
-          <a href="/model-card" target="_blank" rel="noreferrer">
-            Model card
-          </a>
+          <a href="#/model-card">Model card</a>
         </Typography.Text>
       </Layout.Footer>
     </Layout>

@@ -178,9 +178,7 @@ export function JobPage({ jobId }: { jobId: string }) {
           </Descriptions>
           <Typography.Paragraph style={{ marginTop: 12, marginBottom: 0 }}>
             A research result, not a diagnosis: the{' '}
-            <a href="/model-card" target="_blank" rel="noreferrer">
-              model card
-            </a>{' '}
+            <a href="#/model-card">model card</a>{' '}
             lists what the models were trained on and where they are known to be wrong.
           </Typography.Paragraph>
         </Card>
