@@ -193,6 +193,24 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await page.keyboard.press('ArrowLeft');
   await expect(viewer).toHaveAttribute('data-slice', before ?? '');
   await expect(page.getByTestId('timeline')).toContainText('ensembling');
+  // Issue 20.4: the native slice, window presets, W/L drag, zoom, orientation, overlays.
+  const native = page.getByTestId('native-viewer');
+  await expect(native.getByRole('img', { name: /at native resolution/ })).toBeVisible();
+  await expect(native).toHaveAttribute('data-window', 'lung');
+  await expect(page.getByTestId('native-position')).toContainText('instance');
+  await expect(page.getByTestId('orientation-left')).toHaveText(/^[RLAPHF]$/);
+  await page.getByText('Mediastinal window').click();
+  await expect(native).toHaveAttribute('data-window', 'mediastinal');
+  const box = (await native.boundingBox())!;
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width / 2 + 50, box.y + box.height / 2 + 25, { steps: 5 });
+  await page.mouse.up();
+  await expect(native).toHaveAttribute('data-window', '600,140');
+  await page.getByRole('button', { name: 'Zoom in' }).click();
+  await expect(native).toHaveAttribute('data-zoom', '1.5');
+  await page.getByRole('switch', { name: 'Show the lung mask' }).click();
+  await expect(page.getByTestId('lung-mask-overlay')).toBeVisible();
   await page.screenshot({ path: join(ARTIFACTS, 'job-page.png'), fullPage: true });
   expect(await seriousViolations(page)).toEqual([]);
   await page.goto('/#/');

@@ -12,6 +12,7 @@ import { formatTime } from './JobsPage';
 import { SlicePlot } from './SlicePlot';
 import { SliceViewer } from './SliceViewer';
 import { VerdictHeadline } from './VerdictHeadline';
+import { NativeViewer } from './NativeViewer';
 import { two } from '../lib/verdict';
 
 const STEPS = ['queued', 'preprocessing', 'scoring', 'ensembling', 'succeeded'] as const;
@@ -188,6 +189,14 @@ export function JobPage({ jobId }: { jobId: string }) {
         <>
           <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>P(COVID) per slice</Typography.Title>}>
             <SlicePlot data={plot} />
+          </Card>
+          <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Slices at native resolution</Typography.Title>}>
+            <NativeViewer
+              slices={slices.data.slices}
+              orientation={slices.data.orientation}
+              pixelSpacing={slices.data.pixel_spacing_mm}
+              isHu={slices.data.native === 'hu'}
+            />
           </Card>
           <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Slices as the model saw them</Typography.Title>}>
             <SliceViewer jobId={jobId} slices={slices.data.slices} />
