@@ -334,3 +334,25 @@ test('10. the model card link opens a rendered page, not raw Markdown', async ()
   expect(await seriousViolations(page)).toEqual([]);
   await page.close();
 });
+
+test('11. the job list is a worklist: study columns, search, filter and sort on the server', async () => {
+  const page = await context.newPage();
+  await signIn(page, KEY_A);
+  const table = page.getByTestId('jobs-table');
+  for (const column of ['Patient', 'Accession', 'Study date', 'Series', 'Category', 'Status']) {
+    await expect(table.getByRole('columnheader', { name: column })).toBeVisible();
+  }
+  const study = (await (await api(page, KEY_A, 'GET', `/v1/jobs/${studyJobId}`)).json()).study;
+  if (study?.patient_id) await expect(table).toContainText(study.patient_id);
+  const asked = page.waitForRequest((r) => r.url().includes('/v1/jobs?') && r.url().includes('q=no-such-patient'));
+  await page.getByTestId('worklist-search').locator('input').fill('no-such-patient');
+  await asked;
+  await expect(page.getByText('No job matches these filters.')).toBeVisible();
+  await page.getByTestId('worklist-search').locator('input').fill('P002');
+  await expect(table.getByRole('link', { name: /P002/ })).toBeVisible();
+  const sorted = page.waitForRequest((r) => r.url().includes('sort=study_date'));
+  await table.getByRole('columnheader', { name: 'Study date' }).click();
+  await sorted;
+  expect(await seriousViolations(page)).toEqual([]);
+  await page.close();
+});
