@@ -56,7 +56,7 @@ export function Uploader() {
     <>
       <Typography.Paragraph>
         Drop a study below, or browse: a zip or tar of DICOM files, a NIfTI file, PNG/JPEG slices, or a whole DICOM
-        folder (zipped here before upload). Each file becomes one job. Uploads go on while you open other pages of the
+        folder (zipped here before upload). Each file, or each DICOM series of files picked together, becomes one job. Uploads go on while you open other pages of the
         console; you can pause and resume, and if the tab is closed mid-upload, add the same file again and it continues
         where it stopped. Cancelling an upload deletes its job.
       </Typography.Paragraph>
