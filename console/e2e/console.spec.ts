@@ -193,6 +193,14 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await page.keyboard.press('ArrowLeft');
   await expect(viewer).toHaveAttribute('data-slice', before ?? '');
   await expect(page.getByTestId('timeline')).toContainText('ensembling');
+  // Issue 20.1: the identifiers of the study and series the verdict was computed on.
+  const job = await (await api(page, KEY_A, 'GET', `/v1/jobs/${studyJobId}`)).json();
+  await expect(page.getByTestId('series-uid')).toHaveText(job.result.series.series_instance_uid);
+  await expect(page.getByTestId('study-uid')).toHaveText(job.result.series.study_instance_uid);
+  // Issue 20.7: the printable report, downloaded with the key (never in a URL).
+  const download = page.waitForEvent('download');
+  await page.getByTestId('report-pdf').click();
+  expect((await download).suggestedFilename()).toMatch(/\.pdf$/);
   // Issue 20.4: the native slice, window presets, W/L drag, zoom, orientation, overlays.
   const native = page.getByTestId('native-viewer');
   await expect(native.getByRole('img', { name: /at native resolution/ })).toBeVisible();

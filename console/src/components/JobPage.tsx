@@ -1,7 +1,7 @@
 import { useMemo } from 'react';
 import { Alert, App as AntApp, Button, Card, Descriptions, Popconfirm, Space, Spin, Steps, Typography } from 'antd';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
-import { ok, type JobEvents } from '../api/client';
+import { imageUrl, ok, type JobEvents } from '../api/client';
 import { useApi } from '../api/context';
 import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
@@ -13,6 +13,7 @@ import { SlicePlot } from './SlicePlot';
 import { SliceViewer } from './SliceViewer';
 import { VerdictHeadline } from './VerdictHeadline';
 import { NativeViewer } from './NativeViewer';
+import { SeriesCard } from './SeriesCard';
 import { two } from '../lib/verdict';
 
 const STEPS = ['queued', 'preprocessing', 'scoring', 'ensembling', 'succeeded'] as const;
@@ -35,7 +36,7 @@ function timeline(status: string, events: JobEvents['events']) {
 }
 
 export function JobPage({ jobId }: { jobId: string }) {
-  const { client } = useApi();
+  const { client, apiKey } = useApi();
   const { message } = AntApp.useApp();
   const queryClient = useQueryClient();
   const backOff = useMemo(() => new BackOff(), []);
@@ -89,6 +90,26 @@ export function JobPage({ jobId }: { jobId: string }) {
           </Typography.Title>
           <StatusTag status={j.status} />
         </Space>
+        <Space>
+        {j.status === 'succeeded' && (
+          <Button
+            data-testid="report-pdf"
+            onClick={async () => {
+              try {
+                const url = await imageUrl(apiKey, `/v1/jobs/${jobId}/report.pdf`);
+                const a = document.createElement('a');
+                a.href = url;
+                a.download = `covidct-report-${jobId}.pdf`;
+                a.click();
+                setTimeout(() => URL.revokeObjectURL(url), 60_000);
+              } catch (e) {
+                message.error(e instanceof ApiFailure ? e.text : String(e));
+              }
+            }}
+          >
+            PDF report
+          </Button>
+        )}
         <Popconfirm
           title="Delete this job?"
           description="Its study, slices and verdict are removed for good."
@@ -101,6 +122,7 @@ export function JobPage({ jobId }: { jobId: string }) {
             Delete job
           </Button>
         </Popconfirm>
+        </Space>
       </Space>
 
       <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Progress</Typography.Title>}>
@@ -182,6 +204,12 @@ export function JobPage({ jobId }: { jobId: string }) {
             <a href="#/model-card">model card</a>{' '}
             lists what the models were trained on and where they are known to be wrong.
           </Typography.Paragraph>
+        </Card>
+      )}
+
+      {j.result?.series && (
+        <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Study and series read</Typography.Title>}>
+          <SeriesCard series={j.result.series} />
         </Card>
       )}
 
