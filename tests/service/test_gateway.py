@@ -157,7 +157,9 @@ def test_list_is_paged_and_filtered(
     rest = client.get("/v1/jobs?limit=10&offset=2", headers=auth(alice)).json()
     seen = {j["id"] for j in page["items"]} | {j["id"] for j in rest["items"]}
     assert seen == set(ids)
-    client.delete(f"/v1/jobs/{ids[0]}", headers=auth(alice))
+    with session_scope() as session:  # a job being processed is cancelled (kept), not deleted
+        assert transition(session, ids[0], JobStatus.QUEUED, [JobStatus.AWAITING_UPLOAD])
+    assert client.delete(f"/v1/jobs/{ids[0]}", headers=auth(alice)).status_code == 202
     cancelled = client.get("/v1/jobs?status=cancelled", headers=auth(alice)).json()
     assert [j["id"] for j in cancelled["items"]] == [ids[0]]
     assert client.get("/v1/jobs?status=bogus", headers=auth(alice)).status_code == 422
