@@ -3,7 +3,7 @@
 // the job watched to its verdict, a corrupt upload, tenant isolation, deletion, axe.
 import { expect, test, type Browser, type BrowserContext, type Page } from '@playwright/test';
 import AxeBuilder from '@axe-core/playwright';
-import { mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -129,10 +129,23 @@ test('2. an upload closed at about half resumes from the server offset', async (
   page2.on('request', (request) => {
     if (request.url().includes('/v1/uploads')) requests.push({ method: request.method(), offset: request.headers()['upload-offset'] });
   });
+  await page2.route('**/v1/uploads/**', async (route) => {
+    if (route.request().method() === 'PATCH') await new Promise((r) => setTimeout(r, 400));
+    await route.continue().catch(() => undefined);
+  });
   await signIn(page2, KEY_A);
   await expect(page2.getByTestId('jobs-table')).toContainText('awaiting upload');
   await addFile(page2, STUDY);
   await startUpload(page2);
+  // Issue 20.8: opening the job page mid-upload keeps the upload going, its progress shown.
+  await expect(page2.getByTestId('upload-speed')).toContainText(/of .+ at .+\/s, about .+ left/);
+  await page2.getByRole('link', { name: /P002/ }).click();
+  await expect(page2.getByTestId('timeline')).toBeVisible();
+  await expect(page2.getByTestId('upload-speed')).toContainText('1 upload');
+  await expect
+    .poll(async () => (await (await api(page2, KEY_A, 'GET', `/v1/jobs/${studyJobId}`)).json()).status, { timeout: 120_000 })
+    .not.toBe('awaiting_upload');
+  await page2.getByRole('link', { name: '← Jobs' }).click();
   await expect(page2.locator('.uppy-StatusBar.is-complete')).toBeVisible({ timeout: 120_000 });
   const patches = requests.filter((r) => r.method === 'PATCH');
   expect(requests.filter((r) => r.method === 'POST')).toEqual([]); // no new upload created
@@ -152,13 +165,17 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await signIn(page, KEY_A);
   await page.getByRole('link', { name: /P002/ }).click();
   await expect(page.getByTestId('verdict')).toHaveText(EXPECTED_LABEL, { timeout: JOB_TIMEOUT_MS });
-  const pCovid = Number(await page.getByTestId('p-COVID').textContent());
+  const pCovid = Number(await page.getByTestId('p-COVID').getAttribute('data-value'));
+  await expect(page.getByTestId('p-COVID')).toHaveText(EXPECTED_P_COVID.toFixed(2)); // two decimals shown
   expect(Math.abs(pCovid - EXPECTED_P_COVID)).toBeLessThan(1e-3);
   // A whole-lung HU series shows the RSNA pattern it was read as (P002: typical).
   if (EXPECTED_PATTERN) await expect(page.getByTestId('ct-pattern')).toHaveText(EXPECTED_PATTERN);
   // Ensemble v3: the category comes first, with the lesion measurements and the overlay switch.
   if (EXPECTED_CATEGORY) {
-    await expect(page.getByTestId('category')).toHaveAttribute('data-category', EXPECTED_CATEGORY);
+    const headline = page.getByTestId('verdict-headline');
+    await expect(headline).toHaveAttribute('data-category', EXPECTED_CATEGORY);
+    await expect(headline).not.toContainText('NonCOVID'); // issue 20.5: the category, never the label
+    await expect(page.getByTestId('headline-explanation')).toContainText('likelihood ratio');
     await expect(page.getByTestId('opacity')).toContainText('%');
     await expect(page.getByTestId('lesion-legend')).toBeVisible();
   }
@@ -177,6 +194,32 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await page.keyboard.press('ArrowLeft');
   await expect(viewer).toHaveAttribute('data-slice', before ?? '');
   await expect(page.getByTestId('timeline')).toContainText('ensembling');
+  // Issue 20.1: the identifiers of the study and series the verdict was computed on.
+  const job = await (await api(page, KEY_A, 'GET', `/v1/jobs/${studyJobId}`)).json();
+  await expect(page.getByTestId('series-uid')).toHaveText(job.result.series.series_instance_uid);
+  await expect(page.getByTestId('study-uid')).toHaveText(job.result.series.study_instance_uid);
+  // Issue 20.7: the printable report, downloaded with the key (never in a URL).
+  const download = page.waitForEvent('download');
+  await page.getByTestId('report-pdf').click();
+  expect((await download).suggestedFilename()).toMatch(/\.pdf$/);
+  // Issue 20.4: the native slice, window presets, W/L drag, zoom, orientation, overlays.
+  const native = page.getByTestId('native-viewer');
+  await expect(native.getByRole('img', { name: /at native resolution/ })).toBeVisible();
+  await expect(native).toHaveAttribute('data-window', 'lung');
+  await expect(page.getByTestId('native-position')).toContainText('instance');
+  await expect(page.getByTestId('orientation-left')).toHaveText(/^[RLAPHF]$/);
+  await page.getByText('Mediastinal window').click();
+  await expect(native).toHaveAttribute('data-window', 'mediastinal');
+  const box = (await native.boundingBox())!;
+  await page.mouse.move(box.x + box.width / 2, box.y + box.height / 2);
+  await page.mouse.down();
+  await page.mouse.move(box.x + box.width / 2 + 50, box.y + box.height / 2 + 25, { steps: 5 });
+  await page.mouse.up();
+  await expect(native).toHaveAttribute('data-window', '600,140');
+  await page.getByRole('button', { name: 'Zoom in' }).click();
+  await expect(native).toHaveAttribute('data-zoom', '1.5');
+  await page.getByRole('switch', { name: 'Show the lung mask' }).click();
+  await expect(page.getByTestId('lung-mask-overlay')).toBeVisible();
   await page.screenshot({ path: join(ARTIFACTS, 'job-page.png'), fullPage: true });
   expect(await seriousViolations(page)).toEqual([]);
   await page.goto('/#/');
@@ -232,6 +275,93 @@ test('7. a dropped DICOM folder is zipped in the browser into one study', async 
   await page.locator('.uppy-Dashboard-input[webkitdirectory]').setInputFiles(STUDY_DIR!);
   await expect(page.locator('.uppy-Dashboard-Item')).toHaveCount(1, { timeout: 60_000 });
   await expect(page.locator('.uppy-Dashboard-Item-name')).toContainText('.zip');
+  expect(await seriousViolations(page)).toEqual([]);
+  await page.close();
+});
+
+test('8. cancelling an upload deletes its job; leaving mid-upload asks first', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'covidct-'));
+  const big = join(dir, 'cancelled-study.zip');
+  writeFileSync(big, Buffer.alloc(12 * 1024 * 1024, 1)); // three chunks
+  const page = await context.newPage();
+  await page.route('**/v1/uploads/**', async (route) => {
+    if (route.request().method() === 'PATCH') await new Promise((r) => setTimeout(r, 3000));
+    await route.continue().catch(() => undefined);
+  });
+  await signIn(page, KEY_A);
+  const before = (await (await api(page, KEY_A, 'GET', '/v1/jobs')).json()).total;
+  await addFile(page, big);
+  const patching = page.waitForRequest((r) => r.method() === 'PATCH' && r.url().includes('/v1/uploads/'));
+  await startUpload(page);
+  await patching;
+  // Issue 20.10: one figure, never "0 files selected" while uploading.
+  await expect(page.locator('.uppy-DashboardContent-title')).not.toContainText('0 files selected');
+  const jobs = await (await api(page, KEY_A, 'GET', '/v1/jobs?status=awaiting_upload')).json();
+  const job = jobs.items.find((j: { external_id: string }) => j.external_id === 'cancelled-study.zip');
+  expect(job).toBeTruthy();
+  // Leaving the page mid-upload asks first (beforeunload); staying keeps the upload.
+  const dialog = new Promise<string>((resolve) =>
+    page.once('dialog', (d) => {
+      resolve(d.type());
+      void d.dismiss();
+    }),
+  );
+  await page.close({ runBeforeUnload: true });
+  expect(await dialog).toBe('beforeunload');
+  expect(page.isClosed()).toBe(false);
+  // Issue 20.9: one action (Cancel), one final state (the job is gone, not left waiting).
+  await page.locator('.uppy-DashboardContent-back').click();
+  await expect.poll(async () => (await api(page, KEY_A, 'GET', `/v1/jobs/${job.id}`)).status()).toBe(404);
+  expect((await (await api(page, KEY_A, 'GET', '/v1/jobs')).json()).total).toBe(before);
+  await page.close();
+});
+
+test('9. DICOM files picked together become one study per series, not one job per file', async () => {
+  test.skip(!STUDY_DIR, 'STUDY_DIR not set');
+  const page = await context.newPage();
+  await signIn(page, KEY_B);
+  const slices = readdirSync(STUDY_DIR!)
+    .filter((n) => n.endsWith('.dcm'))
+    .sort()
+    .slice(60, 63)
+    .map((n) => join(STUDY_DIR!, n));
+  expect(slices).toHaveLength(3);
+  await page.locator('.uppy-Dashboard-input:not([webkitdirectory])').first().setInputFiles(slices);
+  await expect(page.locator('.uppy-Dashboard-Item')).toHaveCount(1, { timeout: 60_000 });
+  await expect(page.locator('.uppy-Dashboard-Item-name')).toContainText('.zip');
+  await page.close();
+});
+
+test('10. the model card link opens a rendered page, not raw Markdown', async () => {
+  const page = await context.newPage();
+  await page.goto('/');
+  await page.getByRole('link', { name: 'Model card' }).click();
+  const card = page.getByTestId('model-card');
+  await expect(card.locator('h1').first()).toBeVisible();
+  await expect(card.locator('table').first()).toBeVisible();
+  expect(await card.textContent()).not.toMatch(/^#\s/m);
+  expect(await seriousViolations(page)).toEqual([]);
+  await page.close();
+});
+
+test('11. the job list is a worklist: study columns, search, filter and sort on the server', async () => {
+  const page = await context.newPage();
+  await signIn(page, KEY_A);
+  const table = page.getByTestId('jobs-table');
+  for (const column of ['Patient', 'Accession', 'Study date', 'Series', 'Category', 'Status']) {
+    await expect(table.getByRole('columnheader', { name: column })).toBeVisible();
+  }
+  const study = (await (await api(page, KEY_A, 'GET', `/v1/jobs/${studyJobId}`)).json()).study;
+  if (study?.patient_id) await expect(table).toContainText(study.patient_id);
+  const asked = page.waitForRequest((r) => r.url().includes('/v1/jobs?') && r.url().includes('q=no-such-patient'));
+  await page.getByTestId('worklist-search').locator('input').fill('no-such-patient');
+  await asked;
+  await expect(page.getByText('No job matches these filters.')).toBeVisible();
+  await page.getByTestId('worklist-search').locator('input').fill('P002');
+  await expect(table.getByRole('link', { name: /P002/ })).toBeVisible();
+  const sorted = page.waitForRequest((r) => r.url().includes('sort=study_date'));
+  await table.getByRole('columnheader', { name: 'Study date' }).click();
+  await sorted;
   expect(await seriousViolations(page)).toEqual([]);
   await page.close();
 });

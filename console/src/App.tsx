@@ -9,6 +9,8 @@ import { JobsPage } from './components/JobsPage';
 import { JobPage } from './components/JobPage';
 import { AuditPage } from './components/AuditPage';
 import { ApiContext } from './api/context';
+import { UploadProgressLine, UploadProvider } from './components/UploadStore';
+import { ModelCardPage } from './components/ModelCardPage';
 
 function useHashRoute(): string {
   const [hash, setHash] = useState(window.location.hash);
@@ -71,7 +73,9 @@ export function App() {
       </Layout.Header>
       <Layout.Content style={{ padding: '16px 24px', maxWidth: 1280, width: '100%', margin: '0 auto' }}>
         <main>
-          {!checked ? null : !auth || !client ? (
+          {route === '/model-card' ? (
+            <ModelCardPage />
+          ) : !checked ? null : !auth || !client ? (
             <SignIn
               onSignedIn={(signed) => {
                 if (signed.kind === 'key') saveKey(signed.apiKey);
@@ -80,7 +84,11 @@ export function App() {
             />
           ) : (
             <ApiContext.Provider value={{ client, apiKey, auth, onUnauthorized: signOut }}>
-              {route === '/audit' && allows(auth, 'admin') ? <AuditPage /> : jobMatch ? <JobPage jobId={jobMatch[1]} /> : <JobsPage />}
+              {/* Above the pages: uploads survive in-app navigation (issue 20.8). */}
+              <UploadProvider key={auth.kind === 'key' ? auth.apiKey : `${auth.tenant}/${auth.username}`}>
+                <UploadProgressLine />
+                {route === '/audit' && allows(auth, 'admin') ? <AuditPage /> : jobMatch ? <JobPage jobId={jobMatch[1]} /> : <JobsPage />}
+              </UploadProvider>
             </ApiContext.Provider>
           )}
         </main>
@@ -88,9 +96,7 @@ export function App() {
       <Layout.Footer style={{ textAlign: 'center' }}>
         <Typography.Text>
           covidct is research software, not a medical device: it must not be used to diagnose or treat patients.{' '}
-          <a href="/model-card" target="_blank" rel="noreferrer">
-            Model card
-          </a>
+          <a href="#/model-card">Model card</a>
         </Typography.Text>
       </Layout.Footer>
     </Layout>

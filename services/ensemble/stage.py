@@ -116,6 +116,14 @@ def load_ensemble_version(directory: Path, version: str) -> LoadedEnsemble:
     )
 
 
+def _bayes(config: SeriesVerdictConfig | LesionVerdictConfig, pattern: str) -> dict[str, float]:
+    """The two numbers P(COVID) is computed from, so a reader can follow it."""
+    return {
+        "prior_covid": float(config.prior_covid),
+        "likelihood_ratio": float(config.likelihood_ratios[pattern]),
+    }
+
+
 def verdict(
     slice_probabilities: NDArray[np.float64],
     lung_features: dict[str, Any] | None,
@@ -143,6 +151,8 @@ def verdict(
                 "category": lesion_reading.category.value,
                 "pattern": lesion_reading.pattern.value,
                 "pattern_reasons": lesion_reading.reasons,
+                # Where P(COVID) comes from (issue 20.5): prior odds x this ratio.
+                **_bayes(ensemble.lesions.config, lesion_reading.pattern.value),
             },
         )
     reported = findings(lung_features)
@@ -151,7 +161,11 @@ def verdict(
         reading = ensemble.series.read(lung_features)
         threshold = ensemble.series.config.threshold
         label = "COVID" if reading.p_covid >= threshold else "NonCOVID"
-        reported |= {"pattern": reading.pattern.value, "pattern_reasons": reading.reasons}
+        reported |= {
+            "pattern": reading.pattern.value,
+            "pattern_reasons": reading.reasons,
+            **_bayes(ensemble.series.config, reading.pattern.value),
+        }
         return Verdict(
             label=label,
             probabilities={"NonCOVID": 1.0 - reading.p_covid, "COVID": reading.p_covid},

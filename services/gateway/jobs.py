@@ -344,15 +344,23 @@ def get_heatmap(
 
 @router.delete("/{job_id}", status_code=204, responses={202: {"model": JobOut}, **NOT_FOUND})
 def delete_job(job_id: JobId, key: ApiKeyDep) -> Response:
-    """Cancel a job that has not ended (202), or delete an ended one and its blobs (204)."""
+    """Delete a job that is awaiting its upload or has ended, with its blobs (204); cancel
+    one that is being processed (202: a running stage must see the cancel first)."""
     with tenant_session(key) as (session, tenant):
         job = get_tenant_job(session, tenant.id, job_id)
-        if JobStatus(job.status) not in TERMINAL_STATUSES:
+        by = {"by": "client"}
+        if transition(session, job_id, JobStatus.CANCELLED, [JobStatus.AWAITING_UPLOAD], detail=by):
+            # Still waiting for its study (issue 20.9): no stage ever saw it, so one action
+            # leaves one final state - gone. The guarded transition wins or loses against an
+            # upload completing; once committed the upload room takes no further byte.
+            session.commit()
+            session.refresh(job)
+        elif JobStatus(job.status) not in TERMINAL_STATUSES:
             running = [s for s in JobStatus if s not in TERMINAL_STATUSES]
-            if transition(session, job_id, JobStatus.CANCELLED, running, detail={"by": "client"}):
+            if transition(session, job_id, JobStatus.CANCELLED, running, detail=by):
                 session.commit()
                 session.refresh(job)
-                if job.upload_id:  # mid-upload: the upload room refuses further PATCHes
+                if job.upload_id:
                     discard_partial_upload(get_settings(), job.upload_id)
                 return JSONResponse(job_view(job), status_code=202)
             session.rollback()  # it ended meanwhile: delete it below

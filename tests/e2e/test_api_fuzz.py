@@ -6,8 +6,8 @@ Checks: all of schemathesis's, but two whose premise our API does not share:
 - ``positive_data_acceptance``: tus creation needs ``Upload-Metadata`` holding base64
   ``job_id``/``filename``/``filetype`` of a job awaiting upload, and ``Upload-Length`` below
   a setting; OpenAPI cannot express either, so "schema-valid" creations are rightly refused.
-- ``use_after_free``: ``DELETE`` of a job that has not ended cancels it (202) and keeps it
-  readable, as documented; only an ended job is deleted (204).
+- ``use_after_free``: ``DELETE`` of a job being processed cancels it (202) and keeps it
+  readable, as documented; a job awaiting its upload or ended is deleted (204).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from services.asgi import create_app
 from services.common.config import Settings
 from services.common.db import session_scope
-from services.common.orm import JobEvent, WebhookDelivery
+from services.common.jobs import transition
+from services.common.orm import JobEvent, JobStatus, WebhookDelivery
 from tests.support.service import auth, make_tenant, new_job, tus_headers, tus_metadata
 
 JOB_KEYS = {
@@ -156,7 +157,9 @@ def test_list_is_paged_and_filtered(
     rest = client.get("/v1/jobs?limit=10&offset=2", headers=auth(alice)).json()
     seen = {j["id"] for j in page["items"]} | {j["id"] for j in rest["items"]}
     assert seen == set(ids)
-    client.delete(f"/v1/jobs/{ids[0]}", headers=auth(alice))
+    with session_scope() as session:  # a job being processed is cancelled (kept), not deleted
+        assert transition(session, ids[0], JobStatus.QUEUED, [JobStatus.AWAITING_UPLOAD])
+    assert client.delete(f"/v1/jobs/{ids[0]}", headers=auth(alice)).status_code == 202
     cancelled = client.get("/v1/jobs?status=cancelled", headers=auth(alice)).json()
     assert [j["id"] for j in cancelled["items"]] == [ids[0]]
     assert client.get("/v1/jobs?status=bogus", headers=auth(alice)).status_code == 422
@@ -312,13 +315,30 @@ def test_expired_upload_is_swept_and_frees_the_job(
 # --- delete, slices, heatmaps, health ------------------------------------------------------
 
 
-def test_delete_cancels_then_deletes(client: TestClient, alice: dict[str, str]) -> None:
+def test_delete_of_a_job_awaiting_upload_removes_it_at_once(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    # Issue 20.9: the first DELETE said "deleted" but left the job `cancelled` (a second one
+    # was needed). A job no stage has seen is gone after one DELETE, its events with it.
     job = new_job(client, alice)
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=auth(alice)).status_code == 204
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth(alice)).status_code == 404
+    with session_scope() as session:
+        assert session.query(JobEvent).filter_by(job_id=job["id"]).count() == 0
+    assert client.delete(f"/v1/jobs/{job['id']}", headers=auth(alice)).status_code == 404
+
+
+def test_delete_cancels_a_queued_job_then_deletes(
+    client: TestClient, alice: dict[str, str]
+) -> None:
+    job = new_job(client, alice)
+    with session_scope() as session:  # its study arrived: a stage may be working on it
+        assert transition(session, job["id"], JobStatus.QUEUED, [JobStatus.AWAITING_UPLOAD])
     cancelled = client.delete(f"/v1/jobs/{job['id']}", headers=auth(alice))
     assert cancelled.status_code == 202 and cancelled.json()["status"] == "cancelled"
     with session_scope() as session:
         events = [e.status for e in session.query(JobEvent).filter_by(job_id=job["id"])]
-    assert events == ["awaiting_upload", "cancelled"]
+    assert events == ["awaiting_upload", "queued", "cancelled"]
     assert client.delete(f"/v1/jobs/{job['id']}", headers=auth(alice)).status_code == 204
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth(alice)).status_code == 404
 

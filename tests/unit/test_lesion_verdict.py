@@ -207,6 +207,12 @@ def test_shipped_v3_reads_lesions_then_falls_back_to_v2_and_the_soft_vote() -> N
     assert decided.findings["category"] == "covid" and decided.findings["pattern"] == "typical"
     assert decided.findings["opacity_percent"] == pytest.approx(23 / 6)
     assert math.isclose(sum(decided.probabilities.values()), 1.0)
+    prior, ratio = decided.findings["prior_covid"], decided.findings["likelihood_ratio"]
+    assert prior == ensemble.lesions.config.prior_covid
+    assert ratio == ensemble.lesions.config.likelihood_ratios["typical"]
+    assert decided.probabilities["COVID"] == pytest.approx(
+        prior * ratio / (prior * ratio + 1 - prior)
+    )
 
     negative = verdict(probs, None, ensemble, "v1.1", lesions(None))
     assert negative.label == "NonCOVID" and negative.findings is not None

@@ -15,6 +15,7 @@ from services.ensemble.series_verdict import (
     SeriesPatternVerdict,
     SeriesVerdictConfig,
     classify,
+    posterior_covid,
 )
 from services.ensemble.stage import load_ensemble_version, verdict
 
@@ -113,6 +114,10 @@ def test_shipped_v2_uses_the_pattern_for_series_and_the_v1_soft_vote_otherwise()
     }
     assert series.findings is not None and series.findings["pattern"] == "typical"
     assert math.isclose(sum(series.probabilities.values()), 1.0)
+    # Issue 20.5: the result says where P(COVID) comes from; the two numbers give it back.
+    prior, ratio = series.findings["prior_covid"], series.findings["likelihood_ratio"]
+    assert ratio == ensemble.series.config.likelihood_ratios["typical"]
+    assert series.probabilities["COVID"] == pytest.approx(posterior_covid(prior, ratio))
 
     short = verdict(probs[:2], features(TYPICAL, lung_slices=2), ensemble, "v1.1")
     assert short.model_versions["verdict"] == "soft-vote-v1"

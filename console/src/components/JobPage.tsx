@@ -1,16 +1,20 @@
 import { useMemo } from 'react';
 import { Alert, App as AntApp, Button, Card, Descriptions, Popconfirm, Space, Spin, Steps, Typography } from 'antd';
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
-import { ok, type JobEvents } from '../api/client';
+import { imageUrl, ok, type JobEvents } from '../api/client';
 import { useApi } from '../api/context';
 import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
 import { plotData } from '../lib/slicePlot';
-import { categoryText, lesionSummary, patternSummary } from '../lib/findings';
+import { lesionSummary, patternSummary } from '../lib/findings';
 import { StatusTag } from './StatusTag';
 import { formatTime } from './JobsPage';
 import { SlicePlot } from './SlicePlot';
 import { SliceViewer } from './SliceViewer';
+import { VerdictHeadline } from './VerdictHeadline';
+import { NativeViewer } from './NativeViewer';
+import { SeriesCard } from './SeriesCard';
+import { two } from '../lib/verdict';
 
 const STEPS = ['queued', 'preprocessing', 'scoring', 'ensembling', 'succeeded'] as const;
 
@@ -32,7 +36,7 @@ function timeline(status: string, events: JobEvents['events']) {
 }
 
 export function JobPage({ jobId }: { jobId: string }) {
-  const { client } = useApi();
+  const { client, apiKey } = useApi();
   const { message } = AntApp.useApp();
   const queryClient = useQueryClient();
   const backOff = useMemo(() => new BackOff(), []);
@@ -86,6 +90,26 @@ export function JobPage({ jobId }: { jobId: string }) {
           </Typography.Title>
           <StatusTag status={j.status} />
         </Space>
+        <Space>
+        {j.status === 'succeeded' && (
+          <Button
+            data-testid="report-pdf"
+            onClick={async () => {
+              try {
+                const url = await imageUrl(apiKey, `/v1/jobs/${jobId}/report.pdf`);
+                const a = document.createElement('a');
+                a.href = url;
+                a.download = `covidct-report-${jobId}.pdf`;
+                a.click();
+                setTimeout(() => URL.revokeObjectURL(url), 60_000);
+              } catch (e) {
+                message.error(e instanceof ApiFailure ? e.text : String(e));
+              }
+            }}
+          >
+            PDF report
+          </Button>
+        )}
         <Popconfirm
           title="Delete this job?"
           description="Its study, slices and verdict are removed for good."
@@ -98,6 +122,7 @@ export function JobPage({ jobId }: { jobId: string }) {
             Delete job
           </Button>
         </Popconfirm>
+        </Space>
       </Space>
 
       <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Progress</Typography.Title>}>
@@ -117,21 +142,16 @@ export function JobPage({ jobId }: { jobId: string }) {
 
       {j.result && (
         <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Verdict</Typography.Title>}>
-          <Descriptions column={{ xs: 1, md: 3 }} bordered size="small">
-            {lesions?.category && (
-              <Descriptions.Item label="Category" span={3}>
-                <strong data-testid="category" data-category={lesions.category} style={{ fontSize: 16 }}>
-                  {categoryText(lesions.category)}
-                </strong>{' '}
-                ({lesions.category})
-              </Descriptions.Item>
-            )}
-            <Descriptions.Item label="Verdict">
+          <VerdictHeadline result={j.result} />
+          <Descriptions column={{ xs: 1, md: 3 }} bordered size="small" style={{ marginTop: 12 }}>
+            <Descriptions.Item label="Binary label (COVID-19 or not)">
               <strong data-testid="verdict">{j.result.label}</strong>
             </Descriptions.Item>
             {Object.entries(j.result.probabilities).map(([name, p]) => (
               <Descriptions.Item key={name} label={`P(${name})`}>
-                <span data-testid={`p-${name}`}>{p.toFixed(4)}</span>
+                <span data-testid={`p-${name}`} data-value={p}>
+                  {two(p)}
+                </span>
               </Descriptions.Item>
             ))}
             <Descriptions.Item label="Slices used">
@@ -181,11 +201,15 @@ export function JobPage({ jobId }: { jobId: string }) {
           </Descriptions>
           <Typography.Paragraph style={{ marginTop: 12, marginBottom: 0 }}>
             A research result, not a diagnosis: the{' '}
-            <a href="/model-card" target="_blank" rel="noreferrer">
-              model card
-            </a>{' '}
+            <a href="#/model-card">model card</a>{' '}
             lists what the models were trained on and where they are known to be wrong.
           </Typography.Paragraph>
+        </Card>
+      )}
+
+      {j.result?.series && (
+        <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Study and series read</Typography.Title>}>
+          <SeriesCard series={j.result.series} />
         </Card>
       )}
 
@@ -193,6 +217,14 @@ export function JobPage({ jobId }: { jobId: string }) {
         <>
           <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>P(COVID) per slice</Typography.Title>}>
             <SlicePlot data={plot} />
+          </Card>
+          <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Slices at native resolution</Typography.Title>}>
+            <NativeViewer
+              slices={slices.data.slices}
+              orientation={slices.data.orientation}
+              pixelSpacing={slices.data.pixel_spacing_mm}
+              isHu={slices.data.native === 'hu'}
+            />
           </Card>
           <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Slices as the model saw them</Typography.Title>}>
             <SliceViewer jobId={jobId} slices={slices.data.slices} />

@@ -1,5 +1,6 @@
-import { useMemo, useState } from 'react';
-import { Alert, Card, Select, Space, Table, Typography } from 'antd';
+import { useEffect, useMemo, useState } from 'react';
+import { Alert, Card, Input, Select, Space, Table, Typography } from 'antd';
+import type { SorterResult } from 'antd/es/table/interface';
 import { useQuery } from '@tanstack/react-query';
 import { ok, type Job, type JobStatus } from '../api/client';
 import { useApi } from '../api/context';
@@ -7,6 +8,8 @@ import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
 import { StatusTag, STATUS_LABELS } from './StatusTag';
 import { Uploader } from './Uploader';
+import { two, verdictHeadline } from '../lib/verdict';
+import { CATEGORY_OPTIONS, DEFAULT_SORT, sortKey, sortOrder, studyDate, type SortKey } from '../lib/worklist';
 
 const PAGE_SIZE = 20;
 
@@ -18,15 +21,39 @@ export function formatTime(iso: string): string {
 export function JobsPage() {
   const { client, onUnauthorized } = useApi();
   const [status, setStatus] = useState<JobStatus | undefined>(undefined);
+  const [category, setCategory] = useState<(typeof CATEGORY_OPTIONS)[number]['value'] | undefined>(undefined);
+  const [search, setSearch] = useState('');
+  const [q, setQ] = useState('');
+  const [sort, setSort] = useState<SortKey>(DEFAULT_SORT);
   const [page, setPage] = useState(1);
   const backOff = useMemo(() => new BackOff(), []);
 
+  // Searching as one types, one request per pause.
+  useEffect(() => {
+    const t = setTimeout(() => {
+      setQ(search.trim());
+      setPage(1);
+    }, 300);
+    return () => clearTimeout(t);
+  }, [search]);
+
   const jobs = useQuery({
-    queryKey: ['jobs', status, page],
+    queryKey: ['jobs', status, category, q, sort, page],
     queryFn: async () => {
       try {
         return await ok(
-          client.GET('/v1/jobs', { params: { query: { status: status ? [status] : undefined, limit: PAGE_SIZE, offset: (page - 1) * PAGE_SIZE } } }),
+          client.GET('/v1/jobs', {
+            params: {
+              query: {
+                status: status ? [status] : undefined,
+                category: category ? [category] : undefined,
+                q: q || undefined,
+                sort,
+                limit: PAGE_SIZE,
+                offset: (page - 1) * PAGE_SIZE,
+              },
+            },
+          }),
         );
       } catch (e) {
         if (e instanceof ApiFailure && e.status === 401) onUnauthorized();
@@ -36,21 +63,48 @@ export function JobsPage() {
     refetchInterval: (query) => backOff.interval(query.state.data?.items ?? []),
   });
 
+  const sorted = (field: 'created_at' | 'study_date' | 'status' | 'category') => ({
+    sorter: true,
+    sortOrder: sortOrder(sort, field),
+    sortDirections: ['ascend' as const, 'descend' as const],
+  });
   const columns = [
     {
-      title: 'Study (external id)',
-      key: 'study',
-      render: (_: unknown, job: Job) => <a href={`#/jobs/${job.id}`}>{job.external_id || job.id}</a>,
+      title: 'Patient',
+      key: 'patient',
+      // The patient (or pseudonym) once the study was read, with the name it was sent as.
+      render: (_: unknown, job: Job) => {
+        const patient = job.study?.patient_id;
+        const sent = job.external_id || job.id;
+        return (
+          <a href={`#/jobs/${job.id}`}>
+            {patient ? (
+              <>
+                {patient}
+                <br />
+                <small>{sent}</small>
+              </>
+            ) : (
+              sent
+            )}
+          </a>
+        );
+      },
     },
-    { title: 'Status', dataIndex: 'status', key: 'status', render: (s: string) => <StatusTag status={s} /> },
-    { title: 'Stage', dataIndex: 'stage', key: 'stage', render: (s: string | null) => s ?? '' },
-    { title: 'Created', dataIndex: 'created_at', key: 'created', render: (t: string) => formatTime(t) },
+    { title: 'Accession', key: 'accession', render: (_: unknown, job: Job) => job.study?.accession_number ?? '' },
+    { title: 'Study date', key: 'study_date', ...sorted('study_date'), render: (_: unknown, job: Job) => studyDate(job.study?.study_date) },
     {
-      title: 'Verdict',
-      key: 'verdict',
+      title: 'Series',
+      key: 'series',
+      render: (_: unknown, job: Job) => job.study?.series_description ?? '',
+    },
+    {
+      title: 'Category',
+      key: 'category',
+      ...sorted('category'),
       render: (_: unknown, job: Job) =>
         job.result ? (
-          <strong>{job.result.label}</strong>
+          <strong>{verdictHeadline(job.result).title}</strong>
         ) : job.error ? (
           <span title={job.error.message}>{errorText(job.error.code, job.error.message)}</span>
         ) : (
@@ -61,8 +115,10 @@ export function JobsPage() {
       title: 'P(COVID)',
       key: 'p',
       align: 'right' as const,
-      render: (_: unknown, job: Job) => (job.result ? job.result.probabilities.COVID?.toFixed(3) : ''),
+      render: (_: unknown, job: Job) => (job.result ? two(job.result.probabilities.COVID ?? 0) : ''),
     },
+    { title: 'Status', key: 'status', ...sorted('status'), render: (_: unknown, job: Job) => <StatusTag status={job.status} /> },
+    { title: 'Created', key: 'created_at', ...sorted('created_at'), render: (_: unknown, job: Job) => formatTime(job.created_at) },
   ];
 
   return (
@@ -71,15 +127,35 @@ export function JobsPage() {
         <Uploader />
       </Card>
       <Card
-        title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Jobs</Typography.Title>}
+        title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Worklist</Typography.Title>}
         extra={
-          <Space>
-            <label htmlFor="status-filter">Status</label>
+          <Space wrap>
+            <Input.Search
+              aria-label="Search patient, accession, series or file name"
+              placeholder="Search patient, accession, series"
+              allowClear
+              style={{ width: 260 }}
+              value={search}
+              onChange={(e) => setSearch(e.target.value)}
+              data-testid="worklist-search"
+            />
+            <Select
+              aria-label="Filter by category"
+              allowClear
+              placeholder="any category"
+              style={{ width: 200 }}
+              value={category}
+              onChange={(v) => {
+                setCategory(v);
+                setPage(1);
+              }}
+              options={CATEGORY_OPTIONS.map((o) => ({ ...o }))}
+            />
             <Select
               id="status-filter"
               aria-label="Filter by status"
               allowClear
-              placeholder="all"
+              placeholder="any status"
               style={{ width: 180 }}
               value={status}
               onChange={(v) => {
@@ -99,13 +175,25 @@ export function JobsPage() {
           loading={jobs.isLoading}
           columns={columns}
           dataSource={jobs.data?.items ?? []}
-          locale={{ emptyText: <Typography.Text>No jobs yet. Upload a study above to start one.</Typography.Text> }}
+          locale={{
+            emptyText: (
+              <Typography.Text>
+                {status || category || q ? 'No job matches these filters.' : 'No jobs yet. Upload a study above to start one.'}
+              </Typography.Text>
+            ),
+          }}
+          onChange={(_p, _f, sorter, extra) => {
+            if (extra.action !== 'sort') return; // paging: the pagination's own onChange
+            const one = (Array.isArray(sorter) ? sorter[0] : sorter) as SorterResult<Job>;
+            setSort(sortKey(one?.columnKey, one?.order));
+            setPage(1);
+          }}
           pagination={{
             current: page,
             pageSize: PAGE_SIZE,
             total: jobs.data?.total ?? 0,
             showSizeChanger: false,
-            onChange: setPage,
+            onChange: (p) => setPage(p),
             hideOnSinglePage: true,
           }}
         />

@@ -5,7 +5,7 @@ import { useApi } from '../api/context';
 import { stepKept } from '../lib/slicePlot';
 import { LESION_LEGEND } from '../lib/findings';
 
-function useImage(apiKey: string, path: string | null): { url: string | null; error: boolean } {
+export function useImage(apiKey: string, path: string | null): { url: string | null; error: boolean } {
   const [state, setState] = useState<{ url: string | null; error: boolean }>({ url: null, error: false });
   useEffect(() => {
     if (!path) {
@@ -50,8 +50,9 @@ export function SliceViewer({ jobId, slices }: { jobId: string; slices: Slice[] 
   return (
     <Space direction="vertical" style={{ width: '100%' }}>
       <Typography.Paragraph>
-        Step through the kept slices with the arrow keys or the mouse wheel over the image. A Grad-CAM heatmap (where the
-        model looked) is overlaid on the {withHeatmap.length} slices with the highest P(COVID)
+        Step through the kept slices with the arrow keys or the mouse wheel over the image. The Grad-CAM heatmap is the
+        slice CNN&apos;s (where that network looked), not the evidence of the verdict, which comes from the CT pattern; it
+        is overlaid on the {withHeatmap.length} slices with the highest slice-CNN P(COVID)
         {withHeatmap.length > 0 && ` (slices ${withHeatmap.join(', ')})`}.
       </Typography.Paragraph>
       <div
@@ -80,7 +81,7 @@ export function SliceViewer({ jobId, slices }: { jobId: string; slices: Slice[] 
           <img
             data-testid="heatmap"
             src={heatmap.url}
-            alt={`Grad-CAM heatmap of slice ${current}`}
+            alt={`Grad-CAM heatmap of the slice CNN on slice ${current}`}
             style={{ position: 'absolute', inset: 0, width: '100%', height: '100%', opacity: opacity / 100 }}
           />
         )}
@@ -125,7 +126,7 @@ export function SliceViewer({ jobId, slices }: { jobId: string; slices: Slice[] 
         )}
       </Space>
       <Space style={{ width: 'min(100%, 512px)' }}>
-        <span id="opacity-label">Heatmap opacity</span>
+        <span id="opacity-label">Slice-CNN Grad-CAM opacity</span>
         <Slider
           style={{ width: 240 }}
           min={0}
