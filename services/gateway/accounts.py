@@ -9,11 +9,12 @@ the tenant/username in the auth-failure throttle; the right password always gets
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 from sqlalchemy import select
 
 from services.common.accounts import (
@@ -36,6 +37,20 @@ from services.common.orm import Tenant
 from services.common.throttle import auth_failures
 from services.gateway.auth import SESSION_COOKIE, ApiKeyDep, audit, tenant_session
 from services.gateway.errors import ApiError, error_responses
+
+_ISO_DATETIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
+)
+
+
+def _iso_datetime_only(value: Any) -> Any:
+    """A query time is ISO 8601: pydantic would also take a number as a Unix time."""
+    if not isinstance(value, str) or not _ISO_DATETIME.fullmatch(value):
+        raise ValueError("expected a time as ISO 8601, e.g. 2026-12-04T10:00:00Z")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime_only)]
 
 router = APIRouter(prefix="/v1", tags=["users"], responses=error_responses(401, 403, 422, 429))
 
@@ -88,7 +103,7 @@ def _address(request: Request) -> str | None:
     return request.client.host if request.client else None
 
 
-@router.post("/session", response_model=SessionOut, responses=error_responses(401, 429))
+@router.post("/session", response_model=SessionOut, responses=error_responses(400, 401, 429))
 def login(body: Login, request: Request, response: Response) -> Any:
     """Sign in with tenant, username and password: sets the session cookie and answers the
     CSRF token."""
@@ -225,9 +240,11 @@ def remove_user(username: str, key: ApiKeyDep) -> Response:
 )
 def get_audit(
     key: ApiKeyDep,
-    since: Annotated[datetime | None, Query(description="From this time (inclusive)")] = None,
-    until: Annotated[datetime | None, Query(description="Before this time")] = None,
-    after_id: Annotated[int, Query(ge=0, description="Only events after this id")] = 0,
+    since: Annotated[IsoDateTime | None, Query(description="From this time (inclusive)")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="Before this time")] = None,
+    after_id: Annotated[
+        int, Query(ge=0, le=2**31 - 1, description="Only events after this id")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_LINES)] = 10_000,
 ) -> Response:
     """The tenant's audit trail, oldest first, one JSON object a line (admin). Page with
