@@ -9,12 +9,11 @@ the tenant/username in the auth-failure throttle; the right password always gets
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, BeforeValidator, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from services.common.accounts import (
@@ -37,20 +36,7 @@ from services.common.orm import Tenant
 from services.common.throttle import auth_failures
 from services.gateway.auth import SESSION_COOKIE, ApiKeyDep, audit, tenant_session
 from services.gateway.errors import ApiError, error_responses
-
-_ISO_DATETIME = re.compile(
-    r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
-)
-
-
-def _iso_datetime_only(value: Any) -> Any:
-    """A query time is ISO 8601: pydantic would also take a number as a Unix time."""
-    if not isinstance(value, str) or not _ISO_DATETIME.fullmatch(value):
-        raise ValueError("expected a time as ISO 8601, e.g. 2026-12-04T10:00:00Z")
-    return value
-
-
-IsoDateTime = Annotated[datetime, BeforeValidator(_iso_datetime_only)]
+from services.gateway.schemas import IsoDateTime
 
 router = APIRouter(prefix="/v1", tags=["users"], responses=error_responses(401, 403, 422, 429))
 

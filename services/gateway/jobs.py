@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from datetime import date
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import BeforeValidator
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -34,6 +31,7 @@ from services.gateway.errors import ApiError, error_responses
 from services.gateway.schemas import (
     MAX_INT,
     NO_CONTROL_CHARS,
+    IsoDate,
     JobCreate,
     JobCreated,
     JobOut,
@@ -164,16 +162,6 @@ def _like(text: str) -> str:
 # Every value common.jobs.verdict_category gives: the lesion verdict's four categories, and
 # the label of verdicts without HU findings (images, short series).
 VerdictCategory = Literal["covid", "other_pneumonia", "no_pneumonia", "indeterminate", "noncovid"]
-
-
-def _iso_date_only(value: Any) -> Any:
-    """A query date is YYYY-MM-DD: pydantic would also take a number as a Unix time."""
-    if not isinstance(value, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
-        raise ValueError("expected a date as YYYY-MM-DD")
-    return value
-
-
-IsoDate = Annotated[date, BeforeValidator(_iso_date_only)]
 
 
 @router.get("", response_model=JobPage)

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl, field_validator
 
 from services.common.config import get_settings
 from services.common.urls import CallbackRefused, check_callback_url
+
+
+def _iso_text_only(pattern: str, expected: str) -> BeforeValidator:
+    """A query date or time must be written as ISO 8601: pydantic would also take a number
+    as a Unix time."""
+    compiled = re.compile(pattern)
+
+    def check(value: Any) -> Any:
+        if not isinstance(value, str) or not compiled.fullmatch(value):
+            raise ValueError(f"expected {expected}")
+        return value
+
+    return BeforeValidator(check)
+
+
+IsoDate = Annotated[date, _iso_text_only(r"\d{4}-\d{2}-\d{2}", "a date as YYYY-MM-DD")]
+IsoDateTime = Annotated[
+    datetime,
+    _iso_text_only(
+        r"\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?",
+        "a time as ISO 8601, e.g. 2026-12-04T10:00:00Z",
+    ),
+]
 
 JobStatusName = Literal[
     "awaiting_upload",
