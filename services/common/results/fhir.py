@@ -4,7 +4,7 @@ A ``collection`` Bundle: the DiagnosticReport (status ``preliminary``: research 
 never a verified report; code LOINC 24627-2 CT Chest; conclusion and conclusion code the
 category), its Observations (category, P(COVID), RSNA pattern, opacity measurements), and for
 DICOM inputs the Patient and the ImagingStudy (StudyInstanceUID, the series read) they point
-to. Codes are those of the DICOM SR (services.gateway.dicom_sr): SNOMED CT, DICOM (DCM),
+to. Codes are those of the DICOM SR (services.common.results.dicom_sr): SNOMED CT, DICOM (DCM),
 LOINC, UCUM where they exist; ours (system :data:`PRIVATE_SYSTEM`) otherwise.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from highdicom.sr import CodedConcept
 
-from services.gateway import dicom_sr as sr
+from services.common.results import dicom_sr as sr
 
 PRIVATE_SYSTEM = "http://covidct.invalid/fhir/CodeSystem/99COVIDCT"
 SYSTEMS = {
