@@ -37,7 +37,7 @@ from services.common.config import Settings
 from tests.service.test_dicom_results import pacs_series
 from tests.service.test_result_destinations import StoreScp
 
-pytestmark = pytest.mark.data
+pytestmark = [pytest.mark.data, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -188,6 +188,12 @@ def test_p002_from_orthanc_comes_back_as_sr_and_seg(
         assert orthanc.http.post("/modalities/covidct/echo", json={}).status_code == 200
 
         # An AE title we do not know: association rejected (echo and store), no job.
+        stranger = subprocess.run(
+            ["echoscu", "-aet", "STRANGER", "-aec", "COVIDCT", "127.0.0.1", str(scp_port)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert stranger.returncode != 0
+        assert "Association Rejected" in stranger.stdout + stranger.stderr
         assert orthanc.http.post("/modalities/stranger/echo", json={}).status_code != 200
         refused = orthanc.http.post(
             "/modalities/stranger/store", json={"Resources": [series_id], "Synchronous": True}
