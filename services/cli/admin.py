@@ -136,13 +136,17 @@ def tenants_add_destination(
     host: Annotated[str | None, typer.Option(help="DICOM node (C-STORE): host.")] = None,
     port: Annotated[int | None, typer.Option(help="DICOM node: port.")] = None,
     ae_title: Annotated[str | None, typer.Option(help="DICOM node: its (called) AE title.")] = None,
+    fhir: Annotated[
+        bool, typer.Option("--fhir", help="--url is a FHIR R4 server's base: POST the report.")
+    ] = False,
 ) -> None:
     """Send every finished job's DICOM SR and SEG there: a DICOMweb endpoint (--url) or a
-    DICOM node (--host --port --ae-title). Checked like callback URLs (no private address
-    unless COVIDCT_WEBHOOK_ALLOWED_NETWORKS lists it)."""
+    DICOM node (--host --port --ae-title); or its FHIR DiagnosticReport (--url ... --fhir).
+    Checked like callback URLs (no private address unless COVIDCT_WEBHOOK_ALLOWED_NETWORKS
+    lists it)."""
     from services.common.destinations import add_destination, describe
 
-    kind = "dicomweb" if url else "dimse"
+    kind = "fhir" if fhir else "dicomweb" if url else "dimse"
     settings = get_settings()
 
     def action(session: Session, tenant: Tenant) -> str:

@@ -1,10 +1,12 @@
 """A tenant's result destinations: where a finished job's DICOM SR and SEG are sent.
 
-Two kinds: ``dicomweb`` (a DICOMweb root URL; the objects go by STOW-RS to ``<url>/studies``)
-and ``dimse`` (a DICOM node: host, port and its AE title, the called AE title; we call as
-``dicom_ae_title``). Both pass the callback policy (``common.urls``) when they are added and
-again at every delivery: loopback, private and link-local addresses are refused unless
-``webhook_allowed_networks`` lists them, plain http only with ``webhook_allow_http``.
+Three kinds: ``dicomweb`` (a DICOMweb root URL; the objects go by STOW-RS to
+``<url>/studies``), ``dimse`` (a DICOM node: host, port and its AE title, the called AE
+title; we call as ``dicom_ae_title``) and ``fhir`` (a FHIR R4 server's base URL: the
+DiagnosticReport Bundle is POSTed there as a transaction). All pass the callback policy
+(``common.urls``) when they are added and again at every delivery: loopback, private and
+link-local addresses are refused unless ``webhook_allowed_networks`` lists them, plain
+http only with ``webhook_allow_http``.
 
 When a job of a DICOM series succeeds, one delivery per active destination of its tenant is
 recorded in the same transaction (the outbox); ``services.webhooks.destinations`` sends it,
@@ -30,7 +32,7 @@ from services.common.orm import (
 )
 from services.common.urls import CallbackRefused, check_callback_url, check_dicom_node
 
-KINDS = ("dicomweb", "dimse")
+KINDS = ("dicomweb", "dimse", "fhir")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -75,10 +77,10 @@ def add_destination(
         raise DestinationError("destination_exists", f"{tenant.name} has a destination {name!r}")
     destination = ResultDestination(tenant_id=tenant.id, name=name, kind=kind)
     try:
-        if kind == "dicomweb":
+        if kind in ("dicomweb", "fhir"):
             if not url or host or port or ae_title:
                 raise DestinationError(
-                    "invalid_destination", "a dicomweb destination takes a URL (only)"
+                    "invalid_destination", f"a {kind} destination takes a URL (only)"
                 )
             check_callback_url(url, settings)
             destination.url = url.rstrip("/")
@@ -129,19 +131,19 @@ def remove_destination(session: Session, tenant: Tenant, name: str) -> bool:
 
 
 def describe(destination: ResultDestination) -> str:
-    if destination.kind == "dicomweb":
-        return f"dicomweb {destination.url}"
+    if destination.kind in ("dicomweb", "fhir"):
+        return f"{destination.kind} {destination.url}"
     return f"dimse {destination.ae_title}@{destination.host}:{destination.port}"
 
 
 def create_destination_deliveries(session: Session, job_id: str) -> list[str]:
-    """Record a succeeded DICOM job's deliveries, one per active destination of its tenant
-    (at most one per job and destination); their ids. Other inputs have no SR to send."""
+    """Record a succeeded job's deliveries, one per active destination of its tenant (at
+    most one per job and destination); their ids. Only a DICOM series has an SR and SEG to
+    send: other inputs go to ``fhir`` destinations only."""
     job = session.get(Job, job_id)
     if job is None or job.status != JobStatus.SUCCEEDED:
         return []
-    if (job.series or {}).get("source_format") != "dicom":
-        return []
+    dicom = (job.series or {}).get("source_format") == "dicom"
     existing = set(
         session.scalars(
             select(DestinationDelivery.destination_id).where(DestinationDelivery.job_id == job_id)
@@ -149,7 +151,7 @@ def create_destination_deliveries(session: Session, job_id: str) -> list[str]:
     )
     created = []
     for destination in active_destinations(session, job.tenant_id):
-        if destination.id in existing:
+        if destination.id in existing or (destination.kind != "fhir" and not dicom):
             continue
         delivery = DestinationDelivery(
             job_id=job_id, destination_id=destination.id, next_attempt_at=utcnow()

@@ -179,12 +179,13 @@ class DeliveryOut(BaseModel):
     """The job's SR and SEG on their way to one of the tenant's result destinations."""
 
     destination: str = Field(description="the destination's name (`covidct tenants destinations`)")
-    kind: Literal["dicomweb", "dimse"]
+    kind: Literal["dicomweb", "dimse", "fhir"]
     target: str = Field(description="the DICOMweb URL, or AE_TITLE@host:port")
     status: Literal["pending", "delivered", "failed"]
     attempts: int
     sent: dict[str, str] | None = Field(
-        description="SOP Instance UIDs sent (sr, seg), or seg_not_sent with the reason"
+        description="SOP Instance UIDs sent (sr, seg), or seg_not_sent with the reason; "
+        "fhir: the DiagnosticReport's id"
     )
     last_error: str | None
     delivered_at: str | None

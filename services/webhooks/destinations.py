@@ -1,12 +1,14 @@
-"""A finished job's DICOM SR and SEG sent to one of its tenant's destinations, with the
-callbacks' machinery: a delivery row is the outbox entry, each attempt is claimed by a
-compare-and-set on its count and recorded (``destination_attempts``), a failed attempt
-waits in ``next_attempt_at`` (exponential backoff, ``webhook_backoff_s``) for the sweeper,
-and after ``webhook_max_attempts`` the delivery ends failed.
+"""A finished job's DICOM SR and SEG (or its FHIR report) sent to one of its tenant's
+destinations, with the callbacks' machinery: a delivery row is the outbox entry, each
+attempt is claimed by a compare-and-set on its count and recorded (``destination_attempts``),
+a failed attempt waits in ``next_attempt_at`` (exponential backoff, ``webhook_backoff_s``)
+for the sweeper, and after ``webhook_max_attempts`` the delivery ends failed.
 
 - ``dicomweb``: one STOW-RS request (``POST <url>/studies``, multipart/related of
   application/dicom) over ``PinnedTransport``: the URL passes the callback policy again, the
   host is resolved once and only vetted addresses are reached; redirects are not followed.
+- ``fhir``: the job's FHIR R4 Bundle (``GET /v1/jobs/{id}/fhir``) as a transaction POSTed
+  to the server's base URL, each resource PUT at an id fixed by the job (same transport).
 - ``dimse``: one association (we call as ``dicom_ae_title``, to the destination's AE title)
   to a vetted address of the host, one C-STORE per object.
 
@@ -17,11 +19,13 @@ A job whose SEG cannot be made (no masks on the source geometry) sends its SR al
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
+from typing import Any
 
 import httpx
 from celery import Task
@@ -37,6 +41,7 @@ from sqlalchemy.orm import Session
 
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
+from services.common.jobs import job_view
 from services.common.orm import (
     DestinationAttempt,
     DestinationDelivery,
@@ -45,8 +50,10 @@ from services.common.orm import (
     utcnow,
 )
 from services.common.queue import DESTINATION_TASK, celery_app
+from services.common.results.fhir import build_bundle, transaction_bundle
 from services.common.results.objects import (
     ResultUnavailable,
+    ensure_finished,
     load_material,
     part10,
     seg_dataset,
@@ -122,6 +129,32 @@ def stow(url: str, objects: list[bytes], settings: Settings) -> Outcome:
     return Outcome(None)
 
 
+def post_fhir(url: str, bundle: dict[str, Any], settings: Settings) -> Outcome:
+    """The transaction Bundle POSTed to the FHIR server's base (resources PUT at fixed ids:
+    a second delivery updates them)."""
+    deadline = time.monotonic() + settings.destination_timeout_s
+    try:
+        target, addresses = vet_callback_url(url, settings, resolve_host)
+    except CallbackRefused as exc:
+        return Outcome(f"refused: {exc.reason}", final=True)
+    except OSError as exc:
+        return Outcome(f"DNS: {exc}")
+    headers = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
+    try:
+        with httpx.Client(
+            transport=PinnedTransport(target, addresses, deadline),
+            follow_redirects=False,
+            trust_env=False,
+            timeout=settings.destination_timeout_s,
+        ) as client:
+            response = client.post(url, content=json.dumps(bundle).encode(), headers=headers)
+    except httpx.HTTPError as exc:
+        return Outcome(f"{type(exc).__name__}: {exc}")
+    if response.status_code not in (200, 201):
+        return Outcome(f"FHIR HTTP {response.status_code}: {response.text[:300]}")
+    return Outcome(None)
+
+
 def c_store(target: Target, datasets: list[Dataset], settings: Settings) -> Outcome:
     assert target.host and target.port and target.ae_title
     try:
@@ -150,7 +183,10 @@ def c_store(target: Target, datasets: list[Dataset], settings: Settings) -> Outc
     return Outcome(None)
 
 
-def send(target: Target, datasets: list[Dataset], settings: Settings) -> Outcome:
+def send(target: Target, datasets: list[Dataset], bundle: Any, settings: Settings) -> Outcome:
+    if target.kind == "fhir":
+        assert target.url
+        return post_fhir(target.url, bundle, settings)
     if target.kind == "dicomweb":
         assert target.url
         return stow(target.url, [part10(ds) for ds in datasets], settings)
@@ -169,6 +205,12 @@ def _build(session: Session, job: Job) -> tuple[list[Dataset], dict[str, str]]:
     except ResultUnavailable as missing:
         sent["seg_not_sent"] = missing.code
     return datasets, sent
+
+
+def _fhir(job: Job) -> dict[str, Any]:
+    ensure_finished(job)
+    issued = job.updated_at if job.updated_at.tzinfo else job.updated_at.replace(tzinfo=UTC)
+    return transaction_bundle(build_bundle(job_view(job), issued.isoformat()))
 
 
 @celery_app.task(name=DESTINATION_TASK, bind=True, acks_late=True)
@@ -200,6 +242,7 @@ def deliver_results(self: Task, delivery_id: str) -> str:
         outcome: Outcome | None = None
         target: Target | None = None
         datasets: list[Dataset] = []
+        bundle: dict[str, Any] = {}
         if destination is None or destination.removed_at is not None:
             outcome = Outcome("the destination was removed", final=True)
         elif job is None:
@@ -210,13 +253,17 @@ def deliver_results(self: Task, delivery_id: str) -> str:
                 destination.ae_title,
             )  # fmt: skip
             try:
-                datasets, sent = _build(session, job)
-                delivery.sent = sent
+                if target.kind == "fhir":
+                    bundle = _fhir(job)
+                    delivery.sent = {"report": bundle["entry"][0]["resource"]["id"]}
+                else:
+                    datasets, sent = _build(session, job)
+                    delivery.sent = sent
             except ResultUnavailable as missing:
                 outcome = Outcome(f"{missing.code}: {missing}", final=True)
     if outcome is None and target is not None:
         try:
-            outcome = send(target, datasets, settings)
+            outcome = send(target, datasets, bundle, settings)
         except Exception as exc:  # a network library's surprise is one failed attempt
             outcome = Outcome(f"{type(exc).__name__}: {exc}")
     assert outcome is not None

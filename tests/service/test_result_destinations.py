@@ -10,6 +10,7 @@ import email.parser
 import email.policy
 import importlib
 import io
+import json
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,7 @@ from typing import Any
 import pydicom
 import pytest
 from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
@@ -33,7 +35,12 @@ from services.common import tasks
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.destinations import DestinationError, add_destination
-from services.common.orm import DestinationAttempt, DestinationDelivery, utcnow
+from services.common.orm import (
+    DestinationAttempt,
+    DestinationDelivery,
+    ResultDestination,
+    utcnow,
+)
 from services.common.queue import celery_app
 from services.common.tenants import tenant_by_name
 from services.webhooks.destinations import deliver_results
@@ -103,6 +110,34 @@ class StowReceiver:
         self.server.shutdown()
 
 
+class FhirReceiver:
+    """A FHIR server's base URL that keeps every Bundle POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bundles: list[dict[str, Any]] = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                assert self.headers["Content-Type"] == "application/fhir+json"
+                owner.bundles.append(json.loads(body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/fhir+json")
+                self.end_headers()
+                self.wfile.write(b'{"resourceType": "Bundle", "type": "transaction-response"}')
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
 @pytest.fixture
 def eager_client(isolated_settings: Callable[..., Settings]) -> Iterator[TestClient]:
     isolated_settings(broker_url="memory://", webhook_backoff_s=3600)
@@ -127,10 +162,12 @@ def test_p002_sr_and_seg_reach_a_dicom_node_and_a_dicomweb_endpoint(
     client = eager_client
     alice, mallory = make_tenant("alice"), make_tenant("mallory")
     pacs, stow, mallory_pacs = StoreScp("PACS1"), StowReceiver(), StoreScp("MPACS")
+    ehr = FhirReceiver()
     down_port = free_port()  # nothing listens there yet
     try:
         _add("alice", "pacs", "dimse", host="127.0.0.1", port=pacs.port, ae_title="PACS1")
         _add("alice", "web", "dicomweb", url=stow.url)
+        _add("alice", "ehr", "fhir", url=ehr.url)
         _add("alice", "late", "dimse", host="127.0.0.1", port=down_port, ae_title="LATE")
         _add("mallory", "pacs", "dimse", host="127.0.0.1", port=mallory_pacs.port,
              ae_title="MPACS")  # fmt: skip
@@ -162,6 +199,21 @@ def test_p002_sr_and_seg_reach_a_dicom_node_and_a_dicomweb_endpoint(
         # STOW-RS: one request to <url>/studies with both instances.
         assert [path for path, _ in stow.requests] == ["/dicom-web/studies"]
         assert {str(d.SOPInstanceUID) for d in stow.requests[0][1]} == expected
+        # FHIR: the report as a transaction, each resource PUT at an id fixed by the job.
+        assert by_name["ehr"]["status"] == "delivered"
+        (bundle,) = ehr.bundles
+        Bundle.model_validate(bundle)
+        assert bundle["type"] == "transaction"
+        report = bundle["entry"][0]["resource"]
+        assert report["resourceType"] == "DiagnosticReport"
+        assert by_name["ehr"]["sent"] == {"report": report["id"]}
+        put = {"method": "PUT", "url": f"DiagnosticReport/{report['id']}"}
+        assert bundle["entry"][0]["request"] == put
+        fetched = client.get(f"/v1/jobs/{job_id}/fhir", headers=auth(alice)).json()
+        assert report["conclusion"] == fetched["entry"][0]["resource"]["conclusion"]
+        paths = {e["request"]["url"] for e in bundle["entry"]}
+        assert {r["reference"] for r in report["result"]} <= paths  # references resolve
+        assert report["subject"]["reference"] in paths
         # Another tenant's destination receives nothing of alice's job.
         assert mallory_pacs.received == []
         assert client.get(f"/v1/jobs/{job_id}", headers=auth(mallory)).status_code == 404
@@ -173,8 +225,9 @@ def test_p002_sr_and_seg_reach_a_dicom_node_and_a_dicomweb_endpoint(
                 .where(DestinationDelivery.status == "delivered")
                 .values(status="pending", next_attempt_at=utcnow())
             )
-        assert len(tasks.dispatch_due_destinations()) == 2
+        assert len(tasks.dispatch_due_destinations()) == 3
         assert len(pacs.received) == 4 and len(stow.requests) == 2
+        assert ehr.bundles[1] == ehr.bundles[0]  # the same resources, PUT again
         assert {str(d.SOPInstanceUID) for _, d in pacs.received[2:]} == expected
         assert {str(d.SOPInstanceUID) for d in stow.requests[1][1]} == expected
 
@@ -211,13 +264,11 @@ def test_p002_sr_and_seg_reach_a_dicom_node_and_a_dicomweb_endpoint(
         # A message delivered twice by the broker sends nothing the second time.
         assert deliver_results.apply(args=(delivery_id,)).get() == "skipped"
     finally:
-        pacs.stop(), stow.stop(), mallory_pacs.stop()
+        pacs.stop(), stow.stop(), mallory_pacs.stop(), ehr.stop()
 
 
 def _retarget(delivery_id: str, port: int) -> None:
     """The test's 'down' node comes up on a new free port (the old one cannot be reserved)."""
-    from services.common.orm import ResultDestination
-
     with session_scope() as session:
         delivery = session.get(DestinationDelivery, delivery_id)
         assert delivery is not None
@@ -282,3 +333,28 @@ def test_a_destination_that_now_resolves_to_a_private_address_fails_at_once(
         assert delivery is not None
         assert delivery.status == "failed" and delivery.attempts == 1
         assert delivery.last_error and "10.0.0.7 is not a public address" in delivery.last_error
+
+
+def test_a_job_that_is_not_dicom_goes_to_fhir_destinations_only(
+    isolated_settings: Callable[..., Settings],
+) -> None:
+    """An image or NIfTI verdict has no SR or SEG: only its FHIR report is sent."""
+    from services.common.destinations import create_destination_deliveries
+    from services.common.orm import Job
+
+    isolated_settings()
+    tenant = make_tenant("alice")
+    _add("alice", "pacs", "dimse", host="127.0.0.1", port=104, ae_title="PACS")
+    _add("alice", "ehr", "fhir", url="http://127.0.0.1:8080/fhir")
+    with session_scope() as session:
+        job = Job(tenant_id=tenant["id"], status="succeeded", series={"source_format": "image"})
+        failed = Job(tenant_id=tenant["id"], status="failed", series={"source_format": "dicom"})
+        session.add_all([job, failed])
+        session.flush()
+        (delivery_id,) = create_destination_deliveries(session, job.id)
+        assert create_destination_deliveries(session, failed.id) == []  # no verdict, nothing
+        delivery = session.get(DestinationDelivery, delivery_id)
+        assert delivery is not None
+        assert delivery.destination_id == session.scalar(
+            select(ResultDestination.id).where(ResultDestination.name == "ehr")
+        )

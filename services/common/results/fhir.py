@@ -213,3 +213,32 @@ def _conclusion(category: str | None, p_covid: float | None, findings: dict[str,
     if _number(findings.get("opacity_percent")) is not None:
         parts.append(f"opacity {findings['opacity_percent']:.1f} % of the lungs")
     return "; ".join(parts) + ". Research software, not a diagnosis."
+
+
+def transaction_bundle(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The collection Bundle as a FHIR transaction a server stores: every resource gets the
+    id of its ``urn:uuid`` (fixed by the job id) and is PUT at ``<Type>/<id>``, references
+    rewritten to match, so sending the same job twice updates the same resources."""
+    local: dict[str, str] = {}
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        local[entry["fullUrl"]] = f"{resource['resourceType']}/{entry['fullUrl'].split(':')[-1]}"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: rewrite(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return local.get(node, node) if isinstance(node, str) else node
+
+    entries = []
+    for entry in bundle["entry"]:
+        path = local[entry["fullUrl"]]
+        resource = {**rewrite(entry["resource"]), "id": path.split("/", 1)[1]}
+        entries.append(
+            {"fullUrl": entry["fullUrl"], "resource": resource,
+             "request": {"method": "PUT", "url": path}}
+        )  # fmt: skip
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    Bundle.model_validate(transaction)
+    return transaction
