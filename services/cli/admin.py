@@ -154,6 +154,7 @@ def tenants_add_destination(
             session, settings, tenant, destination, kind,
             url=url, host=host, port=port, ae_title=ae_title,
         )  # fmt: skip
+        _audited(session, tenant, "destination_add", name=added.name, target=describe(added))
         return f"{added.name}: {describe(added)}"
 
     typer.echo(_tenant_command(name, action))
@@ -181,7 +182,13 @@ def tenants_remove_destination(
     """Stop sending results there (its delivery records stay)."""
     from services.common.destinations import remove_destination
 
-    if not _tenant_command(name, lambda s, t: remove_destination(s, t, destination)):
+    def action(session: Session, tenant: Tenant) -> bool:
+        removed = remove_destination(session, tenant, destination)
+        if removed:
+            _audited(session, tenant, "destination_remove", name=destination)
+        return removed
+
+    if not _tenant_command(name, action):
         typer.echo(f"error: destination_not_found: {name} has no destination {destination!r}")
         raise typer.Exit(1)
     typer.echo(f"removed {destination}")

@@ -358,3 +358,37 @@ def test_a_job_that_is_not_dicom_goes_to_fhir_destinations_only(
         assert delivery.destination_id == session.scalar(
             select(ResultDestination.id).where(ResultDestination.name == "ehr")
         )
+
+
+def test_the_cli_adds_lists_and_removes_destinations_with_an_audit_trail(
+    isolated_settings: Callable[..., Settings],
+) -> None:
+    from typer.testing import CliRunner
+
+    from services.cli.main import app as cli
+    from services.common.orm import AuditEvent
+
+    isolated_settings(webhook_allowed_networks='["10.20.0.0/16"]')
+    make_tenant("hospital")
+    runner = CliRunner()
+    node = ["--host", "10.20.1.5", "--port", "104", "--ae-title", "HOSP_PACS"]
+    added = runner.invoke(cli, ["tenants", "add-destination", "hospital", "pacs1", *node])
+    assert added.exit_code == 0, added.output
+    assert "pacs1: dimse HOSP_PACS@10.20.1.5:104" in added.output
+    web = ["tenants", "add-destination", "hospital", "web", "--url", "https://10.20.1.6/dicom-web"]
+    assert runner.invoke(cli, web).exit_code == 0
+    refused = runner.invoke(cli, ["tenants", "add-destination", "hospital", "lan", "--host",
+                                  "192.168.0.9", "--port", "104", "--ae-title", "X"])  # fmt: skip
+    assert refused.exit_code == 2
+    assert "destination_refused" in refused.output and "private" in refused.output
+    twice = runner.invoke(cli, [*web[:3], "web", "--url", "https://10.20.1.7/"])
+    assert twice.exit_code == 2 and "destination_exists" in twice.output
+    listed = runner.invoke(cli, ["tenants", "list-destinations", "hospital"]).output
+    assert "pacs1" in listed and "dicomweb https://10.20.1.6/dicom-web" in listed
+    assert runner.invoke(cli, ["tenants", "remove-destination", "hospital", "web"]).exit_code == 0
+    gone = runner.invoke(cli, ["tenants", "remove-destination", "hospital", "web"])
+    assert gone.exit_code == 1 and "destination_not_found" in gone.output
+    assert "web" not in runner.invoke(cli, ["tenants", "list-destinations", "hospital"]).output
+    with session_scope() as session:
+        actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
+    assert actions == ["destination_add", "destination_add", "destination_remove"]
