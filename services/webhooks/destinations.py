@@ -222,7 +222,7 @@ def deliver_results(self: Task, delivery_id: str) -> str:
         if delivery is None or delivery.status != "pending":
             return "skipped"  # a redelivered message sends nothing twice
         destination = session.get(ResultDestination, delivery.destination_id)
-        job = session.get(Job, delivery.job_id)
+        job_id = delivery.job_id
         attempt_no = delivery.attempts + 1
         hold = utcnow() + timedelta(
             seconds=2 * settings.destination_timeout_s + ATTEMPT_HOLD_MARGIN_S
@@ -238,29 +238,40 @@ def deliver_results(self: Task, delivery_id: str) -> str:
         )
         if claimed.rowcount != 1:  # type: ignore[attr-defined]
             return "skipped"
-        started = time.perf_counter()
-        outcome: Outcome | None = None
-        target: Target | None = None
-        datasets: list[Dataset] = []
-        bundle: dict[str, Any] = {}
-        if destination is None or destination.removed_at is not None:
-            outcome = Outcome("the destination was removed", final=True)
-        elif job is None:
-            outcome = Outcome("the job was deleted", final=True)
-        else:
-            target = Target(
-                destination.kind, destination.url, destination.host, destination.port,
-                destination.ae_title,
-            )  # fmt: skip
+        removed = destination is None or destination.removed_at is not None
+        target = None if destination is None else Target(
+            destination.kind, destination.url, destination.host, destination.port,
+            destination.ae_title,
+        )  # fmt: skip
+    # The claim is committed: building the SEG takes a while, and holds no write lock.
+    started = time.perf_counter()
+    outcome: Outcome | None = None
+    datasets: list[Dataset] = []
+    bundle: dict[str, Any] = {}
+    if removed or target is None:
+        outcome = Outcome("the destination was removed", final=True)
+    else:
+        with session_scope() as session:
+            job = session.get(Job, job_id)
             try:
-                if target.kind == "fhir":
+                if job is None:
+                    outcome = Outcome("the job was deleted", final=True)
+                elif target.kind == "fhir":
                     bundle = _fhir(job)
-                    delivery.sent = {"report": bundle["entry"][0]["resource"]["id"]}
+                    sent = {"report": bundle["entry"][0]["resource"]["id"]}
                 else:
                     datasets, sent = _build(session, job)
-                    delivery.sent = sent
             except ResultUnavailable as missing:
                 outcome = Outcome(f"{missing.code}: {missing}", final=True)
+            except Exception as exc:  # blob storage away, say: one failed attempt, retried
+                log.warning("results %s could not be built", delivery_id, exc_info=True)
+                outcome = Outcome(f"building the results failed: {type(exc).__name__}: {exc}")
+            if outcome is None:
+                session.execute(
+                    update(DestinationDelivery)
+                    .where(DestinationDelivery.id == delivery_id)
+                    .values(sent=sent)
+                )
     if outcome is None and target is not None:
         try:
             outcome = send(target, datasets, bundle, settings)

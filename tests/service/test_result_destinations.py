@@ -392,3 +392,33 @@ def test_the_cli_adds_lists_and_removes_destinations_with_an_audit_trail(
     with session_scope() as session:
         actions = session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
     assert actions == ["destination_add", "destination_add", "destination_remove"]
+
+
+def test_results_that_cannot_be_built_now_are_one_failed_attempt_retried(
+    isolated_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blob storage away while the SEG is built: the attempt is recorded and due again,
+    never a task that dies with its delivery claimed."""
+    from services.common.destinations import create_destination_deliveries
+    from services.common.orm import Job
+    from services.webhooks import destinations
+
+    isolated_settings()
+    tenant = make_tenant("alice")
+    _add("alice", "pacs", "dimse", host="127.0.0.1", port=104, ae_title="PACS")
+
+    def storage_away(_session: Any, _job: Any) -> Any:
+        raise ConnectionError("storage unreachable")
+
+    monkeypatch.setattr(destinations, "_build", storage_away)
+    with session_scope() as session:
+        job = Job(tenant_id=tenant["id"], status="succeeded", series={"source_format": "dicom"})
+        session.add(job)
+        session.flush()
+        (delivery_id,) = create_destination_deliveries(session, job.id)
+    assert deliver_results.apply(args=(delivery_id,)).get() == "retry"
+    with session_scope() as session:
+        delivery = session.get(DestinationDelivery, delivery_id)
+        assert delivery is not None and delivery.status == "pending"
+        assert delivery.attempts == 1 and delivery.next_attempt_at is not None
+        assert delivery.last_error and "ConnectionError: storage unreachable" in delivery.last_error
