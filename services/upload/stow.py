@@ -179,7 +179,7 @@ def _failed(status: int, sop_class: str = "", sop_instance: str = "") -> dict[st
 
 
 def _store(
-    parts: _Parts, tenant_id: str, settings: Settings
+    parts: _Parts, tenant_id: str, settings: Settings, actor: str, client_address: str | None
 ) -> tuple[int, dict[str, Any], list[str]]:
     """Check every part, make one job per series; (HTTP status, response body, job ids)."""
     accepted: dict[str, list[Instance]] = {}
@@ -198,7 +198,10 @@ def _store(
     jobs: list[str] = []
     for instances in accepted.values():
         try:
-            job_id, _status = create_series_job(tenant_id, [i.path for i in instances], settings)
+            job_id, _status = create_series_job(
+                tenant_id, [i.path for i in instances], settings,
+                created_by=actor, via="stow-rs", client_address=client_address,
+            )  # fmt: skip
         except OSError:  # the disk is full: nothing of this series was taken
             failed.extend(_failed(OUT_OF_RESOURCES, i.sop_class, i.sop_instance) for i in instances)
             continue
@@ -249,7 +252,11 @@ def create_stow_router() -> APIRouter:
             parts = _Parts(folder, settings.max_archive_members)
             await _receive(request, parts, boundary, settings.max_upload_bytes)
             tenant_id: str = request.state.tenant_id
-            status, body, jobs = await run_in_threadpool(_store, parts, tenant_id, settings)
+            actor: str = request.state.actor
+            address = request.client.host if request.client else None
+            status, body, jobs = await run_in_threadpool(
+                _store, parts, tenant_id, settings, actor, address
+            )
         finally:
             await run_in_threadpool(shutil.rmtree, folder, True)
         headers = {JOB_ID_HEADER: ",".join(jobs)} if jobs else None

@@ -28,7 +28,7 @@ from services.common.storage import make_storage
 from services.common.tenants import tenant_by_name
 from services.upload.scp import ConfigurationError, serve, tenants_by_ae_title
 from tests.support.dicom_instances import ct_series, mr_instance, part10, short_pixels_instance
-from tests.support.service import make_tenant
+from tests.support.service import creation_record, make_tenant
 
 STABLE_AGE_S = 1.0
 CALLING = "PACS1"
@@ -153,6 +153,11 @@ def test_series_becomes_one_job_once_quiet_and_bad_instances_are_refused(
         job = session.get(Job, started[0])
         assert job is not None
         assert job.tenant_id == tenant_by_name(session, "hospital").id
+    created_by, events = creation_record(started[0])  # who sent it: the calling AE title
+    assert created_by == f"ae:{CALLING}"
+    assert [(e["actor"], e["client_address"], e["detail"]) for e in events] == [
+        (created_by, "127.0.0.1", {"via": "c-store", "instances": 4})
+    ]
 
 
 def test_aborted_association_keeps_nothing_and_makes_no_job(

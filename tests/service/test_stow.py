@@ -28,7 +28,7 @@ from services.common.db import session_scope
 from services.common.orm import Job
 from services.common.storage import make_storage
 from tests.support.dicom_instances import ct_instance, ct_series, mr_instance, part10
-from tests.support.service import auth, make_tenant
+from tests.support.service import auth, creation_record, make_tenant
 
 MAX_BYTES = 2_000_000
 BOUNDARY = "stow-test-boundary"
@@ -129,6 +129,14 @@ def test_dicomweb_client_stores_two_series_as_two_jobs(
         s1: {ds.SOPInstanceUID for ds in first},
         s2: {ds.SOPInstanceUID for ds in second},
     }
+    # Who stored them: the API key, on the job and in the audit trail (as POST /v1/jobs).
+    for job_id in jobs:
+        created_by, events = creation_record(job_id)
+        assert created_by == f"key:{tenant['api_key'][:12]}"
+        assert [(e["actor"], e["client_address"], e["detail"]["via"]) for e in events] == [
+            (created_by, "127.0.0.1", "stow-rs")
+        ]
+    assert sorted(creation_record(j)[1][0]["detail"]["instances"] for j in jobs) == [2, 3]
     # Another tenant does not see these jobs.
     other = make_tenant("elsewhere")
     for job_id in jobs:

@@ -179,3 +179,19 @@ def callback_receiver(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def creation_record(job_id: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """Who created a job (``jobs.created_by``) and its ``job_create`` audit events."""
+    from sqlalchemy import select
+
+    from services.common.audit import as_dict
+    from services.common.orm import AuditEvent, Job
+
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.job_id == job_id, AuditEvent.action == "job_create")
+        ).all()
+        return job.created_by, [as_dict(e) for e in events]
