@@ -57,8 +57,8 @@ def settings(isolated_settings: Callable[..., Settings]) -> Settings:
 
 
 @contextmanager
-def running_scp(settings: Settings) -> Iterator[int]:
-    port = free_port()
+def running_scp(settings: Settings, port: int | None = None) -> Iterator[int]:
+    port = port or free_port()
     stop = threading.Event()
     thread = threading.Thread(target=serve, args=(settings, "127.0.0.1", port, stop))
     thread.start()
@@ -217,3 +217,21 @@ def test_a_series_over_the_limits_is_refused_further_instances(
         ], log
         wait_for_jobs(started, 1)
     assert len(job_members(started[0], settings)) == 2
+
+
+def test_probe_dicom_is_a_c_echo_to_the_listener(
+    isolated_settings: Callable[..., Settings], started: list[str], dcmtk: None
+) -> None:
+    """Kubernetes' readiness probe of the listener (``covidct probe dicom``): exit 1 while
+    nothing answers, success once the SCP echoes."""
+    import typer
+
+    from services.cli.service import probe_dicom
+
+    port = free_port()
+    settings = scp_settings(isolated_settings, dicom_port=port)
+    with pytest.raises(typer.Exit) as down:
+        probe_dicom(timeout=2.0)
+    assert down.value.exit_code == 1
+    with running_scp(settings, port):
+        probe_dicom(timeout=10.0)  # returns: exit 0
