@@ -28,7 +28,7 @@ from services.common.native_slices import decode_mask, native_blob_key, native_l
 from services.common.orm import Job, JobStatus, SliceRecord
 from services.common.storage import make_storage
 from services.gateway.auth import ApiKeyDep, tenant_session
-from services.gateway.dicom_seg import build_seg, masks_from_labels
+from services.gateway.dicom_seg import build_seg, masks_from_labels, segment_numbers
 from services.gateway.dicom_source import (
     NotDicomSource,
     SourceSlice,
@@ -79,8 +79,9 @@ def _load(key: Any, job_id: str) -> Loaded:
     return view, series, slices, used, infos
 
 
-def _dicom(data: Any, filename: str) -> Response:
-    # Names our private coding scheme (PS3.3 C.12.1.1.3.1) for readers that list schemes.
+def part10(data: Any) -> bytes:
+    """A finished SR or SEG as Part-10 bytes, naming our private coding scheme (PS3.3
+    C.12.1.1.3.1) for readers that list schemes."""
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = "covidct result codes"
@@ -88,39 +89,81 @@ def _dicom(data: Any, filename: str) -> Response:
     data.CodingSchemeIdentificationSequence = [scheme]
     buffer = io.BytesIO()
     data.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _dicom(data: Any, filename: str) -> Response:
     headers = {**NO_STORE, "Content-Disposition": f'attachment; filename="{filename}"'}
-    return Response(buffer.getvalue(), media_type="application/dicom", headers=headers)
+    return Response(part10(data), media_type="application/dicom", headers=headers)
+
+
+def _seg_masks(
+    job_id: str,
+    series: dict[str, Any],
+    slices: list[SourceSlice],
+    infos: dict[int, dict[str, Any]],
+) -> tuple[Any, str]:
+    """(the SEG's masks, "") when the job has a SEG, else (None, why not). The SR asks the
+    same, so it references the SEG exactly when one can be fetched."""
+    if (series.get("dicom_source") or {}).get("multi_frame"):
+        return None, "a SEG of a multi-frame source is not made"
+    masks = _masks(job_id, slices, series, infos)
+    if masks is None or not masks.any():
+        return None, f"job {job_id} has no masks on the source images"
+    if any(s.position is None for s in slices) or not series["dicom_source"].get("pixel_spacing"):
+        return None, "the source images lack their plane geometry"
+    return masks, ""
+
+
+def objects_available(key: Any, job_id: str) -> tuple[bool, bool]:
+    """(whether the job's SR can be made, whether its SEG can), without making them (the
+    DICOMweb listing names only what a retrieve would give)."""
+    try:
+        _view, series, slices, _used, infos = _load(key, job_id)
+    except ApiError as error:
+        if error.status_code not in (404, 409):
+            raise
+        return False, False
+    masks, _why = _seg_masks(job_id, series, slices, infos)
+    return True, masks is not None
+
+
+def sr_object(key: Any, job_id: str) -> Any:
+    """The job's SR (highdicom), or ApiError 404 / 409."""
+    view, series, slices, used, infos = _load(key, job_id)
+    masks, _why = _seg_masks(job_id, series, slices, infos)
+    # One reference per instance (the frames of a multi-frame source share one).
+    unique = {s.sop_instance_uid: s for s in reversed(slices)}
+    sources = source_datasets(series, sorted(unique.values(), key=lambda s: s.index))
+    category = (view.get("study") or {}).get("category")
+    segments = None if masks is None else segment_numbers(masks)
+    return build_sr(job_id, view["result"], category, sources, used, segments)
+
+
+def seg_object(key: Any, job_id: str) -> Any:
+    """The job's SEG (highdicom), or ApiError 404 / 409 (``masks_unavailable``)."""
+    view, series, slices, _used, infos = _load(key, job_id)
+    masks, why = _seg_masks(job_id, series, slices, infos)
+    if masks is None:
+        raise ApiError(409, "masks_unavailable", why)
+    sources = source_datasets(series, slices)
+    versions = "; ".join(f"{k} {v}" for k, v in sorted(view["result"]["model_versions"].items()))
+    return build_seg(job_id, sources, masks, versions)
 
 
 @router.get("/{job_id}/dicom/sr", response_class=Response, responses=DICOM)
 def get_dicom_sr(job_id: JobId, key: ApiKeyDep) -> Response:
     """The verdict as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report) in the
-    source study (docs/dicom-results.md)."""
-    view, series, slices, used, _infos = _load(key, job_id)
-    # One reference per instance (the frames of a multi-frame source share one).
-    unique = {s.sop_instance_uid: s for s in reversed(slices)}
-    sources = source_datasets(series, sorted(unique.values(), key=lambda s: s.index))
-    category = (view.get("study") or {}).get("category")
-    sr = build_sr(job_id, view["result"], category, sources, used)
-    return _dicom(sr, f"covidct-sr-{job_id}.dcm")
+    source study, its volumes referencing the SEG's segments when the job has a SEG
+    (docs/dicom-results.md)."""
+    return _dicom(sr_object(key, job_id), f"covidct-sr-{job_id}.dcm")
 
 
 @router.get("/{job_id}/dicom/seg", response_class=Response, responses=DICOM)
 def get_dicom_seg(job_id: JobId, key: ApiKeyDep) -> Response:
     """Ground glass, consolidation and lung masks as a DICOM Segmentation (BINARY) on the
     source images (lungs only where the series had no lesion masks)."""
-    view, series, slices, _used, infos = _load(key, job_id)
-    if (series.get("dicom_source") or {}).get("multi_frame"):
-        raise ApiError(409, "masks_unavailable", "a SEG of a multi-frame source is not made")
-    masks = _masks(job_id, slices, series, infos)
-    if masks is None or not masks.any():
-        raise ApiError(409, "masks_unavailable", f"job {job_id} has no masks on the source images")
-    sources = source_datasets(series, slices)
-    if any("ImagePositionPatient" not in ds or "PixelSpacing" not in ds for ds in sources):
-        raise ApiError(409, "masks_unavailable", "the source images lack their plane geometry")
-    versions = "; ".join(f"{k} {v}" for k, v in sorted(view["result"]["model_versions"].items()))
-    seg = build_seg(job_id, sources, masks, versions)
-    return _dicom(seg, f"covidct-seg-{job_id}.dcm")
+    return _dicom(seg_object(key, job_id), f"covidct-seg-{job_id}.dcm")
 
 
 def _masks(

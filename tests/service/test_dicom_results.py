@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
+import httpx
 import numpy as np
 import pydicom
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from pydicom.uid import generate_uid
@@ -31,8 +33,9 @@ from services.common.db import session_scope
 from services.common.jobs import job_view
 from services.common.orm import Job
 from services.common.queue import celery_app
+from services.gateway.dicom_source import derived_uid
 from services.gateway.dicom_sr import SCHEME
-from tests.support.service import auth, make_tenant, new_job, upload_study
+from tests.support.service import auth, make_tenant, new_job, serving, upload_study
 
 for _module in TASK_MODULES:
     importlib.import_module(_module)
@@ -96,6 +99,23 @@ def _zip_series(files: list[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
+def referenced_segments(sr: Any) -> dict[str, tuple[str, int]]:
+    """Tracking identifier of each volumetric ROI group -> (SEG SOP Instance UID, segment)."""
+    out = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        item = next(
+            i
+            for i in group[0].ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeValue == "121191"
+        )
+        reference = item.ReferencedSOPSequence[0]
+        out[str(group.tracking_identifier)] = (
+            str(reference.ReferencedSOPInstanceUID),
+            int(reference.ReferencedSegmentNumber),
+        )
+    return out
+
+
 def _measurements(group: Any) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for m in group.get_measurements():
@@ -142,10 +162,23 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         for series in study.ReferencedSeriesSequence
         for i in series.ReferencedSOPSequence
     }
-    assert evidence == source_uids  # every instance of the series read
+    seg_sop = derived_uid(job_id, "seg")
+    assert evidence == source_uids | {seg_sop}  # every instance of the series read, the SEG
     report = sr.content
-    groups = {str(g.tracking_identifier): g for g in report.get_image_measurement_groups()}
+    groups = {
+        str(g.tracking_identifier): g
+        for g in [
+            *report.get_image_measurement_groups(),
+            *report.get_volumetric_roi_measurement_groups(),
+        ]
+    }
     assert set(groups) >= {"COVID-19 assessment", "Lungs", "Lung opacity"}
+    # The volumes measured on a mask name its SEG segment (TID 1411 Referenced Segment).
+    assert referenced_segments(sr) == {
+        "Ground glass opacity": (seg_sop, 1),
+        "Consolidation": (seg_sop, 2),
+        "Lungs": (seg_sop, 3),
+    }
     verdict = groups["COVID-19 assessment"]
     (p_covid,) = _measurements(verdict)["Probability"]
     assert float(p_covid.value) == pytest.approx(result["probabilities"]["COVID"])
@@ -205,8 +238,14 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
     assert dciodvfy_errors(response.content, tmp_path) == []
     seg = hd.seg.segread(io.BytesIO(response.content))
     assert seg.SegmentationType == "BINARY"
+    assert seg.SOPInstanceUID == seg_sop  # what the SR references
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert labels == ["Ground glass opacity", "Consolidation", "Lungs"]
+    (related,) = seg.RelatedSeriesSequence  # and the SEG names the SR's series
+    assert (related.StudyInstanceUID, related.SeriesInstanceUID) == (
+        sr.StudyInstanceUID,
+        sr.SeriesInstanceUID,
+    )
     assert seg.StudyInstanceUID == result["series"]["study_instance_uid"]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     frames = 0
@@ -260,6 +299,56 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         denied = client.get(f"/v1/jobs/{job_id}/{path}", headers=auth(mallory))
         assert denied.status_code == 404
         assert denied.json()["code"] == "job_not_found"
+
+    # --- DICOMweb QIDO-RS / WADO-RS, with dicomweb-client against the served app ----------
+    check_dicomweb(job_id, sr, seg, alice, mallory)
+
+
+def check_dicomweb(job_id: str, sr: Any, seg: Any, alice: dict[str, str], mallory: Any) -> None:
+    """The job's SR and SEG found by the source study's UID and fetched by their own UIDs,
+    as a viewer or PACS would; another tenant finds nothing and fetches nothing."""
+    study = str(sr.StudyInstanceUID)
+    with serving(create_app()) as base:
+        dicomweb = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(alice))
+        found = {
+            ds["0020000E"]["Value"][0]: ds["00080060"]["Value"][0]
+            for ds in dicomweb.search_for_series(study)
+        }
+        assert found == {sr.SeriesInstanceUID: "SR", seg.SeriesInstanceUID: "SEG"}
+        only_seg = dicomweb.search_for_series(study, search_filters={"Modality": "SEG"})
+        assert [ds["0020000E"]["Value"][0] for ds in only_seg] == [seg.SeriesInstanceUID]
+        (instance,) = dicomweb.search_for_instances(study, seg.SeriesInstanceUID)
+        assert instance["00080018"]["Value"] == [seg.SOPInstanceUID]
+
+        (got_sr,) = dicomweb.retrieve_series(study, sr.SeriesInstanceUID)
+        assert got_sr.SOPInstanceUID == sr.SOPInstanceUID
+        assert hd.sr.Comprehensive3DSR.from_dataset(got_sr).content  # an SR highdicom reads
+        got_seg = dicomweb.retrieve_instance(study, seg.SeriesInstanceUID, seg.SOPInstanceUID)
+        back = hd.seg.Segmentation.from_dataset(got_seg)
+        assert [s.SegmentLabel for s in back.SegmentSequence] == [
+            s.SegmentLabel for s in seg.SegmentSequence
+        ]
+        assert back.NumberOfFrames == seg.NumberOfFrames
+
+        # Not ours, not found, not acceptable: a clear 4xx with a machine code.
+        headers = auth(alice)
+        url = f"{base}/dicomweb/studies/{study}/series/{sr.SeriesInstanceUID}"
+        wrong = httpx.get(f"{url}/instances/1.2.3", headers=headers)
+        assert (wrong.status_code, wrong.json()["code"]) == (404, "instance_not_found")
+        other = httpx.get(f"{base}/dicomweb/studies/{study}/series/1.2.3", headers=headers)
+        assert (other.status_code, other.json()["code"]) == (404, "series_not_found")
+        as_json = httpx.get(url, headers={**headers, "Accept": "application/dicom+json"})
+        assert (as_json.status_code, as_json.json()["code"]) == (406, "not_acceptable")
+        assert httpx.get(url).status_code == 401
+
+        intruder = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(mallory))
+        assert intruder.search_for_series(study) == []
+        for path in ("", f"/instances/{sr.SOPInstanceUID}"):
+            denied = httpx.get(f"{url}{path}", headers=auth(mallory))
+            assert (denied.status_code, denied.json()["code"]) in {
+                (404, "series_not_found"),
+                (404, "instance_not_found"),
+            }
 
 
 def test_not_finished_and_not_dicom_are_409(eager_client: TestClient, data_dir: Path) -> None:
@@ -383,5 +472,14 @@ def test_lungs_only_seg_and_image_verdict_sr_pass_dciodvfy(tmp_path: Path) -> No
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+    # A lung volume measured on the lungs-only SEG: the SR names segment 1 of that SEG.
+    hu = {**result, "findings": {"lung_volume_ml": 12.5}}
+    linked = build_sr("job-2", hu, "covid", sources, set(), segments={"lungs": 1})
+    buffer = io.BytesIO()
+    linked.save_as(buffer, enforce_file_format=True)
+    assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+    back_sr = hd.sr.srread(io.BytesIO(buffer.getvalue()))
+    assert referenced_segments(back_sr) == {"Lungs": (back.SOPInstanceUID, 1)}
+    assert back.RelatedSeriesSequence[0].SeriesInstanceUID == back_sr.SeriesInstanceUID
     again = build_sr("job-2", result, "covid", sources, set())
     assert again.SOPInstanceUID == sr.SOPInstanceUID  # fixed by the job id

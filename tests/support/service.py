@@ -195,3 +195,28 @@ def creation_record(job_id: str) -> tuple[str | None, list[dict[str, Any]]]:
             select(AuditEvent).where(AuditEvent.job_id == job_id, AuditEvent.action == "job_create")
         ).all()
         return job.created_by, [as_dict(e) for e in events]
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1 in a thread, for a client library that speaks
+    HTTP itself (dicomweb-client); yields its base URL."""
+    import time
+
+    import uvicorn
+
+    from services.cli.runtime import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
