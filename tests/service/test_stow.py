@@ -223,6 +223,26 @@ def test_parts_a_crash_left_are_swept(settings: Settings, started: list[str]) ->
     assert live.exists()  # another gateway's request in flight is left alone
 
 
+def test_a_half_sent_body_stores_nothing(
+    client: TestClient, settings: Settings, started: list[str]
+) -> None:
+    """A body cut off mid-way (no closing boundary; the last instance half there): no job
+    of the instances before the cut either, since the sender did not finish and will send
+    the whole series again. A whole body afterwards is stored as usual."""
+    tenant = make_tenant("hospital")
+    series = ct_series(3)
+    whole = multipart(*series)
+    cut = whole[: len(whole) - len(series[-1]) // 2]
+    response = stow(client, tenant, cut)
+    assert response.status_code == 400
+    assert response.json()["code"] == "incomplete_body"
+    assert started == []
+    assert not list(settings.upload_dir.glob("stow-*"))
+    again = stow(client, tenant, whole)
+    assert again.status_code == 200 and len(stored_uids(again.json())) == 3
+    assert len(started) == 1 and len(uploaded_members(started[0], settings)) == 3
+
+
 def test_needs_a_key_and_a_wellformed_body(client: TestClient) -> None:
     body = multipart(*ct_series(1))
     anonymous = client.post("/dicomweb/studies", content=body, headers={"Content-Type": RELATED})
