@@ -243,6 +243,29 @@ def test_a_half_sent_body_stores_nothing(
     assert len(started) == 1 and len(uploaded_members(started[0], settings)) == 3
 
 
+def test_a_signed_in_uploader_stores_as_themself(
+    client: TestClient, settings: Settings, started: list[str]
+) -> None:
+    """STOW-RS from the console's session (cookie + CSRF token): the job and its audit
+    event name the person, not a key."""
+    from tests.service.test_users_sessions import add_user, login
+
+    tenant = make_tenant("hospital")
+    add_user(client, tenant, "rad1", "uploader")
+    csrf = login(client, tenant, "rad1")
+    response = client.post(
+        "/dicomweb/studies",
+        content=multipart(*ct_series(2)),
+        headers={"Content-Type": RELATED, "X-CSRF-Token": csrf},
+    )
+    assert response.status_code == 200, response.text
+    created_by, events = creation_record(started[0])
+    assert created_by == "user:rad1"
+    assert [(e["actor"], e["detail"]) for e in events] == [
+        ("user:rad1", {"via": "stow-rs", "instances": 2})
+    ]
+
+
 def test_needs_a_key_and_a_wellformed_body(client: TestClient) -> None:
     body = multipart(*ct_series(1))
     anonymous = client.post("/dicomweb/studies", content=body, headers={"Content-Type": RELATED})
