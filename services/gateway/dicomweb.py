@@ -116,9 +116,15 @@ def _available(key: Credentials, study_uid: str) -> list[ResultSeries]:
     return out
 
 
-def _find(key: Credentials, study_uid: str, series_uid: str, sop_uid: str | None) -> Any:
+def _find(
+    key: Credentials,
+    candidates: list[ResultSeries],
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str | None,
+) -> Any:
     """The object of this series (and instance) made, or 404."""
-    match = next((f for f in _result_series(key, study_uid) if f.series_uid == series_uid), None)
+    match = next((f for f in candidates if f.series_uid == series_uid), None)
     if match is not None and sop_uid in (None, match.sop_uid):
         key.job_id = match.job_id  # the audit trail records a view of the job
         try:
@@ -169,13 +175,14 @@ def _multipart(data: Any) -> Response:
 
 
 def _retrieve(request: Request, key: Credentials, study: str, series: str, sop: str | None) -> Any:
+    candidates = _result_series(key, study)  # authenticates first: 401 before 406
     if not _accepts_dicom(request.headers.get("accept")):
         raise ApiError(
             406, "not_acceptable",
             'results are served as multipart/related; type="application/dicom" '
             f"(transfer syntax {ExplicitVRLittleEndian})",
         )  # fmt: skip
-    return _multipart(_find(key, study, series, sop))
+    return _multipart(_find(key, candidates, study, series, sop))
 
 
 def _attribute(vr: str, value: Any) -> dict[str, Any]:

@@ -483,3 +483,109 @@ def test_lungs_only_seg_and_image_verdict_sr_pass_dciodvfy(tmp_path: Path) -> No
     assert back.RelatedSeriesSequence[0].SeriesInstanceUID == back_sr.SeriesInstanceUID
     again = build_sr("job-2", result, "covid", sources, set())
     assert again.SOPInstanceUID == sr.SOPInstanceUID  # fixed by the job id
+
+
+def _finished_synthetic_job(tenant_id: str, settings: Settings, *, masks: bool) -> str:
+    """A succeeded job of the synthetic 4-slice series written straight to the database (no
+    shared data, no pipeline): its verdict with HU volumes, its slices' SOP identities and,
+    with ``masks``, its lesion label maps on the source geometry."""
+    from services.common.native_slices import native_lesions_key
+    from services.common.orm import JobStatus, Result, SliceRecord
+    from services.common.storage import make_storage
+
+    series, slices = _synthetic_source()
+    with session_scope() as session:
+        job = Job(
+            tenant_id=tenant_id, status=JobStatus.SUCCEEDED.value, series=series,
+            study_instance_uid=series["study_instance_uid"],
+            series_instance_uid=series["series_instance_uid"], category="covid",
+        )  # fmt: skip
+        session.add(job)
+        session.flush()
+        session.add(
+            Result(
+                job_id=job.id, label="COVID", probabilities={"COVID": 0.8, "NonCOVID": 0.2},
+                slices_total=4, slices_used=2, model_versions={"slice_cnn": "v1"},
+                findings={"lung_volume_ml": 10.0, "lesion_volume_ml": 1.5,
+                          "ggo_volume_ml": 1.0, "consolidation_volume_ml": 0.5},
+            )
+        )  # fmt: skip
+        for s in slices:
+            info = {"sop_instance_uid": s.sop_instance_uid, "sop_class_uid": s.sop_class_uid,
+                    "image_position_patient": s.position}  # fmt: skip
+            session.add(
+                SliceRecord(job_id=job.id, index=s.index, kept=s.index in (1, 2), info=info)
+            )
+        job_id = job.id
+    if masks:
+        labels = np.zeros((4, 16, 16), np.uint8)
+        labels[1:3, 4:12, 3:8] = 3
+        labels[1, 5:7, 4:6] = 1
+        labels[2, 8:10, 4:6] = 2
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, labels=labels)
+        make_storage(settings).put_bytes(native_lesions_key(job_id), buffer.getvalue())
+    return job_id
+
+
+def test_dicomweb_serves_sr_and_seg_that_reference_each_other(
+    isolated_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """QIDO-RS / WADO-RS with dicomweb-client against the served app, on synthetic finished
+    jobs: the SR and SEG of a job with masks (valid for dciodvfy, each naming the other), the
+    SR only of a job without; another tenant sees and fetches nothing."""
+    settings = isolated_settings(broker_url="memory://")
+    alice, mallory = make_tenant("alice"), make_tenant("mallory")
+    with_masks = _finished_synthetic_job(alice["id"], settings, masks=True)
+    study = "1.2.826.0.1.3680043.8.498.1"
+    with serving(create_app()) as base:
+        dicomweb = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(alice))
+        listed = dicomweb.search_for_series(study)
+        assert [ds["00080060"]["Value"][0] for ds in listed] == ["SR", "SEG"]
+        sr_series, seg_series = (ds["0020000E"]["Value"][0] for ds in listed)
+        assert listed[0]["00081190"]["Value"][0].endswith(
+            f"/dicomweb/studies/{study}/series/{sr_series}"
+        )
+        (sr,) = dicomweb.retrieve_series(study, sr_series)
+        (seg_instance,) = dicomweb.search_for_instances(study, seg_series)
+        seg_sop = seg_instance["00080018"]["Value"][0]
+        seg = dicomweb.retrieve_instance(study, seg_series, seg_sop)
+        for data in (sr, seg):
+            buffer = io.BytesIO()
+            data.save_as(buffer, enforce_file_format=True)
+            assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+        assert referenced_segments(hd.sr.Comprehensive3DSR.from_dataset(sr)) == {
+            "Ground glass opacity": (seg_sop, 1),
+            "Consolidation": (seg_sop, 2),
+            "Lungs": (seg_sop, 3),
+        }
+        assert seg.RelatedSeriesSequence[0].SeriesInstanceUID == sr.SeriesInstanceUID
+        assert (sr.SOPInstanceUID, seg.SOPInstanceUID) == (
+            derived_uid(with_masks, "sr"),
+            derived_uid(with_masks, "seg"),
+        )
+
+        # A job without masks: its SR (volumes on the source images), no SEG anywhere.
+        without = _finished_synthetic_job(alice["id"], settings, masks=False)
+        modalities = [
+            (ds["0020000E"]["Value"][0], ds["00080060"]["Value"][0])
+            for ds in dicomweb.search_for_series(study)
+        ]
+        assert (derived_uid(without, "sr-series"), "SR") in modalities
+        assert derived_uid(without, "seg-series") not in dict(modalities)
+        (plain,) = dicomweb.retrieve_series(study, derived_uid(without, "sr-series"))
+        assert referenced_segments(hd.sr.Comprehensive3DSR.from_dataset(plain)) == {}
+        missing = httpx.get(
+            f"{base}/dicomweb/studies/{study}/series/{derived_uid(without, 'seg-series')}",
+            headers=auth(alice),
+        )
+        assert (missing.status_code, missing.json()["code"]) == (404, "series_not_found")
+
+        intruder = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(mallory))
+        assert intruder.search_for_series(study) == []
+        denied = httpx.get(
+            f"{base}/dicomweb/studies/{study}/series/{sr_series}", headers=auth(mallory)
+        )
+        assert (denied.status_code, denied.json()["code"]) == (404, "series_not_found")
+        bad = httpx.get(f"{base}/dicomweb/studies/not-a-uid/series", headers=auth(alice))
+        assert bad.status_code == 422
