@@ -9,7 +9,9 @@ stored instance, Failed SOP Sequence (0008,1198) with a Failure Reason (0008,119
 refused one; 200 when all were stored, 202 when some, 409 when none. A body without its
 closing boundary (cut short) is 400 ``incomplete_body`` and stores nothing. The jobs made are named
 in a private element (creator ``COVIDCT`` in group 0009: (0009,1001) the job of each stored
-instance, and the list at the top level) and in the ``Covidct-Job-Ids`` header.
+instance, and the list at the top level) and in the ``Covidct-Job-Ids`` header. Each job
+records who stored it (``created_by``: the API key's prefix or the signed-in user) and gets
+its ``job_create`` audit event, as a job made by ``POST /v1/jobs``.
 """
 
 from __future__ import annotations
