@@ -8,6 +8,7 @@ knows (the source study's StudyInstanceUID; our series' UIDs).
 - ``GET .../series/{series}/instances``: the one instance of such a series.
 - ``GET .../series/{series}`` and ``.../series/{series}/instances/{sop}``: the object as
   ``multipart/related; type="application/dicom"`` (one part, Explicit VR Little Endian);
+  ``GET /dicomweb/studies/{study}``: all of them in the study (404 ``study_not_found``);
   406 ``not_acceptable`` for an Accept header that allows neither it nor ``*/*``.
 
 Tenant-scoped as the rest of the API: a study, series or instance of another tenant is 404
@@ -163,25 +164,33 @@ def _accepts_dicom(accept: str | None) -> bool:
     return False
 
 
-def _multipart(data: Any) -> Response:
+def _multipart(*objects: Any) -> Response:
+    """The objects as one multipart/related body, a Part-10 instance per part."""
     boundary = uuid.uuid4().hex
-    head = (
-        f"--{boundary}\r\nContent-Type: application/dicom; "
-        f"transfer-syntax={data.file_meta.TransferSyntaxUID}\r\n\r\n"
-    ).encode()
-    body = head + part10(data) + f"\r\n--{boundary}--\r\n".encode()
+    body = b""
+    for data in objects:
+        body += (
+            f"--{boundary}\r\nContent-Type: application/dicom; "
+            f"transfer-syntax={data.file_meta.TransferSyntaxUID}\r\n\r\n"
+        ).encode()
+        body += part10(data) + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
     media = f'multipart/related; type="application/dicom"; boundary={boundary}'
     return Response(body, media_type=media, headers=NO_STORE)
 
 
-def _retrieve(request: Request, key: Credentials, study: str, series: str, sop: str | None) -> Any:
-    candidates = _result_series(key, study)  # authenticates first: 401 before 406
+def _refuse_unacceptable(request: Request) -> None:
     if not _accepts_dicom(request.headers.get("accept")):
         raise ApiError(
             406, "not_acceptable",
             'results are served as multipart/related; type="application/dicom" '
             f"(transfer syntax {ExplicitVRLittleEndian})",
         )  # fmt: skip
+
+
+def _retrieve(request: Request, key: Credentials, study: str, series: str, sop: str | None) -> Any:
+    candidates = _result_series(key, study)  # authenticates first: 401 before 406
+    _refuse_unacceptable(request)
     return _multipart(_find(key, candidates, study, series, sop))
 
 
@@ -222,6 +231,25 @@ def _base() -> str:
 
 def _json(items: list[dict[str, Any]]) -> Response:
     return Response(json.dumps(items), media_type=DICOM_JSON, headers=NO_STORE)
+
+
+@router.get("/studies/{study}", response_class=Response, responses=MULTIPART)
+def retrieve_result_study(study: Uid, request: Request, key: ApiKeyDep) -> Response:
+    """WADO-RS: every SR and SEG of this study that we made (the tenant's finished jobs),
+    as multipart/related application/dicom; 404 ``study_not_found`` when there is none."""
+    candidates = _result_series(key, study)  # authenticates first: 401 before 406
+    _refuse_unacceptable(request)
+    objects = []
+    for found in candidates:
+        key.job_id = found.job_id  # each job's objects: a view of it in the audit trail
+        try:
+            objects.append((sr_object if found.modality == "SR" else seg_object)(key, found.job_id))
+        except ApiError as error:
+            if error.status_code != 409:
+                raise  # 409: not made for this job (not DICOM, no masks)
+    if not objects:
+        raise ApiError(404, "study_not_found", f"no results of ours in study {study}")
+    return _multipart(*objects)
 
 
 @router.get("/studies/{study}/series", response_class=Response, responses=LISTING)

@@ -581,8 +581,14 @@ def test_dicomweb_serves_sr_and_seg_that_reference_each_other(
         )
         assert (missing.status_code, missing.json()["code"]) == (404, "series_not_found")
 
+        # The whole study: every SR and SEG we made of it.
+        everything = dicomweb.retrieve_study(study)
+        assert sorted(ds.Modality for ds in everything) == ["SEG", "SR", "SR"]
+
         intruder = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(mallory))
         assert intruder.search_for_series(study) == []
+        nothing = httpx.get(f"{base}/dicomweb/studies/{study}", headers=auth(mallory))
+        assert (nothing.status_code, nothing.json()["code"]) == (404, "study_not_found")
         denied = httpx.get(
             f"{base}/dicomweb/studies/{study}/series/{sr_series}", headers=auth(mallory)
         )
