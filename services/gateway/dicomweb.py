@@ -51,14 +51,16 @@ Uid = Annotated[str, Path(max_length=64, pattern=UID_PATTERN)]
 router = APIRouter(
     prefix="/dicomweb", tags=["dicomweb"], responses=error_responses(401, 422, 429, 503)
 )
-MULTIPART = {
+MULTIPART: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {'multipart/related; type="application/dicom"': {}},
         "description": "the instance(s), one Part-10 object per part",
     },
     **error_responses(404, 406),
 }
-LISTING = {200: {"content": {DICOM_JSON: {}}, "description": "matching series or instances"}}
+LISTING: dict[int | str, dict[str, Any]] = {
+    200: {"content": {DICOM_JSON: {}}, "description": "matching series or instances"}
+}
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,7 @@ def search_result_instances(study: Uid, series: Uid, key: ApiKeyDep) -> Response
 @router.get("/studies/{study}/series/{series}", response_class=Response, responses=MULTIPART)
 def retrieve_result_series(study: Uid, series: Uid, request: Request, key: ApiKeyDep) -> Response:
     """WADO-RS: our SR or SEG series (one instance) as multipart/related application/dicom."""
-    return _retrieve(request, key, study, series, None)  # type: ignore[no-any-return]
+    return _retrieve(request, key, study, series, None)
 
 
 @router.get(
@@ -299,4 +301,4 @@ def retrieve_result_instance(
     study: Uid, series: Uid, instance: Uid, request: Request, key: ApiKeyDep
 ) -> Response:
     """WADO-RS: our SR or SEG instance as multipart/related application/dicom."""
-    return _retrieve(request, key, study, series, instance)  # type: ignore[no-any-return]
+    return _retrieve(request, key, study, series, instance)
