@@ -243,6 +243,35 @@ def test_a_half_sent_body_stores_nothing(
     assert len(started) == 1 and len(uploaded_members(started[0], settings)) == 3
 
 
+def test_a_client_that_goes_mid_body_stores_nothing(
+    served: str, settings: Settings, started: list[str]
+) -> None:
+    """The connection drops mid-body (Content-Length promised more): no job, and the parts
+    written so far are removed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    tenant = make_tenant("hospital")
+    whole = multipart(*ct_series(3))
+    address = urlsplit(served)
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: {address.netloc}\r\n"
+        f"Authorization: Bearer {tenant['api_key']}\r\nContent-Type: {RELATED}\r\n"
+        f"Content-Length: {len(whole)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((address.hostname, address.port)) as connection:
+        connection.sendall(head + whole[: len(whole) * 2 // 3])
+        deadline = time.monotonic() + 10
+        while not list(settings.upload_dir.glob("stow-*/part-*")):  # parts being written
+            assert time.monotonic() < deadline, "the gateway wrote no part"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while list(settings.upload_dir.glob("stow-*")):
+        assert time.monotonic() < deadline, "the parts of the dropped request stayed"
+        time.sleep(0.1)
+    assert started == []
+
+
 def test_a_signed_in_uploader_stores_as_themself(
     client: TestClient, settings: Settings, started: list[str]
 ) -> None:
