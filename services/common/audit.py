@@ -1,7 +1,8 @@
 """The audit trail: who did what to which job, when and from where (append-only table).
 
 ``actor`` is ``user:<username>`` for a person, ``key:<prefix>`` for an API key (a machine),
-``cli`` for the command line; the tenant, time, client address and job id go with it.
+``cli`` for the command line, ``ae:<calling AE title>`` for a DICOM node that sent a series
+(C-STORE); the tenant, time, client address and job id go with it.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Response
+from pydicom import Dataset
 
 from services.common.jobs import job_view
 from services.common.results.fhir import build_bundle
@@ -27,6 +28,7 @@ from services.common.results.objects import (
     load_material,
     part10,
     seg_dataset,
+    seg_masks,
     sr_dataset,
 )
 from services.gateway.auth import ApiKeyDep, tenant_session
@@ -53,23 +55,48 @@ def _dicom(data: bytes, filename: str) -> Response:
     return Response(data, media_type="application/dicom", headers=headers)
 
 
+def objects_available(key: Any, job_id: str) -> tuple[bool, bool]:
+    """(whether the job's SR can be made, whether its SEG can), without making them (the
+    DICOMweb listing names only what a retrieve would give)."""
+    try:
+        material = _load(key, job_id)
+    except ApiError as error:
+        if error.status_code not in (404, 409):
+            raise
+        return False, False
+    masks, _why = seg_masks(job_id, material)
+    return True, masks is not None
+
+
+def sr_object(key: Any, job_id: str) -> Dataset:
+    """The job's SR, referencing the SEG's segments when the job has a SEG; ApiError 404/409."""
+    material = _load(key, job_id)
+    masks, _why = seg_masks(job_id, material)
+    return sr_dataset(job_id, material, masks)
+
+
+def seg_object(key: Any, job_id: str) -> Dataset:
+    """The job's SEG, or ApiError 404 / 409 (``masks_unavailable``)."""
+    material = _load(key, job_id)
+    try:
+        return seg_dataset(job_id, material)
+    except ResultUnavailable as error:
+        raise ApiError(409, error.code, str(error)) from None
+
+
 @router.get("/{job_id}/dicom/sr", response_class=Response, responses=DICOM)
 def get_dicom_sr(job_id: JobId, key: ApiKeyDep) -> Response:
     """The verdict as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report) in the
-    source study (docs/dicom-results.md)."""
-    return _dicom(part10(sr_dataset(job_id, _load(key, job_id))), f"covidct-sr-{job_id}.dcm")
+    source study, its volumes referencing the SEG's segments when the job has a SEG
+    (docs/dicom-results.md)."""
+    return _dicom(part10(sr_object(key, job_id)), f"covidct-sr-{job_id}.dcm")
 
 
 @router.get("/{job_id}/dicom/seg", response_class=Response, responses=DICOM)
 def get_dicom_seg(job_id: JobId, key: ApiKeyDep) -> Response:
     """Ground glass, consolidation and lung masks as a DICOM Segmentation (BINARY) on the
     source images (lungs only where the series had no lesion masks)."""
-    material = _load(key, job_id)
-    try:
-        seg = seg_dataset(job_id, material)
-    except ResultUnavailable as error:
-        raise ApiError(409, error.code, str(error)) from None
-    return _dicom(part10(seg), f"covidct-seg-{job_id}.dcm")
+    return _dicom(part10(seg_object(key, job_id)), f"covidct-seg-{job_id}.dcm")
 
 
 @router.get(

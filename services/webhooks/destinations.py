@@ -57,6 +57,7 @@ from services.common.results.objects import (
     load_material,
     part10,
     seg_dataset,
+    seg_masks,
     sr_dataset,
 )
 from services.common.urls import (
@@ -196,14 +197,15 @@ def send(target: Target, datasets: list[Dataset], bundle: Any, settings: Setting
 def _build(session: Session, job: Job) -> tuple[list[Dataset], dict[str, str]]:
     """The SR (always) and the SEG (when the job has masks on the source geometry)."""
     material = load_material(session, job)
-    datasets = [sr_dataset(job.id, material)]
+    masks, _why = seg_masks(job.id, material)
+    datasets = [sr_dataset(job.id, material, masks)]
     sent = {"sr": str(datasets[0].SOPInstanceUID)}
-    try:
-        seg = seg_dataset(job.id, material)
+    if masks is None:
+        sent["seg_not_sent"] = "masks_unavailable"
+    else:
+        seg = seg_dataset(job.id, material, masks)
         datasets.append(seg)
         sent["seg"] = str(seg.SOPInstanceUID)
-    except ResultUnavailable as missing:
-        sent["seg_not_sent"] = missing.code
     return datasets, sent
 
 

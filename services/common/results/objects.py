@@ -21,7 +21,7 @@ from services.common.config import get_settings
 from services.common.jobs import job_view
 from services.common.native_slices import decode_mask, native_blob_key, native_lesions_key
 from services.common.orm import Job, JobStatus, SliceRecord
-from services.common.results.dicom_seg import build_seg, masks_from_labels
+from services.common.results.dicom_seg import build_seg, masks_from_labels, segment_numbers
 from services.common.results.dicom_source import (
     NotDicomSource,
     SourceSlice,
@@ -75,26 +75,40 @@ def load_material(session: Session, job: Job) -> JobMaterial:
     return JobMaterial(view, series, slices, used, infos)
 
 
-def sr_dataset(job_id: str, material: JobMaterial) -> Dataset:
+def seg_masks(job_id: str, material: JobMaterial) -> tuple[Any, str]:
+    """(the SEG's masks, "") when the job has a SEG, else (None, why not). The SR asks the
+    same, so it references the SEG exactly when one can be made."""
+    series, slices = material.series, material.slices
+    if (series.get("dicom_source") or {}).get("multi_frame"):
+        return None, "a SEG of a multi-frame source is not made"
+    masks = _masks(job_id, slices, series, material.infos)
+    if masks is None or not masks.any():
+        return None, f"job {job_id} has no masks on the source images"
+    if any(s.position is None for s in slices) or not series["dicom_source"].get("pixel_spacing"):
+        return None, "the source images lack their plane geometry"
+    return masks, ""
+
+
+def sr_dataset(job_id: str, material: JobMaterial, masks: Any = None) -> Dataset:
+    """The job's SR; its volumes reference the SEG's segments when ``masks`` (from
+    ``seg_masks``) says the job has a SEG."""
     # One reference per instance (the frames of a multi-frame source share one).
     unique = {s.sop_instance_uid: s for s in reversed(material.slices)}
     sources = source_datasets(material.series, sorted(unique.values(), key=lambda s: s.index))
     category = (material.view.get("study") or {}).get("category")
-    return with_scheme(build_sr(job_id, material.view["result"], category, sources, material.used))
+    segments = None if masks is None else segment_numbers(masks)
+    return with_scheme(
+        build_sr(job_id, material.view["result"], category, sources, material.used, segments)
+    )
 
 
-def seg_dataset(job_id: str, material: JobMaterial) -> Dataset:
-    series, slices = material.series, material.slices
-    if (series.get("dicom_source") or {}).get("multi_frame"):
-        raise ResultUnavailable("masks_unavailable", "a SEG of a multi-frame source is not made")
-    masks = _masks(job_id, slices, series, material.infos)
-    if masks is None or not masks.any():
-        raise ResultUnavailable(
-            "masks_unavailable", f"job {job_id} has no masks on the source images"
-        )
-    sources = source_datasets(series, slices)
-    if any("ImagePositionPatient" not in ds or "PixelSpacing" not in ds for ds in sources):
-        raise ResultUnavailable("masks_unavailable", "the source images lack their plane geometry")
+def seg_dataset(job_id: str, material: JobMaterial, masks: Any = None) -> Dataset:
+    """The job's SEG; ``ResultUnavailable`` (``masks_unavailable``) when it has none."""
+    if masks is None:
+        masks, why = seg_masks(job_id, material)
+        if masks is None:
+            raise ResultUnavailable("masks_unavailable", why)
+    sources = source_datasets(material.series, material.slices)
     versions = "; ".join(
         f"{k} {v}" for k, v in sorted(material.view["result"]["model_versions"].items())
     )
