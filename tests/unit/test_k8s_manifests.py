@@ -522,6 +522,14 @@ def test_network_policies(docs: list[Doc]) -> None:
                 if cidr == "0.0.0.0/0":
                     assert selected == {"covidct-worker-webhooks"}, name
                     assert "169.254.0.0/16" in peer["ipBlock"]["except"]  # cloud metadata
+    # Result destinations: the webhooks worker reaches the PACS network, and only it.
+    pacs = policies["webhooks-to-pacs"]["spec"]
+    assert {p for p, labels in pods.items() if selects(pacs["podSelector"], labels)} == {
+        "covidct-worker-webhooks"
+    }
+    (rule,) = pacs["egress"]
+    assert rule["to"] == [{"ipBlock": {"cidr": _cluster_values(docs)["dicom-peers-cidr"]}}]
+    assert {p["port"] for p in rule["ports"]} >= {104, 11112}
 
 
 # --- secrets, migrations, cluster values, connection budget (issue 19) -------------------------
@@ -561,7 +569,8 @@ def test_each_component_gets_only_its_secrets(docs: list[Doc]) -> None:
     assert set(_secret_of(docs, "covidct-migrate")) == {"COVIDCT_DATABASE_URL"}
     webhooks = _secret_of(docs, "covidct-worker-webhooks")
     assert "COVIDCT_SECRET_KEYS" in webhooks
-    assert not any(key.startswith("COVIDCT_STORAGE_") for key in webhooks)
+    # It builds the SEG sent to result destinations from the job's masks: it reads blobs.
+    assert {"COVIDCT_STORAGE_ACCESS_KEY_ID", "COVIDCT_STORAGE_SECRET_ACCESS_KEY"} <= set(webhooks)
     for worker in ("covidct-worker-inference", "covidct-worker-ensemble"):
         assert "COVIDCT_SECRET_KEYS" not in _secret_of(docs, worker)
 
