@@ -382,7 +382,7 @@ def _check_limits_logs_and_redis(stack: Compose) -> None:
     ids = stack.output("ps", "--quiet").split()
     fmt = (
         "{{.Name}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.LogConfig.Type}}"
-        ' {{index .HostConfig.LogConfig.Config "max-size"}}'
+        ' {{index .HostConfig.LogConfig.Config "max-size"}} {{.Id}}'
     )
     out = subprocess.run(
         [docker_client(), "inspect", "--format", fmt, *ids],
@@ -390,9 +390,15 @@ def _check_limits_logs_and_redis(stack: Compose) -> None:
     ).stdout  # fmt: skip
     rows = [line.split() for line in out.splitlines() if line]
     assert len(rows) >= 9, rows
-    for name, memory, cpus, driver, max_size in rows:
+    peaks = []
+    for name, memory, cpus, driver, max_size, container_id in rows:
         assert int(memory) > 0 and int(cpus) > 0, name
         assert driver == "json-file" and max_size, name
+        peak = _memory_peak(container_id)
+        if peak is not None:
+            peaks.append(f"{name.lstrip('/')} {peak / 2**20:.0f}/{int(memory) / 2**20:.0f} MiB")
+    # What sizes the limits (README "Limits and logs"): the peak of each container so far.
+    log("memory peak/limit: " + ", ".join(peaks))
     assert stack.env_file is not None
     password = next(
         line.split("=", 1)[1]
@@ -403,7 +409,22 @@ def _check_limits_logs_and_redis(stack: Compose) -> None:
         cmdline = stack.exec("redis", "cat", f"/proc/{pid}/cmdline")
         assert "redis-server" in cmdline and password not in cmdline, cmdline
     stack.exec("redis", "sh", "-c", "redis-cli ping | grep -q PONG")  # auth from the config
-    log("limits and json-file rotation on " + ", ".join(r[0] for r in rows))
+    log("limits and json-file rotation on " + ", ".join(r[0].lstrip("/") for r in rows))
+
+
+def _memory_peak(container_id: str) -> int | None:
+    """The container's peak memory: cgroup v1 max_usage_in_bytes or v2 memory.peak
+    (dockerd's cgroupfs or systemd layout)."""
+    for path in (
+        Path("/sys/fs/cgroup/memory/docker") / container_id / "memory.max_usage_in_bytes",
+        Path("/sys/fs/cgroup/docker") / container_id / "memory.peak",
+        Path("/sys/fs/cgroup/system.slice") / f"docker-{container_id}.scope" / "memory.peak",
+    ):
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _script(stack: Compose, name: str, compose_cmd: str, *args: str) -> None:
