@@ -293,7 +293,7 @@ def test_compose_stack_end_to_end(
     log(f"job {job_id}: {result['label']} P(COVID) {covid:.4f}, events {events}")
 
     with stack.phase("blobs in S3, read back by the viewer"):
-        keys = _s3_keys(stack, f"jobs/{job_id}/")
+        keys = _s3_keys(stack, f"jobs/{job_id}")
         assert {"slices.npy", "native.bin"} <= set(keys), keys
         assert "blobs" not in stack.exec("gateway", "ls", "/var/lib/covidct").split()
         viewer = _viewer_images(client, job_id)
@@ -319,7 +319,7 @@ def test_compose_stack_end_to_end(
         assert restored["status"] == "succeeded"
         assert restored["result"] == final["result"]
         assert _viewer_images(client, job_id) == viewer
-        assert _s3_keys(stack, f"jobs/{job_id}/") == keys
+        assert _s3_keys(stack, f"jobs/{job_id}") == keys
         again = stack.sql(f"SELECT status FROM job_events WHERE job_id = '{job_id}' ORDER BY id")
         assert [row[0] for row in again] == events
 
@@ -331,7 +331,7 @@ def _s3_keys(stack: Compose, prefix: str) -> dict[str, int]:
         "from services.common.config import get_settings\n"
         "from services.common.storage import make_storage\n"
         "s = make_storage(get_settings())\n"
-        "full = s._key(sys.argv[1])\n"
+        "full = s._key(sys.argv[1]) + '/'\n"
         "pages = s.client.get_paginator('list_objects_v2').paginate(Bucket=s.bucket, Prefix=full)\n"
         "print(json.dumps({o['Key'][len(full):]: o['Size'] for p in pages "
         "for o in p.get('Contents', [])}))"
