@@ -187,6 +187,9 @@ PER_COMPONENT_SECRETS = {
     "COVIDCT_STORAGE_SECRET_ACCESS_KEY",
 }
 
+# The address of a self-hosted S3 (compose's MinIO, the dev overlay's): AWS S3 needs none.
+DEPLOYMENT_SPECIFIC = {"COVIDCT_STORAGE_ENDPOINT_URL"}
+
 
 def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
     """What differs between the rendered manifests and the compose files: covidct images
@@ -211,7 +214,7 @@ def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
             }
     # Kubernetes gives each component only the secrets it needs (k8s/secrets): those must
     # reach some app container, not every one.
-    everywhere = compose_keys - PER_COMPONENT_SECRETS
+    everywhere = compose_keys - PER_COMPONENT_SECRETS - DEPLOYMENT_SPECIFIC
     somewhere: set[str] = set()
     for workload in workloads(docs):
         for container in containers(pod_spec(workload) or {}):
