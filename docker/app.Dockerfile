@@ -82,6 +82,10 @@ RUN printf '#!/bin/sh\nexec /opt/venv/bin/python -m services.cli "$@"\n' > /usr/
     && chmod 0755 /usr/local/bin/covidct /usr/local/bin/covidct-healthcheck \
     && python3.11 -m compileall -q /app/services /app/migrations
 
+# The gateway's copy: model cards and configs, not the weights (it scores nothing).
+FROM code AS code-gateway
+RUN find /app/models -name '*.pt' -delete
+
 # What both images have besides their environment and code: user, settings, entry point.
 FROM python AS runtime
 ARG VERSION=0.1.0
@@ -119,7 +123,7 @@ LABEL org.opencontainers.image.title="covidct-gateway" \
       org.opencontainers.image.description="covidct gateway (API, uploads), migrations and admin CLI"
 COPY --from=build-gateway /opt/venv /opt/venv
 COPY --from=code /usr/local/bin/covidct /usr/local/bin/covidct-healthcheck /usr/local/bin/
-COPY --from=code /app /app
+COPY --from=code-gateway /app /app
 
 # The full image (default target): every Celery worker, migrations, the CLI; the gateway too.
 FROM runtime AS app
