@@ -18,13 +18,27 @@ ARG APP_IMAGE=covidct-app:0.1.0
 
 FROM ${APP_IMAGE} AS app
 
-# The environment TorchServe runs: the app's, on a GPU build with the CUDA torch instead. A
-# stage of its own, so the image holds one torch, not the CUDA build over a CPU build's layer.
-FROM app AS venv
+# Java for TorchServe's frontend, Python 3.11 for its workers.
+FROM ${BASE_IMAGE} AS runtime
 USER root
+RUN set -eux; \
+    packages="tini libgomp1 ca-certificates openjdk-17-jre-headless"; \
+    command -v python3.11 >/dev/null || packages="$packages python3.11 python3.11-venv"; \
+    apt-get update; \
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $packages; \
+    rm -rf /var/lib/apt/lists/*
+
+# The environment TorchServe runs: the app's, pointed at this base's python3.11, and on a GPU
+# build with the CUDA torch instead of the CPU one. A stage of its own, so the image holds one
+# torch (not the CUDA build over a CPU build's layer), and fed by the app's /opt/venv alone
+# (COPY --from is cached by content), so a code change does not redo the torch swap.
+FROM runtime AS venv
+COPY --from=app /opt/venv /opt/venv
 ARG TORCH_INDEX_URL=
 ARG TORCH_WHEELHOUSE_URL=
 RUN set -eux; \
+    rm -f /opt/venv/bin/python /opt/venv/bin/python3 /opt/venv/bin/python3.11; \
+    python3.11 -m venv --upgrade --without-pip /opt/venv; \
     if [ -n "$TORCH_WHEELHOUSE_URL" ]; then \
         set -- --no-index --find-links "$TORCH_WHEELHOUSE_URL"; \
     elif [ -n "$TORCH_INDEX_URL" ]; then \
@@ -37,21 +51,10 @@ RUN set -eux; \
         find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +; \
     fi
 
-FROM ${BASE_IMAGE} AS torchserve
-USER root
-RUN set -eux; \
-    packages="tini libgomp1 ca-certificates openjdk-17-jre-headless"; \
-    command -v python3.11 >/dev/null || packages="$packages python3.11 python3.11-venv"; \
-    apt-get update; \
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $packages; \
-    rm -rf /var/lib/apt/lists/*
+FROM runtime AS torchserve
 COPY --from=venv /opt/venv /opt/venv
 COPY --from=app /app /app
-# Point the copied environment at this base's python3.11.
-RUN set -eux; \
-    rm -f /opt/venv/bin/python /opt/venv/bin/python3 /opt/venv/bin/python3.11; \
-    python3.11 -m venv --upgrade --without-pip /opt/venv; \
-    PYTHONPATH=/app /opt/venv/bin/python -c 'import torch, ts, services.inference.handler'
+RUN PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/app /opt/venv/bin/python -c 'import torch, ts, services.inference.handler'
 ARG VERSION=0.1.0
 ARG SLICE_MODEL_VERSION=v1.1
 LABEL org.opencontainers.image.title="covidct-torchserve" \
