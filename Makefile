@@ -53,7 +53,7 @@ compose-test: $(STAMP)
 	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/deploy/test_compose_stack.py
 
 # The TorchServe GPU image (PyPI's CUDA torch, offline like compose-test) built and smoke-tested
-# on the CPU; not in CI (measured: docs/images.md). Needs root (dockerd, apt-get).
+# on the CPU; .ci/run calls it after compose-test (times: docs/images.md). Needs root.
 gpu-image: $(STAMP)
 	PYTHON=$(BIN)/python scripts/compose/install-host-tools.sh
 	COVIDCT_GPU_IMAGE_TEST=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/deploy/test_gpu_image.py

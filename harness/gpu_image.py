@@ -115,17 +115,15 @@ def _env_file(path: Path) -> Path:
 
 def smoke(env: dict[str, str], image: str = GPU_IMAGE) -> dict[str, Any]:
     """docker/torchserve/smoke.py inside ``image``, no network: its JSON report."""
-    with SMOKE_SCRIPT.open("rb") as script:
-        result = docker(
-            env,
-            "run", "--rm", "-i", "--network", "none",
-            "--entrypoint", "/opt/venv/bin/python", image, "-",
-            stdin=script, capture_output=True, text=False, check=False, timeout=SMOKE_TIMEOUT_S,
-        )  # fmt: skip
-    out = result.stdout.decode(errors="replace")
+    result = docker(
+        env,
+        "run", "--rm", "-i", "--network", "none",
+        "--entrypoint", "/opt/venv/bin/python", image, "-",
+        input=SMOKE_SCRIPT.read_text(), capture_output=True, check=False, timeout=SMOKE_TIMEOUT_S,
+    )  # fmt: skip
+    out = result.stdout
     if result.returncode != 0:
-        err = result.stderr.decode(errors="replace")
-        raise RuntimeError(f"smoke test failed in {image}:\n{out[-3000:]}\n{err[-6000:]}")
+        raise RuntimeError(f"smoke test failed in {image}:\n{out[-3000:]}\n{result.stderr[-6000:]}")
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
