@@ -14,6 +14,7 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
@@ -123,3 +124,36 @@ def test_gateway_app_starts_without_heavy_modules(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_pipeline_command_without_the_pipeline_packages_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """In the gateway image ``covidct diagnose`` stops with one line, not a traceback."""
+    import services.cli.main
+    from services.cli import entry
+
+    def missing_torch() -> None:
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(services.cli.main, "app", missing_torch)
+    with pytest.raises(SystemExit) as stopped:
+        entry.run()
+    assert stopped.value.code == 2
+    assert "covidct-app image" in capsys.readouterr().err
+
+
+def test_pipeline_modules_cover_the_worker_extra() -> None:
+    """entry.PIPELINE_MODULES names every top-level module the [worker] extra installs."""
+    from services.cli.entry import PIPELINE_MODULES
+
+    distributions = importlib.metadata.packages_distributions()
+    worker = {
+        _normalized(Requirement(r).name) for r in _pyproject()["optional-dependencies"]["worker"]
+    }
+    modules = {
+        module
+        for module, names in distributions.items()
+        if {_normalized(n) for n in names} & worker and not module.startswith("_")
+    }
+    assert modules <= PIPELINE_MODULES
