@@ -32,6 +32,9 @@ class Action(StrEnum):
     USER_ROLE_CHANGE = "user_role_change"
     USER_PASSWORD_CHANGE = "user_password_change"
     AUDIT_EXPORT = "audit_export"
+    # Where results (PHI: patient name and ids in the SR, SEG and FHIR report) are sent.
+    DESTINATION_ADD = "destination_add"
+    DESTINATION_REMOVE = "destination_remove"
 
 
 def record(

@@ -31,7 +31,7 @@ from services.common.db import session_scope
 from services.common.jobs import job_view
 from services.common.orm import Job
 from services.common.queue import celery_app
-from services.gateway.dicom_sr import SCHEME
+from services.common.results.dicom_sr import SCHEME
 from tests.support.service import auth, make_tenant, new_job, upload_study
 
 for _module in TASK_MODULES:
@@ -290,7 +290,7 @@ def test_not_finished_and_not_dicom_are_409(eager_client: TestClient, data_dir: 
 def test_sr_without_hu_findings_has_the_verdict_only() -> None:
     """A verdict of images (no lesion measurements): the COVID-19 assessment group only,
     the label as the category."""
-    from services.gateway.dicom_sr import measurement_groups
+    from services.common.results.dicom_sr import measurement_groups
 
     result = {
         "label": "NonCOVID",
@@ -314,7 +314,7 @@ def test_sr_without_hu_findings_has_the_verdict_only() -> None:
     ],
 )
 def test_sources_that_cannot_be_referenced_are_refused(change: dict[str, Any], code: str) -> None:
-    from services.gateway.dicom_source import NotDicomSource, source_slices
+    from services.common.results.dicom_source import NotDicomSource, source_slices
 
     series = {
         "source_format": "dicom",
@@ -333,7 +333,7 @@ def test_sources_that_cannot_be_referenced_are_refused(change: dict[str, Any], c
 
 
 def _synthetic_source(n: int = 4, size: int = 16) -> tuple[dict[str, Any], list[Any]]:
-    from services.gateway.dicom_source import SourceSlice
+    from services.common.results.dicom_source import SourceSlice
 
     series = {
         "source_format": "dicom",
@@ -356,9 +356,9 @@ def _synthetic_source(n: int = 4, size: int = 16) -> tuple[dict[str, Any], list[
 def test_lungs_only_seg_and_image_verdict_sr_pass_dciodvfy(tmp_path: Path) -> None:
     """The other shapes of our objects: a SEG of lungs only (a DICOM series without lesion
     masks) and an SR without HU findings, each valid for dciodvfy."""
-    from services.gateway.dicom_seg import build_seg
-    from services.gateway.dicom_source import source_datasets
-    from services.gateway.dicom_sr import build_sr
+    from services.common.results.dicom_seg import build_seg
+    from services.common.results.dicom_source import source_datasets
+    from services.common.results.dicom_sr import build_sr
 
     series, slices = _synthetic_source()
     sources = source_datasets(series, slices)

@@ -193,6 +193,9 @@ def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
     (name:tag) used by one and not the other, and COVIDCT_* settings that compose gives the
     app image but Kubernetes does not. Empty when they agree."""
     services = _compose_services(interpolate_defaults(text) for text in compose_texts)
+    # Services under a profile (`pacs`: a demo PACS and the DICOM listener) are opt-in
+    # extras of one Docker host, not part of the deployment Kubernetes mirrors.
+    services = {name: s for name, s in services.items() if not s.get("profiles")}
     compose_images = covidct_images(str(s["image"]) for s in services.values() if "image" in s)
     k8s_images = covidct_images(
         c["image"] for w in workloads(docs) for c in containers(pod_spec(w) or {})

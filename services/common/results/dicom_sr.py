@@ -25,7 +25,7 @@ from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from services.gateway.dicom_source import derived_uid
+from services.common.results.dicom_source import derived_uid
 
 SCHEME = "99COVIDCT"
 MANUFACTURER = "covidct"

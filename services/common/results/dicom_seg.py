@@ -15,8 +15,14 @@ from numpy.typing import NDArray
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from services.gateway.dicom_source import derived_uid
-from services.gateway.dicom_sr import CONSOLIDATION, GGO, LUNG, MANUFACTURER, SEG_SERIES_NUMBER
+from services.common.results.dicom_source import derived_uid
+from services.common.results.dicom_sr import (
+    CONSOLIDATION,
+    GGO,
+    LUNG,
+    MANUFACTURER,
+    SEG_SERIES_NUMBER,
+)
 
 LESION = codes.SCT.MorphologicallyAbnormalStructure
 ANATOMY = codes.SCT.AnatomicalStructure
