@@ -7,7 +7,7 @@ CONSOLE_STAMP := console/.stamp
 CONSOLE_INPUTS := console/package.json console/package-lock.json console/index.html \
 	console/vite.config.ts console/tsconfig.json $(shell find console/src -type f 2>/dev/null)
 
-.PHONY: install console demo test lint bench clean compose-test
+.PHONY: install console demo test lint bench clean compose-test gpu-image
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON)"; exit 1; }
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU build from local disk / PyPI, never a CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[worker,torchserve,dev]'
 	# checkov (k8s/ checks) in a venv of its own: it pins packaging<24 and urllib3 1.26.
 	test -x $(VENV)/tools/checkov/bin/python || $(PYTHON) -m venv $(VENV)/tools/checkov
 	$(VENV)/tools/checkov/bin/pip install -q 'checkov>=3.2,<4'
@@ -52,6 +52,12 @@ lint: $(STAMP)
 compose-test: $(STAMP)
 	PYTHON=$(BIN)/python scripts/compose/install-host-tools.sh
 	$(BIN)/python -m pytest -q -s -p no:cacheprovider tests/deploy/test_compose_stack.py
+
+# The TorchServe GPU image (PyPI's CUDA torch, offline like compose-test) built and smoke-tested
+# on the CPU; .ci/run calls it after compose-test (times: docs/images.md). Needs root.
+gpu-image: $(STAMP)
+	PYTHON=$(BIN)/python scripts/compose/install-host-tools.sh
+	COVIDCT_GPU_IMAGE_TEST=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/deploy/test_gpu_image.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

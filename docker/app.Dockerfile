@@ -1,5 +1,7 @@
-# The one application image: gateway, every Celery worker, migrations and the CLI share it;
-# the command picks the role (`gateway`, `worker --queues inference`, `migrate`, ...).
+# The application images, two targets of this file: `app` (default; every Celery worker,
+# migrations and the CLI; the command picks the role: `worker --queues inference`, `migrate`,
+# ...) and `gateway` (the API process only: the base dependencies of pyproject.toml, no
+# torch/xgboost/scikit-learn/TorchServe; docs/images.md has the sizes).
 #
 # Production default: FROM python:3.11-slim-bookworm, Python packages from PyPI with the
 # PyTorch CPU index as an extra index (torch==2.13.0 -> the +cpu build, not the multi-GB CUDA one).
@@ -10,6 +12,8 @@
 # (Debian's docker.io 20.10 BuildKit has no named build contexts, hence HTTP, not
 # --build-context.)  Only the built-in Dockerfile frontend is used: nothing is pulled.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
+ARG WHEELHOUSE_URL=
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 FROM ${BASE_IMAGE} AS python
 # Python 3.11 from the base (python:3.11-slim) or, on a plain Debian/Ubuntu base, the
@@ -22,25 +26,40 @@ RUN set -eux; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $packages; \
     rm -rf /var/lib/apt/lists/*
 
-# The [project] dependencies of pyproject.toml, nothing else of it: the install below is
-# redone only when this list changes (COPY --from is cached by content).
+# The requirement lists of pyproject.toml, nothing else of it: an install below is redone
+# only when its list changes (COPY --from is cached by content). requirements-gateway.txt:
+# the base dependencies; requirements.txt: those and the [worker] and [torchserve] extras.
 FROM python AS requirements
 COPY pyproject.toml /tmp/pyproject.toml
-RUN python3.11 -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]["dependencies"]))' > /tmp/requirements.txt
+RUN python3.11 -c 'import tomllib; p = tomllib.load(open("/tmp/pyproject.toml", "rb"))["project"]; x = p["optional-dependencies"]; open("/tmp/requirements-gateway.txt", "w").write("\n".join(p["dependencies"]) + "\n"); open("/tmp/requirements.txt", "w").write("\n".join(p["dependencies"] + x["worker"] + x["torchserve"]) + "\n")'
 
-FROM python AS build
-ARG WHEELHOUSE_URL=
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# pip into /opt/venv from the wheelhouse (CI) or PyPI + the PyTorch CPU index: venv-install FILE.
+FROM python AS pip
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-RUN python3.11 -m venv /opt/venv
+RUN python3.11 -m venv /opt/venv \
+    && printf '%s\n' '#!/bin/sh' 'set -eu' \
+        'if [ -n "$WHEELHOUSE_URL" ]; then set -- --no-index --find-links "$WHEELHOUSE_URL" -r "$1";' \
+        'else set -- --extra-index-url "$TORCH_INDEX_URL" -r "$1"; fi' \
+        'exec /opt/venv/bin/pip install "$@"' > /usr/local/bin/venv-install \
+    && chmod 0755 /usr/local/bin/venv-install
+
+# The gateway's environment: no torch, xgboost, scikit-learn, scipy or TorchServe.
+FROM pip AS build-gateway
+ARG WHEELHOUSE_URL
+ARG TORCH_INDEX_URL
+COPY --from=requirements /tmp/requirements-gateway.txt /tmp/requirements-gateway.txt
+RUN set -eux; \
+    venv-install /tmp/requirements-gateway.txt; \
+    /opt/venv/bin/python -c 'import importlib.util as u, cv2, fastapi, highdicom, psycopg, celery; heavy = [m for m in ("torch", "xgboost", "sklearn", "scipy", "ts") if u.find_spec(m)]; assert not heavy, heavy'; \
+    find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+# Every role's environment (workers, TorchServe's handler, training and diagnose in the CLI).
+FROM pip AS build
+ARG WHEELHOUSE_URL
+ARG TORCH_INDEX_URL
 COPY --from=requirements /tmp/requirements.txt /tmp/requirements.txt
 RUN set -eux; \
-    if [ -n "$WHEELHOUSE_URL" ]; then \
-        set -- --no-index --find-links "$WHEELHOUSE_URL"; \
-    else \
-        set -- --extra-index-url "$TORCH_INDEX_URL"; \
-    fi; \
-    /opt/venv/bin/pip install "$@" -r /tmp/requirements.txt; \
+    venv-install /tmp/requirements.txt; \
     /opt/venv/bin/python -c 'import torch, cv2, xgboost, psycopg; assert "+cpu" in torch.__version__ or torch.version.cuda, torch.__version__'; \
     # xgboost pulls NCCL (~470 MB) for multi-GPU training only; it is dlopen-ed on demand,
     # never on the CPU, so a CPU image drops it.
@@ -50,20 +69,8 @@ RUN set -eux; \
     fi; \
     find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 
-FROM python AS app
-ARG VERSION=0.1.0
-ARG SLICE_MODEL_VERSION=v1.1
-ARG ENSEMBLE_MODEL_VERSION=v3
-LABEL org.opencontainers.image.title="covidct-app" \
-      org.opencontainers.image.description="covidct gateway, Celery workers, migrations and CLI" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      io.covidct.slice-model-version="${SLICE_MODEL_VERSION}" \
-      io.covidct.ensemble-model-version="${ENSEMBLE_MODEL_VERSION}"
-RUN groupadd --system --gid 10001 covidct \
-    && useradd --system --uid 10001 --gid covidct --home-dir /home/covidct --create-home covidct \
-    && install -d -o covidct -g covidct -m 0700 /var/lib/covidct
-COPY --from=build /opt/venv /opt/venv
+# This checkout's code and the `covidct` command, shared by both images.
+FROM python AS code
 WORKDIR /app
 COPY alembic.ini pyproject.toml ./
 COPY migrations ./migrations
@@ -73,7 +80,25 @@ COPY docker/healthcheck.py /usr/local/bin/covidct-healthcheck
 # `covidct` runs this checkout's code (its paths - models/, migrations/ - are relative to it).
 RUN printf '#!/bin/sh\nexec /opt/venv/bin/python -m services.cli "$@"\n' > /usr/local/bin/covidct \
     && chmod 0755 /usr/local/bin/covidct /usr/local/bin/covidct-healthcheck \
-    && /opt/venv/bin/python -m compileall -q /app/services /app/migrations
+    && python3.11 -m compileall -q /app/services /app/migrations
+
+# The gateway's copy: model cards and configs, not the weights (it scores nothing).
+FROM code AS code-gateway
+RUN find /app/models -name '*.pt' -delete
+
+# What both images have besides their environment and code: user, settings, entry point.
+FROM python AS runtime
+ARG VERSION=0.1.0
+ARG SLICE_MODEL_VERSION=v1.1
+ARG ENSEMBLE_MODEL_VERSION=v3
+LABEL org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.covidct.slice-model-version="${SLICE_MODEL_VERSION}" \
+      io.covidct.ensemble-model-version="${ENSEMBLE_MODEL_VERSION}"
+RUN groupadd --system --gid 10001 covidct \
+    && useradd --system --uid 10001 --gid covidct --home-dir /home/covidct --create-home covidct \
+    && install -d -o covidct -g covidct -m 0700 /var/lib/covidct
+WORKDIR /app
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app \
     PYTHONUNBUFFERED=1 \
@@ -90,3 +115,20 @@ HEALTHCHECK --interval=30s --timeout=15s --start-period=60s --retries=3 \
     CMD ["/opt/venv/bin/python", "/usr/local/bin/covidct-healthcheck"]
 ENTRYPOINT ["/usr/bin/tini", "--", "covidct"]
 CMD ["gateway"]
+
+# The slim gateway image (--target gateway): the API, uploads, migrations and admin commands
+# (`covidct migrate | tenants | users`); no pipeline (`covidct diagnose`, workers but webhooks).
+FROM runtime AS gateway
+LABEL org.opencontainers.image.title="covidct-gateway" \
+      org.opencontainers.image.description="covidct gateway (API, uploads), migrations and admin CLI"
+COPY --from=build-gateway /opt/venv /opt/venv
+COPY --from=code /usr/local/bin/covidct /usr/local/bin/covidct-healthcheck /usr/local/bin/
+COPY --from=code-gateway /app /app
+
+# The full image (default target): every Celery worker, migrations, the CLI; the gateway too.
+FROM runtime AS app
+LABEL org.opencontainers.image.title="covidct-app" \
+      org.opencontainers.image.description="covidct gateway, Celery workers, migrations and CLI"
+COPY --from=build /opt/venv /opt/venv
+COPY --from=code /usr/local/bin/covidct /usr/local/bin/covidct-healthcheck /usr/local/bin/
+COPY --from=code /app /app

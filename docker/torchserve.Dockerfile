@@ -4,18 +4,22 @@
 # the virtual environment and the code from the application image (APP_IMAGE, build it
 # first) and adds Java 17 on BASE_IMAGE.
 #
-# CPU (default): BASE_IMAGE=python:3.11-slim-bookworm, the app image's torch (2.13.0+cpu).
-# GPU: BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu22.04 (Python 3.11 from Ubuntu's
-# python3.11) and TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128, which replaces
-# torch with the CUDA build (docker-compose.gpu.yml sets both). The official
-# pytorch/torchserve GPU image is not used: its Python is not 3.11, which the package needs.
+# CPU (default): the app image's torch (2.13.0+cpu).
+# GPU (`make gpu-image`, docker-compose.gpu.yml): the same BASE_IMAGE, torch swapped for the
+# CUDA build of the package index - PyPI's torch 2.13.0 for Linux x86_64 is built with CUDA
+# 13.0 and brings the CUDA runtime, cuBLAS, cuDNN and NCCL as nvidia-* wheels, so no CUDA base
+# image is pulled; the host needs only the NVIDIA driver (580 or newer for CUDA 13.0) and the
+# NVIDIA Container Toolkit. TORCH_INDEX_URL picks the index (https://pypi.org/simple for
+# that build); TORCH_WHEELHOUSE_URL, a wheelhouse served on loopback (CI, offline), wins.
+# docs/images.md has the sizes and build times.
 # CI: BASE_IMAGE=covidct-ci-base:bookworm, apt over the host network (build `network: host`).
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 ARG APP_IMAGE=covidct-app:0.1.0
 
 FROM ${APP_IMAGE} AS app
 
-FROM ${BASE_IMAGE} AS torchserve
+# Java for TorchServe's frontend, Python 3.11 for its workers.
+FROM ${BASE_IMAGE} AS runtime
 USER root
 RUN set -eux; \
     packages="tini libgomp1 ca-certificates openjdk-17-jre-headless"; \
@@ -23,18 +27,34 @@ RUN set -eux; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $packages; \
     rm -rf /var/lib/apt/lists/*
+
+# The environment TorchServe runs: the app's, pointed at this base's python3.11, and on a GPU
+# build with the CUDA torch instead of the CPU one. A stage of its own, so the image holds one
+# torch (not the CUDA build over a CPU build's layer), and fed by the app's /opt/venv alone
+# (COPY --from is cached by content), so a code change does not redo the torch swap.
+FROM runtime AS venv
 COPY --from=app /opt/venv /opt/venv
-COPY --from=app /app /app
 ARG TORCH_INDEX_URL=
-# Point the copied environment at this base's python3.11; on a GPU build, swap in CUDA torch.
+ARG TORCH_WHEELHOUSE_URL=
 RUN set -eux; \
     rm -f /opt/venv/bin/python /opt/venv/bin/python3 /opt/venv/bin/python3.11; \
     python3.11 -m venv --upgrade --without-pip /opt/venv; \
-    if [ -n "$TORCH_INDEX_URL" ]; then \
-        /opt/venv/bin/pip install --no-cache-dir --force-reinstall \
-            --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple torch==2.13.0; \
+    if [ -n "$TORCH_WHEELHOUSE_URL" ]; then \
+        set -- --no-index --find-links "$TORCH_WHEELHOUSE_URL"; \
+    elif [ -n "$TORCH_INDEX_URL" ]; then \
+        set -- --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple; \
     fi; \
-    PYTHONPATH=/app /opt/venv/bin/python -c 'import torch, ts, services.inference.handler'
+    if [ "$#" -gt 0 ]; then \
+        /opt/venv/bin/pip uninstall -y torch; \
+        /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check "$@" torch==2.13.0; \
+        /opt/venv/bin/python -c 'import torch; assert torch.version.cuda, torch.__version__; print("torch", torch.__version__, "CUDA", torch.version.cuda)'; \
+        find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +; \
+    fi
+
+FROM runtime AS torchserve
+COPY --from=venv /opt/venv /opt/venv
+COPY --from=app /app /app
+RUN PYTHONDONTWRITEBYTECODE=1 PYTHONPATH=/app /opt/venv/bin/python -c 'import torch, ts, services.inference.handler'
 ARG VERSION=0.1.0
 ARG SLICE_MODEL_VERSION=v1.1
 LABEL org.opencontainers.image.title="covidct-torchserve" \

@@ -330,9 +330,15 @@ def ensure_base_image(env: dict[str, str], cache_dir: Path = CACHE_DIR) -> str:
     return BASE_IMAGE
 
 
-def project_requirements() -> list[str]:
-    data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    return list(data["project"]["dependencies"])
+# The extras that go into images (dev stays on the host).
+IMAGE_EXTRAS = ("worker", "torchserve")
+
+
+def project_requirements(extras: Sequence[str] = IMAGE_EXTRAS) -> list[str]:
+    """The base dependencies of pyproject.toml and those of ``extras``."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    optional = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(req for name in extras for req in optional[name])]
 
 
 def ensure_wheelhouse(directory: Path = CACHE_DIR / "wheelhouse") -> Path:

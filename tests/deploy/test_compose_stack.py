@@ -57,6 +57,7 @@ pytestmark = pytest.mark.data
 FILES = (COMPOSE_FILE, "docker-compose.ci.yml", "tests/deploy/docker-compose.test.yml")
 IMAGES = (
     "covidct-app:0.1.0",
+    "covidct-gateway:0.1.0",
     "covidct-torchserve:0.1.0",
     "covidct-ci-postgres:15",
     "covidct-ci-redis:7",

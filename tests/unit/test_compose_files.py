@@ -62,7 +62,11 @@ def test_services_roles_images_and_dependencies() -> None:
     services = config["services"]
     assert set(services) == {"postgres", "redis", "minio", "torchserve", *APP_SERVICES}
     for name in APP_SERVICES:
-        assert services[name]["image"] == "covidct-app:0.1.0", name
+        expected = "covidct-gateway:0.1.0" if name == "gateway" else "covidct-app:0.1.0"
+        assert services[name]["image"] == expected, name
+    # The slim gateway image: the same Dockerfile and arguments, its own target.
+    assert services["gateway"]["build"]["target"] == "gateway"
+    assert services["gateway"]["build"]["args"] == services["migrate"]["build"]["args"]
     assert services["torchserve"]["image"] == "covidct-torchserve:0.1.0"
     assert [services[w]["command"][:3] for w in WORKERS] == [
         ["worker", "--queues", q] for q in ("preprocess", "inference", "ensemble", "webhooks")
@@ -169,12 +173,16 @@ def test_overrides_gpu_and_ci() -> None:
     gpu = _merged("docker-compose.gpu.yml")["services"]["torchserve"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["driver"] == "nvidia"
-    assert "cuda" in gpu["build"]["args"]["BASE_IMAGE"]
+    # The CPU image's base; the CUDA torch from the package index (its runtime as wheels).
+    cpu = _merged()["services"]["torchserve"]
+    assert gpu["build"]["args"]["BASE_IMAGE"] == cpu["build"]["args"]["BASE_IMAGE"]
+    assert gpu["build"]["args"]["TORCH_INDEX_URL"] == "https://pypi.org/simple"
+    assert gpu["image"] == "covidct-torchserve:0.1.0-gpu"
     ci = _merged("docker-compose.ci.yml")["services"]
     assert ci["postgres"]["image"] == "covidct-ci-postgres:15"
     assert ci["redis"]["image"] == "covidct-ci-redis:7"
     assert ci["minio"]["image"] == "covidct-ci-s3:moto5"
-    for name in ("postgres", "redis", "minio", "migrate", "torchserve"):
+    for name in ("postgres", "redis", "minio", "migrate", "gateway", "torchserve"):
         assert ci[name]["build"]["network"] == "host", name
         assert ci[name]["build"]["args"]["BASE_IMAGE"] == "covidct-ci-base:bookworm", name
 
@@ -183,7 +191,8 @@ def test_image_tag_can_be_overridden(tmp_path: Path) -> None:
     env = tmp_path / "tag.env"
     env.write_text(ENV_EXAMPLE.read_text() + "COVIDCT_IMAGE_TAG=9.9.9\n")
     services = yaml.safe_load(compose_config((COMPOSE_FILE,), env))["services"]
-    assert services["gateway"]["image"] == "covidct-app:9.9.9"
+    assert services["gateway"]["image"] == "covidct-gateway:9.9.9"
+    assert services["worker-inference"]["image"] == "covidct-app:9.9.9"
     assert services["torchserve"]["image"] == "covidct-torchserve:9.9.9"
 
 

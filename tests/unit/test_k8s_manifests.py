@@ -755,6 +755,7 @@ x-app: &app
 services:
   gateway:
     <<: *app
+    image: covidct-gateway:${COVIDCT_IMAGE_TAG:-0.1.0}
     command: ["gateway", "--host", "0.0.0.0", "--port", "8000"]
   worker-preprocess:
     <<: *app
