@@ -147,6 +147,9 @@ class LesionConfig:
     # peripherally: its part beyond hilum_mm holds at least min_lesion_ml (not re-opened: the
     # outer part of a hilar GGO is thin, and with the opening the 1 mm soft phantom lost it).
     hilum_mm: float = 10.0
+    # ... "extends peripherally": its part beyond hilum_mm holds at least this much (the outer
+    # part of a hilar GGO is thin: with 0.5 mL the 1 mm phantoms lost their hilar lesion whole).
+    hilum_extension_ml: float = 0.1
     # Hilar levels: the hilum sits at mid height of the lungs (T5-T7); fractions of the lungs'
     # z extent from the base. Outside them (apex, bases) lesions against the mediastinum
     # (e.g. posterior basal, paravertebral) are common and kept.
@@ -581,7 +584,7 @@ def _hilar_rule(
     near = seeds & (central < cfg.hilum_mm)
     if not near.any():
         return seeds
-    outer = _drop_small(seeds & ~near, cfg.min_lesion_ml, spacing)
+    outer = _drop_small(seeds & ~near, cfg.hilum_extension_ml, spacing)
     labels, _count = ndimage.label(seeds, structure=ndimage.generate_binary_structure(3, 2))
     keep = np.zeros(int(labels.max()) + 1, bool)
     keep[np.unique(labels[outer])] = True
