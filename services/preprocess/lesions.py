@@ -542,8 +542,14 @@ def _lesions(
         # vessel entering a consolidation cannot be told from it anyway.
         solid_seeds = seeds & thick
         if solid_seeds.any():
-            near_solid = ndimage.distance_transform_edt(~solid_seeds, sampling=spacing)
-            grown |= dense & ~thick & (near_solid <= cfg.dense_grow_mm)
+            # Distances only around the solid seeds (their box + dense_grow_mm): cheap.
+            reach = [int(np.ceil(cfg.dense_grow_mm / s)) + 1 for s in spacing]
+            sbox = tuple(
+                slice(max(0, b.start - r), b.stop + r)
+                for b, r in zip(_bbox(solid_seeds), reach, strict=True)
+            )
+            near_solid = ndimage.distance_transform_edt(~solid_seeds[sbox], sampling=spacing)
+            grown[sbox] |= dense[sbox] & ~thick[sbox] & (near_solid <= cfg.dense_grow_mm)
     kept = seeds | grown
     ggo = kept & (smooth < cfg.consolidation_hu[0])
     # Voxels reached by growing (vessels inside GGO) take the class of their nearest seed.
