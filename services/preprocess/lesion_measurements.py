@@ -29,8 +29,12 @@ Keys (stable; percentages are 0..100 of lung volume, volumes in mL):
   (zones with opacity ≥ :data:`INVOLVED_PERCENT`), ``bilateral``;
   ``peripheral_fraction`` (share of lesion voxels in the outer third of the lung) and
   ``peripheral_central_ratio`` (opacity % of the outer third / opacity % of the inner two
-  thirds, + 0.001 each; > 1 means peripheral predominance); ``lower_zone_fraction`` (share of
-  lesion voxels in the lower zones)
+  thirds, + 0.001 each; > 1 means peripheral predominance); ``central_fraction`` (share of
+  lesion voxels in the inner third, the lung's core around the hilum) and
+  ``central_opacity_ratio`` (opacity % of the inner third / opacity % of the whole lung,
+  + 0.001 each; ≥ 1 means a central component as dense as the disease overall: "central and
+  peripheral" or perihilar, which the typical COVID-19 pattern spares); ``lower_zone_fraction``
+  (share of lesion voxels in the lower zones)
 * components (3-D, 26-connected lesion regions of at least :data:`MIN_COMPONENT_ML`):
   ``lesion_components`` (how many), ``largest_component_ml``
 * structures read by the verdict as atypical for COVID-19 (RSNA consensus, Simpson et al.
@@ -62,7 +66,7 @@ from scipy import ndimage
 if TYPE_CHECKING:
     from services.preprocess.lesions import LesionMasks
 
-VERSION = 1
+VERSION = 2  # 2: central_fraction, central_opacity_ratio
 HIGH_OPACITY_HU = -200  # "high opacity" (consolidation-like density), as Chaganti et al.
 NONE_BELOW_PERCENT = 0.1  # a zone with less opacity than this scores 0 (noise floor)
 INVOLVED_PERCENT = 1.0  # a zone counts as involved from 1 % opacity (as verdict v2)
@@ -125,9 +129,11 @@ def _hull(mask: NDArray[np.uint8]) -> NDArray[np.uint8]:
     return hull
 
 
-def _peripheral_map(lungs: NDArray[np.uint8]) -> NDArray[np.bool_]:
-    """Lung voxels in the outer third of their lung (distance to the chest wall)."""
-    out = np.zeros(lungs.shape, bool)
+def _relative_depth(lungs: NDArray[np.uint8]) -> NDArray[np.float32]:
+    """Per lung voxel its depth from the chest wall as a fraction 0..1 of its lung's deepest
+    point on that slice (0 at the wall, 1 at the hilum/mediastinal side); −1 outside the lungs.
+    """
+    out = np.full(lungs.shape, -1.0, np.float32)
     for z in np.flatnonzero(lungs.reshape(lungs.shape[0], -1).any(axis=1)):
         lung = (lungs[z] > 0).astype(np.uint8)
         # Pad so a lung touching the image edge still has a wall to measure from.
@@ -136,7 +142,7 @@ def _peripheral_map(lungs: NDArray[np.uint8]) -> NDArray[np.bool_]:
         for _, label in SIDES:
             side = lungs[z] == label
             if side.any():
-                out[z] |= side & (depth <= depth[side].max() / 3.0)
+                out[z][side] = depth[side] / max(float(depth[side].max()), 1e-6)
     return out
 
 
@@ -285,7 +291,8 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
     out["sides_involved"] = len({zone.split("_")[0] for zone in involved})
     out["bilateral"] = out["sides_involved"] == 2
 
-    peripheral = _peripheral_map(lungs)
+    depth = _relative_depth(lungs)
+    peripheral = (depth >= 0) & (depth <= 1.0 / 3.0)
     lesion_peripheral = _count(lesion & peripheral)
     lesion_central = lesion_n - lesion_peripheral
     lung_peripheral = _count(peripheral)
@@ -293,6 +300,15 @@ def measure(masks: LesionMasks, hu: NDArray[np.integer[Any]]) -> dict[str, Any]:
     share_p = lesion_peripheral / lung_peripheral if lung_peripheral else 0.0
     share_c = lesion_central / (lung_n - lung_peripheral) if lung_n > lung_peripheral else 0.0
     out["peripheral_central_ratio"] = round((share_p + _EPS) / (share_c + _EPS), 3)
+    # The core of the lung (inner third: hilum, central bronchi and vessels): its opacity
+    # relative to the whole lung's. >= 1 = a central (perihilar / peribronchovascular)
+    # component as dense as the disease overall, which the typical COVID-19 pattern spares.
+    core = depth > 2.0 / 3.0
+    lesion_core = _count(lesion & core)
+    out["central_fraction"] = round(lesion_core / lesion_n, 4) if lesion_n else 0.0
+    share_core = lesion_core / _count(core) if _count(core) else 0.0
+    share_all = lesion_n / lung_n if lung_n else 0.0
+    out["central_opacity_ratio"] = round((share_core + _EPS) / (share_all + _EPS), 3)
     lower = _count(lesion & (levels == 2))
     out["lower_zone_fraction"] = round(lower / lesion_n, 4) if lesion_n else 0.0
 

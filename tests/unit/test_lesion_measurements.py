@@ -139,6 +139,23 @@ def test_peripheral_lesions_read_peripheral_and_central_ones_do_not() -> None:
     out = lm.measure(_masks(lungs, ggo, cons), hu)
     assert out["peripheral_fraction"] == 0.0
     assert out["peripheral_central_ratio"] < 1.0
+    assert out["central_fraction"] > 0.5 and out["central_opacity_ratio"] > 1.0
+
+
+def test_central_component_beside_peripheral_disease_is_measured() -> None:
+    lungs, ggo, cons, hu = _empty()
+    ggo[10:50, 35:65, 10:15] = True
+    ggo[10:50, 35:65, 125:130] = True
+    only_peripheral = lm.measure(_masks(lungs, ggo, cons), hu)
+    assert only_peripheral["central_fraction"] == 0.0
+    assert only_peripheral["central_opacity_ratio"] < 0.1
+    # The same plus a medial (perihilar) focus: "central and peripheral".
+    ggo[10:50, 45:55, 55:60] = True
+    ggo[10:50, 45:55, 80:85] = True
+    both = lm.measure(_masks(lungs, ggo, cons), hu)
+    assert 0.0 < both["central_fraction"] < 1.0
+    assert both["central_opacity_ratio"] >= 1.0
+    assert both["peripheral_central_ratio"] > 1.0  # still peripheral-predominant by v1's ratio
 
 
 def test_foci_count_components_over_the_minimum_volume() -> None:

@@ -68,6 +68,20 @@ def test_bilateral_peripheral_multifocal_ground_glass_is_typical_and_covid() -> 
     assert _pattern(not_lower) is Pattern.TYPICAL
 
 
+def test_a_central_component_beside_peripheral_disease_is_not_typical() -> None:
+    # RSNA: perihilar opacities are indeterminate; "central and peripheral" favours another
+    # pneumonia (Bai et al. 2020). The core as opaque as the lung overall: not typical.
+    spared = lesions(TYPICAL, central_opacity_ratio=0.3)
+    assert _pattern(spared) is Pattern.TYPICAL
+    reading = LesionPatternVerdict().read(lesions(TYPICAL, central_opacity_ratio=1.5))
+    assert reading.pattern is Pattern.INDETERMINATE
+    assert reading.category is Category.OTHER_PNEUMONIA and reading.p_covid < 0.5
+    assert any("central component" in r for r in reading.reasons)
+    # Findings from before the key existed read as they did.
+    assert "central_opacity_ratio" not in lesions(TYPICAL)
+    assert _pattern(lesions(TYPICAL)) is Pattern.TYPICAL
+
+
 def test_each_typical_feature_is_needed() -> None:
     one_side = {"right_lower": 12.0, "right_middle": 5.0}
     reading = LesionPatternVerdict().read(lesions(one_side))
