@@ -290,6 +290,15 @@ def _slices(session: Session, job: Job) -> dict[str, Any]:
                     if has_lesions and row.kept
                     else None
                 ),
+                "lesion_overlay_url": (
+                    f"{base}/lesion-overlay.png" if native.get("lesions") else None
+                ),
+                "gradcam_url": (
+                    f"{base}/gradcam.png"
+                    if score and score.heatmap_blob and native.get("crop")
+                    else None
+                ),
+                "input_crop": native.get("crop") if row.kept else None,
             }
         )
     return {
