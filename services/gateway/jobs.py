@@ -136,12 +136,16 @@ def _replay(job: Job, request_hash: str) -> JSONResponse:
 SortKey = Literal[
     "created_at", "-created_at", "study_date", "-study_date",
     "status", "-status", "category", "-category",
+    "patient_id", "-patient_id", "accession_number", "-accession_number",
 ]  # fmt: skip
 _SORT_COLUMNS = {
     "created_at": Job.created_at,
     "study_date": Job.study_date,
     "status": Job.status,
     "category": Job.category,
+    # Identifiers as people read them: case-insensitive ("cap_9" next to "CAP_10").
+    "patient_id": func.lower(Job.patient_id),
+    "accession_number": func.lower(Job.accession_number),
 }
 SearchText = Annotated[
     str | None,
