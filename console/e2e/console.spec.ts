@@ -242,10 +242,10 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await expect(page.getByTestId('gradcam-overlay')).toBeVisible();
   expect(await natural('gradcam-overlay')).toBe(nativeSize);
   if (shown[target].lesion_overlay_url) {
-    await expect(page.getByTestId('lesion-overlay')).toBeVisible(); // on by default
-    expect(await natural('lesion-overlay')).toBe(nativeSize);
+    await expect(page.getByTestId('native-lesion-overlay')).toBeVisible(); // on by default
+    expect(await natural('native-lesion-overlay')).toBe(nativeSize);
     await page.getByRole('switch', { name: 'Show the lesion masks' }).click();
-    await expect(page.getByTestId('lesion-overlay')).toHaveCount(0);
+    await expect(page.getByTestId('native-lesion-overlay')).toHaveCount(0);
   }
   await page.getByRole('switch', { name: "Show the slice CNN's Grad-CAM" }).click();
   await expect(page.getByTestId('gradcam-overlay')).toHaveCount(0);

@@ -155,7 +155,7 @@ export function NativeViewer({
             <img data-testid="density-overlay" src={density.url} alt="Lung pixels in the ground-glass and consolidation HU ranges" draggable={false} style={layer} />
           )}
           {lesions.url && (
-            <img data-testid="lesion-overlay" src={lesions.url} alt="Lesion masks of the verdict: ground glass and consolidation" draggable={false} style={layer} />
+            <img data-testid="native-lesion-overlay" src={lesions.url} alt="Lesion masks of the verdict: ground glass and consolidation" draggable={false} style={layer} />
           )}
           {gradcam.url && (
             <img data-testid="gradcam-overlay" src={gradcam.url} alt="Grad-CAM heatmap of the slice CNN (not the verdict)" draggable={false} style={layer} />
