@@ -244,6 +244,7 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   if (shown[target].lesion_overlay_url) {
     await expect(page.getByTestId('native-lesion-overlay')).toBeVisible(); // on by default
     expect(await natural('native-lesion-overlay')).toBe(nativeSize);
+    await native.screenshot({ path: join(ARTIFACTS, 'native-overlays.png') });
     await page.getByRole('switch', { name: 'Show the lesion masks' }).click();
     await expect(page.getByTestId('native-lesion-overlay')).toHaveCount(0);
   }
