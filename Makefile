@@ -46,7 +46,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check services tests bench harness scripts migrations
 	$(BIN)/mypy
 
-# The Docker Compose stack end to end (a private dockerd, offline images; measured 12 min cold, 4-5 min warm): see
+# The Docker Compose stack end to end (a private dockerd, offline images; measured 12 min cold, 4-5 min warm,
+# plus ~100 s for the S3, TLS and backup/restore phases): see
 # tests/deploy/test_compose_stack.py. Needs root (dockerd, apt-get for missing tools).
 compose-test: $(STAMP)
 	PYTHON=$(BIN)/python scripts/compose/install-host-tools.sh

@@ -54,6 +54,8 @@ DEBIAN_SECURITY = "http://deb.debian.org/debian-security"
 # Wheels a Python older than the host's needs by its markers (Debian bookworm's python3.11 is
 # 3.11.2; redis wants async-timeout below 3.11.3): downloaded into the wheelhouse as well.
 OLDER_PYTHON_EXTRAS = ("async-timeout>=4.0.3",)
+# What CI-only images install besides the project (docker/ci/s3.Dockerfile: MinIO's stand-in).
+CI_IMAGE_EXTRAS = ("moto[server]>=5.0",)
 
 COMPOSE_FILE = "docker-compose.yml"
 OVERRIDES = ("docker-compose.gpu.yml", "docker-compose.ci.yml")
@@ -143,12 +145,16 @@ def client_env(socket_path: Path | None = None) -> dict[str, str]:
     return env
 
 
-def compose_config(files: Sequence[str], env_file: Path, *extra: str) -> str:
-    """``docker compose -f ... --env-file ENV config EXTRA``: needs no daemon, nor the docker
-    client (the plugin binary runs on its own)."""
+def compose_config(
+    files: Sequence[str], env_file: Path, *extra: str, profiles: Sequence[str] = ()
+) -> str:
+    """``docker compose -f ... --env-file ENV [--profile P] config EXTRA``: needs no daemon,
+    nor the docker client (the plugin binary runs on its own)."""
     command = [str(install_compose_plugin()), "--project-directory", str(REPO_ROOT)]
     for name in files:
         command += ["-f", str(REPO_ROOT / name)]
+    for profile in profiles:
+        command += ["--profile", profile]
     command += ["--env-file", str(env_file), "config", *extra]
     result = subprocess.run(
         command, env=client_env(), cwd=REPO_ROOT, capture_output=True, text=True, check=False
@@ -332,7 +338,7 @@ def project_requirements() -> list[str]:
 def ensure_wheelhouse(directory: Path = CACHE_DIR / "wheelhouse") -> Path:
     """Wheels of every dependency of the project (pip download with the host's pip config:
     torch is the local CPU wheel). Redone only when the dependency list changes."""
-    requirements = [*project_requirements(), *OLDER_PYTHON_EXTRAS]
+    requirements = [*project_requirements(), *OLDER_PYTHON_EXTRAS, *CI_IMAGE_EXTRAS]
     digest = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
     stamp = directory / f".complete-{digest}"
     if stamp.is_file():

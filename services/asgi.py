@@ -24,7 +24,16 @@ from services.common.db import pool_capacity
 from services.common.logging import configure_logging
 from services.common.queue import configure
 from services.common.retention import sweep_retention
-from services.gateway import accounts, dicom_results, health, jobs, report, slices, sso
+from services.gateway import (
+    accounts,
+    dicom_results,
+    dicomweb,
+    health,
+    jobs,
+    report,
+    slices,
+    sso,
+)
 from services.gateway.auth import bearer_scheme
 from services.gateway.console import install_console
 from services.gateway.docs import install_docs
@@ -190,6 +199,7 @@ def create_app() -> FastAPI:
     app.include_router(slices.router)
     app.include_router(report.router)
     app.include_router(dicom_results.router)
+    app.include_router(dicomweb.router)  # QIDO-RS / WADO-RS of our results (GET)
     app.include_router(accounts.router)
     app.include_router(sso.router)
     # Authenticate tus requests before any route dependency reads the body; the bearer

@@ -21,6 +21,7 @@ TASK_MODULES = [
     "services.inference.tasks",
     "services.ensemble.tasks",
     "services.webhooks.delivery",
+    "services.webhooks.destinations",
 ]
 
 celery_app.conf.include = TASK_MODULES

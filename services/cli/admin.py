@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
     from services.common.orm import Tenant
 
-tenants_app = typer.Typer(no_args_is_help=True, help="Manage tenants (API keys, secrets).")
+tenants_app = typer.Typer(
+    no_args_is_help=True, help="Manage tenants (API keys, secrets, result destinations)."
+)
 models_app = typer.Typer(no_args_is_help=True, help="Package the shipped models.")
 users_app = typer.Typer(no_args_is_help=True, help="Manage a tenant's console users and roles.")
 
@@ -52,6 +54,7 @@ def _tenant_command(name: str, action: Callable[[Session, Tenant], object]) -> o
     """Run ``action`` on tenant ``name`` in one transaction; clear errors, exit 2."""
     from services.common.accounts import AccountError
     from services.common.db import migrate, session_scope
+    from services.common.destinations import DestinationError
     from services.common.tenants import LastActive, TenantNotFound, TooManyActive, tenant_by_name
 
     settings = get_settings()
@@ -64,7 +67,7 @@ def _tenant_command(name: str, action: Callable[[Session, Tenant], object]) -> o
         typer.echo(f"error: tenant_not_found: no tenant named {name!r}", err=True)
     except (TooManyActive, LastActive) as exc:
         typer.echo(f"error: {exc}", err=True)
-    except AccountError as exc:
+    except (AccountError, DestinationError) as exc:
         typer.echo(f"error: {exc.code}: {exc}", err=True)
     raise typer.Exit(2)
 
@@ -120,6 +123,75 @@ def tenants_retire_webhook_secrets(
     from services.common.tenants import retire_old_webhook_secrets
 
     typer.echo(f"retired {_tenant_command(name, retire_old_webhook_secrets)} secret(s)")
+
+
+@tenants_app.command("add-destination")
+def tenants_add_destination(
+    name: Annotated[str, typer.Argument(help="Tenant name.")],
+    destination: Annotated[str, typer.Argument(help="A name for the destination, e.g. pacs1.")],
+    url: Annotated[
+        str | None,
+        typer.Option(help="DICOMweb root (STOW-RS to <url>/studies), e.g. http://pacs/dicom-web."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="DICOM node (C-STORE): host.")] = None,
+    port: Annotated[int | None, typer.Option(help="DICOM node: port.")] = None,
+    ae_title: Annotated[str | None, typer.Option(help="DICOM node: its (called) AE title.")] = None,
+    fhir: Annotated[
+        bool, typer.Option("--fhir", help="--url is a FHIR R4 server's base: POST the report.")
+    ] = False,
+) -> None:
+    """Send every finished job's DICOM SR and SEG there: a DICOMweb endpoint (--url) or a
+    DICOM node (--host --port --ae-title); or its FHIR DiagnosticReport (--url ... --fhir).
+    Checked like callback URLs (no private address unless COVIDCT_WEBHOOK_ALLOWED_NETWORKS
+    lists it)."""
+    from services.common.destinations import add_destination, describe
+
+    kind = "fhir" if fhir else "dicomweb" if url else "dimse"
+    settings = get_settings()
+
+    def action(session: Session, tenant: Tenant) -> str:
+        added = add_destination(
+            session, settings, tenant, destination, kind,
+            url=url, host=host, port=port, ae_title=ae_title,
+        )  # fmt: skip
+        _audited(session, tenant, "destination_add", name=added.name, target=describe(added))
+        return f"{added.name}: {describe(added)}"
+
+    typer.echo(_tenant_command(name, action))
+
+
+@tenants_app.command("list-destinations")
+def tenants_list_destinations(name: Annotated[str, typer.Argument(help="Tenant name.")]) -> None:
+    """The tenant's active result destinations."""
+    from services.common.destinations import active_destinations, describe
+
+    def action(session: Session, tenant: Tenant) -> list[str]:
+        return [f"{d.name:20s} {describe(d)}" for d in active_destinations(session, tenant.id)]
+
+    lines = _tenant_command(name, action)
+    assert isinstance(lines, list)
+    for line in lines:
+        typer.echo(line)
+
+
+@tenants_app.command("remove-destination")
+def tenants_remove_destination(
+    name: Annotated[str, typer.Argument(help="Tenant name.")],
+    destination: Annotated[str, typer.Argument(help="The destination's name.")],
+) -> None:
+    """Stop sending results there (its delivery records stay)."""
+    from services.common.destinations import remove_destination
+
+    def action(session: Session, tenant: Tenant) -> bool:
+        removed = remove_destination(session, tenant, destination)
+        if removed:
+            _audited(session, tenant, "destination_remove", name=destination)
+        return removed
+
+    if not _tenant_command(name, action):
+        typer.echo(f"error: destination_not_found: {name} has no destination {destination!r}")
+        raise typer.Exit(1)
+    typer.echo(f"removed {destination}")
 
 
 @tenants_app.command("reencrypt-secrets")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from services.cli import admin, ml, service
+from services.cli import admin, blobs, ml, service
 from services.common.config import get_settings
 from services.common.logging import configure_logging
 
@@ -32,3 +32,4 @@ app.add_typer(service.probe_app, name="probe")
 app.add_typer(admin.tenants_app, name="tenants")
 app.add_typer(admin.models_app, name="models")
 app.add_typer(admin.users_app, name="users")
+app.add_typer(blobs.blobs_app, name="blobs")

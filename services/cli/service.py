@@ -228,3 +228,33 @@ def probe_scorer(
         typer.echo("error: scorer_unavailable: the scorer does not answer", err=True)
         raise typer.Exit(1)
     typer.echo("scorer ready")
+
+
+@probe_app.command("dicom")
+def probe_dicom(
+    timeout: Annotated[float, typer.Option(help="Seconds for the whole verification.")] = 10.0,
+) -> None:
+    """The DICOM listener's readiness: a C-ECHO to it on 127.0.0.1, as the first calling AE
+    title of COVIDCT_DICOM_AE_TITLES (the listener refuses any other); exit 1 when it does
+    not answer Success."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    settings = get_settings()
+    calling = next(iter(settings.dicom_ae_titles), "")
+    if not calling:
+        typer.echo("error: COVIDCT_DICOM_AE_TITLES is empty", err=True)
+        raise typer.Exit(1)
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    assoc = ae.associate("127.0.0.1", settings.dicom_port, ae_title=settings.dicom_ae_title)
+    if not assoc.is_established:
+        typer.echo("error: dicom_unavailable: the association was not accepted", err=True)
+        raise typer.Exit(1)
+    status = assoc.send_c_echo()
+    assoc.release()
+    if not status or status.Status != 0:
+        typer.echo("error: dicom_unavailable: C-ECHO did not answer Success", err=True)
+        raise typer.Exit(1)
+    typer.echo("dicom listener ready")

@@ -1,7 +1,8 @@
 """The audit trail: who did what to which job, when and from where (append-only table).
 
 ``actor`` is ``user:<username>`` for a person, ``key:<prefix>`` for an API key (a machine),
-``cli`` for the command line; the tenant, time, client address and job id go with it.
+``cli`` for the command line, ``ae:<calling AE title>`` for a DICOM node that sent a series
+(C-STORE); the tenant, time, client address and job id go with it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class Action(StrEnum):
     USER_ROLE_CHANGE = "user_role_change"
     USER_PASSWORD_CHANGE = "user_password_change"
     AUDIT_EXPORT = "audit_export"
+    # Where results (PHI: patient name and ids in the SR, SEG and FHIR report) are sent.
+    DESTINATION_ADD = "destination_add"
+    DESTINATION_REMOVE = "destination_remove"
 
 
 def record(

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     # CIDRs, addresses or host names a callback may reach although not globally routable.
     webhook_allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
     webhook_max_response_bytes: int = 64 * 1024  # read no more of a receiver's answer
+    # Results sent to a tenant's PACS (services/webhooks/destinations.py): the deadline of one
+    # attempt (a STOW-RS or C-STORE of the SR and SEG); attempts and backoff as callbacks.
+    destination_timeout_s: float = 120.0
     task_time_limit_s: int = 900  # hard Celery limit per task
     # Crash recovery without waiting for the broker's visibility timeout: a running stage
     # renews its job's lease every job_heartbeat_s; every worker checks every

@@ -39,6 +39,13 @@ def native_blob_key(job_id: str) -> str:
     return f"jobs/{job_id}/native.bin"
 
 
+def lesion_maps_key(job_id: str) -> str:
+    """Lesion label maps of the kept slices (aligned with slices.npy), one lossless PNG per
+    slice packed one after the other; each kept slice's row records its byte range
+    (``SliceRecord.info["lesions"]``), so the viewer reads one overlay with one ranged read."""
+    return f"jobs/{job_id}/lesions.bin"
+
+
 def native_lesions_key(job_id: str) -> str:
     """Lesion label maps of every slice as read (npz ``labels``, (N, H, W) uint8: 0 none,
     1 ground glass, 2 consolidation, 3 other lung); HU volumes only."""
@@ -121,6 +128,27 @@ def pack_native(
     return b"".join(parts), entries
 
 
+def pack_label_maps(maps: NDArray[Any]) -> tuple[bytes, list[list[int]]]:
+    """(N, H, W) uint8 label maps as one blob of N PNGs and each one's [offset, length]. PNG:
+    lossless, and a label map (mostly 0) deflates to a few KB where the raw row is S*S bytes."""
+    parts: list[bytes] = []
+    ranges: list[list[int]] = []
+    offset = 0
+    for labels in np.asarray(maps, dtype=np.uint8):
+        data = _png(labels)
+        parts.append(data)
+        ranges.append([offset, len(data)])
+        offset += len(data)
+    return b"".join(parts), ranges
+
+
+def decode_label_map(data: bytes) -> NDArray[np.uint8]:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.ndim != 2:
+        raise ValueError("damaged lesion label map")
+    return np.asarray(image, dtype=np.uint8)
+
+
 def decode_native(data: bytes, kind: NativeKind) -> NativeSlice:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
@@ -135,13 +163,6 @@ def decode_mask(data: bytes) -> NDArray[np.bool_]:
     if image is None:
         raise ValueError("damaged lung mask")
     return np.asarray(image > 0)
-
-
-def decode_labels(data: bytes) -> NDArray[np.uint8]:
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError("damaged lesion labels")
-    return np.asarray(image, dtype=np.uint8)
 
 
 def apply_window(hu: NDArray[Any], width: float, level: float) -> NDArray[np.uint8]:

@@ -270,6 +270,60 @@ class WebhookAttempt(Base):
     duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class ResultDestination(Base):
+    """Where a tenant's results go when a job succeeds (migration 0010): a DICOMweb
+    STOW-RS endpoint (``url``) or a DICOM node reached by C-STORE (``host``, ``port``,
+    ``ae_title``: the called AE title). Removing one keeps its delivery records
+    (``removed_at``); names are unique among a tenant's active destinations."""
+
+    __tablename__ = "result_destinations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(20))  # dicomweb | dimse
+    url: Mapped[str | None] = mapped_column(Text, default=None)
+    host: Mapped[str | None] = mapped_column(String(255), default=None)
+    port: Mapped[int | None] = mapped_column(Integer, default=None)
+    ae_title: Mapped[str | None] = mapped_column(String(16), default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    removed_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class DestinationDelivery(Base):
+    """A job's results on their way to one destination: the webhook outbox's shape
+    (``next_attempt_at`` is the due time the sweeper honours), attempts are rows below."""
+
+    __tablename__ = "destination_deliveries"
+    __table_args__ = (UniqueConstraint("job_id", "destination_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    destination_id: Mapped[str] = mapped_column(ForeignKey("result_destinations.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # What was sent ({"sr": uid, "seg": uid} or the reason an object was not made).
+    sent: Mapped[dict[str, Any] | None] = mapped_column(default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+
+
+class DestinationAttempt(Base):
+    __tablename__ = "destination_attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        ForeignKey("destination_deliveries.id", ondelete="CASCADE"), index=True
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    duration_ms: Mapped[float] = mapped_column(Float, default=0.0)
+
+
 class User(Base):
     """A person inside a tenant (migration 0009): role viewer, uploader or admin; only an
     argon2 hash of the password is stored (None for a single-sign-on-only account)."""

@@ -18,6 +18,8 @@ PREPROCESS_TASK = "covidct.preprocess"
 INFERENCE_TASK = "covidct.inference"
 ENSEMBLE_TASK = "covidct.ensemble"
 WEBHOOK_TASK = "covidct.webhook"
+# Results sent to a tenant's PACS: the outbound queue the callbacks use.
+DESTINATION_TASK = "covidct.destination"
 
 # The one queue list: task -> queue. Workers consume QUEUES unless told otherwise.
 TASK_QUEUES = {
@@ -25,8 +27,9 @@ TASK_QUEUES = {
     INFERENCE_TASK: "inference",
     ENSEMBLE_TASK: "ensemble",
     WEBHOOK_TASK: "webhooks",
+    DESTINATION_TASK: "webhooks",
 }
-QUEUES = tuple(TASK_QUEUES.values())
+QUEUES = tuple(dict.fromkeys(TASK_QUEUES.values()))
 
 # Remote-control command the inference room registers: is this worker's scorer usable?
 SCORER_READY_COMMAND = "covidct_scorer_ready"
@@ -79,6 +82,10 @@ def dispatch(job_id: str, step: str, attempt: int) -> None:
 def send_webhook(delivery_id: str) -> None:
     # A signature (not send_task) so eager mode in tests runs it inline too.
     celery_app.signature(WEBHOOK_TASK, args=(delivery_id,)).apply_async()
+
+
+def send_destination_delivery(delivery_id: str) -> None:
+    celery_app.signature(DESTINATION_TASK, args=(delivery_id,)).apply_async()
 
 
 def broker_reachable(timeout_s: float = 2.0) -> bool:

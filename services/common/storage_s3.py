@@ -9,7 +9,8 @@ another node reads it, the gateway later serves heatmaps an inference worker wro
   same "move" as the local backend).
 - ``get_range`` is an HTTP range request; ``get_bytes`` reads a whole (small) blob.
 - ``local_path`` downloads (streaming) into a per-process directory under
-  ``<var_dir>/blob-cache/``; the oldest copies are removed once the directory holds more
+  ``<var_dir>/blob-cache/<host>-<pid>/`` (the host name keeps containers that share a volume
+  apart); the oldest copies are removed once the directory holds more
   than ``storage_cache_max_bytes``, and directories of processes that are gone are removed
   when a process first downloads.
 - ``delete_prefix`` lists page by page and deletes 1,000 keys per request (the S3 limit).
@@ -25,6 +26,8 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -67,6 +70,19 @@ def _client(
 
 def _missing(error: ClientError) -> bool:
     return str(error.response.get("Error", {}).get("Code")) in _MISSING
+
+
+_HOST = socket.gethostname().replace("/", "_") or "host"
+# A cache directory of another host (container) untouched this long is left over: local_path
+# downloads anew on every call, so nothing reads a copy that old.
+OTHER_HOST_STALE_S = 6 * 3600.0
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
 
 
 def _process_alive(pid: int) -> bool:
@@ -201,17 +217,29 @@ class S3Storage:
         return target
 
     def _cache_dir(self) -> Path:
-        directory = self.cache_root / str(os.getpid())
+        # <host>-<pid>: containers sharing one volume (compose) each have their own pid 1, 2,
+        # ...; the host name (the container id) keeps their directories apart.
+        directory = self.cache_root / f"{_HOST}-{os.getpid()}"
         if not directory.exists():
             self._sweep_dead_processes()
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         return directory
 
     def _sweep_dead_processes(self) -> None:
+        """Directories of this host's processes that are gone; another host's (container's)
+        only once untouched for ``OTHER_HOST_STALE_S``: its pids are not ours to check, and a
+        removed container's directory has no one else to remove it."""
         if not self.cache_root.exists():
             return
+        now = time.time()
         for child in self.cache_root.iterdir():
-            if child.name.isdigit() and not _process_alive(int(child.name)):
+            host, _, pid = child.name.rpartition("-")
+            if not pid.isdigit():
+                continue
+            if host == _HOST or not host:  # "<pid>": the layout before host names
+                if not _process_alive(int(pid)):
+                    shutil.rmtree(child, ignore_errors=True)
+            elif now - _mtime(child) > OTHER_HOST_STALE_S:
                 shutil.rmtree(child, ignore_errors=True)
 
     def _evict(self, directory: Path, keep: Path) -> None:

@@ -32,8 +32,8 @@ from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.jobs import fail
-from services.common.orm import Job, JobStatus, WebhookDelivery, utcnow
-from services.common.queue import dispatch, send_webhook
+from services.common.orm import DestinationDelivery, Job, JobStatus, WebhookDelivery, utcnow
+from services.common.queue import dispatch, send_destination_delivery, send_webhook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -304,35 +304,87 @@ def requeue_expired_leases(lease_s: float, max_attempts: int | None = None) -> l
 # ---- callbacks ---------------------------------------------------------------------------
 
 
-def publish_due_webhook(delivery_id: str) -> bool:
-    """Send one callback if it is due; the same once-per-window compare-and-set as steps."""
+Outbox = type[WebhookDelivery] | type[DestinationDelivery]
+
+
+def _publish_due(model: Outbox, delivery_id: str, send: Callable[[str], None]) -> bool:
+    """Send one delivery if it is due; the same once-per-window compare-and-set as steps."""
     now = utcnow()
     window = timedelta(seconds=get_settings().step_redispatch_s)
     with session_scope() as session:
         taken = session.execute(
-            update(WebhookDelivery)
+            update(model)
             .where(
-                WebhookDelivery.id == delivery_id,
-                WebhookDelivery.status == "pending",
-                WebhookDelivery.next_attempt_at <= now,  # still due: not taken by another
+                model.id == delivery_id,
+                model.status == "pending",
+                model.next_attempt_at <= now,  # still due: not taken by another
             )
             .values(next_attempt_at=now + window)
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             return False
     try:
-        send_webhook(delivery_id)
+        send(delivery_id)
     except Exception:
-        log.warning("could not send callback %s; the sweep retries", delivery_id, exc_info=True)
+        log.warning("could not send delivery %s; the sweep retries", delivery_id, exc_info=True)
         with session_scope() as session:
             session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery_id,
-                       WebhookDelivery.next_attempt_at == now + window)
+                update(model)
+                .where(model.id == delivery_id, model.next_attempt_at == now + window)
                 .values(next_attempt_at=now)
-            )  # fmt: skip
+            )
         raise
     return True
+
+
+def publish_due_webhook(delivery_id: str) -> bool:
+    """Send one callback if it is due."""
+    return _publish_due(WebhookDelivery, delivery_id, send_webhook)
+
+
+def publish_due_destination(delivery_id: str) -> bool:
+    """Send one job's results to one destination if due."""
+    return _publish_due(DestinationDelivery, delivery_id, send_destination_delivery)
+
+
+def send_pending_destinations(job_id: str) -> None:
+    """After the commit that recorded a job's result deliveries: send them (or leave them
+    to the sweep)."""
+    with session_scope() as session:
+        deliveries = list(
+            session.scalars(
+                select(DestinationDelivery.id).where(
+                    DestinationDelivery.job_id == job_id, DestinationDelivery.status == "pending"
+                )
+            )
+        )
+    for delivery_id in deliveries:
+        with contextlib.suppress(Exception):  # logged; it stays due
+            publish_due_destination(delivery_id)
+
+
+def dispatch_due_destinations(limit: int = SWEEP_BATCH) -> list[str]:
+    """Send every pending result delivery whose (next) attempt is due (as callbacks)."""
+    with session_scope() as session:
+        due = list(
+            session.scalars(
+                select(DestinationDelivery.id)
+                .where(
+                    DestinationDelivery.status == "pending",
+                    DestinationDelivery.next_attempt_at <= utcnow(),
+                )
+                .order_by(DestinationDelivery.next_attempt_at)
+                .limit(limit)
+            )
+        )
+    sent = []
+    for delivery_id in due:
+        try:
+            if publish_due_destination(delivery_id):
+                sent.append(delivery_id)
+        except Exception:
+            break
+    return sent
 
 
 def send_pending_webhooks(job_id: str) -> None:
@@ -382,4 +434,5 @@ def sweep() -> dict[str, list[str]]:
         "requeued": requeue_expired_leases(settings.job_lease_s, settings.stage_max_attempts),
         "steps": dispatch_due_steps(),
         "webhooks": dispatch_due_webhooks(),
+        "destinations": dispatch_due_destinations(),
     }

@@ -182,6 +182,13 @@ def check_callback_url(url: str, settings: Settings) -> CallbackTarget:
     port = parsed.port if parsed.port is not None else (443 if scheme == "https" else 80)
     if not 1 <= port <= 65535:
         raise CallbackRefused(f"callback_url port {port} is out of range 1-65535")
+    address = _check_host(host, settings)
+    return CallbackTarget(url=url, scheme=scheme, host=host, port=port, address=address)
+
+
+def _check_host(host: str, settings: Settings) -> IPAddress | None:
+    """The static host rules: an IP literal (or a localhost name) must be public unless
+    allowed; the literal's address, or None for a DNS name."""
     address = parse_ip_literal(host)
     networks, hosts = _allow_list(settings)
     name = host.removesuffix(".")
@@ -189,7 +196,24 @@ def check_callback_url(url: str, settings: Settings) -> CallbackTarget:
         _refuse_unless_allowed(address, name, networks, hosts)
     elif name == _LOCALHOST_NAMES[0] or name.endswith(_LOCALHOST_NAMES[1]):
         _refuse_unless_allowed(ipaddress.IPv4Address("127.0.0.1"), name, networks, hosts)
-    return CallbackTarget(url=url, scheme=scheme, host=host, port=port, address=address)
+    return address
+
+
+def _resolve_vetted(host: str, port: int, settings: Settings, resolve: Resolver) -> list[IPAddress]:
+    networks, hosts = _allow_list(settings)
+    name = host.removesuffix(".")
+    addresses: list[IPAddress] = []
+    for text in resolve(host, port):
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise CallbackRefused(f"{host} resolved to {text!r}, not an address") from None
+        _refuse_unless_allowed(address, name, networks, hosts)
+        if address not in addresses:
+            addresses.append(address)
+    if not addresses:
+        raise OSError(f"{host} resolved to no address")
+    return addresses
 
 
 def system_resolver(host: str, port: int) -> list[str]:
@@ -207,17 +231,27 @@ def vet_callback_url(
     target = check_callback_url(url, settings)
     if target.address is not None:
         return target, [target.address]
-    networks, hosts = _allow_list(settings)
-    name = target.host.removesuffix(".")
-    addresses: list[IPAddress] = []
-    for text in resolve(target.host, target.port):
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise CallbackRefused(f"{target.host} resolved to {text!r}, not an address") from None
-        _refuse_unless_allowed(address, name, networks, hosts)
-        if address not in addresses:
-            addresses.append(address)
-    if not addresses:
-        raise OSError(f"{target.host} resolved to no address")
-    return target, addresses
+    return target, _resolve_vetted(target.host, target.port, settings, resolve)
+
+
+def check_dicom_node(host: str, port: int, settings: Settings) -> IPAddress | None:
+    """The callback policy for a DICOM node (C-STORE destination), without DNS: a host
+    name or address, a port in 1..65535, an address that is public unless allowed
+    (``webhook_allowed_networks``, as for callbacks)."""
+    host = host.strip().lower()
+    if not host or any(c.isspace() or c in "/@:[]" for c in host.strip("[]")):
+        raise CallbackRefused(f"DICOM host {host!r} is not a host name or address")
+    if not 1 <= port <= 65535:
+        raise CallbackRefused(f"DICOM port {port} is out of range 1-65535")
+    return _check_host(host, settings)
+
+
+def vet_dicom_node(
+    host: str, port: int, settings: Settings, resolve: Resolver = system_resolver
+) -> list[IPAddress]:
+    """Delivery-time check of a DICOM node: the static rules, then every address the host
+    resolves to; the caller connects to one of these addresses only."""
+    address = check_dicom_node(host, port, settings)
+    if address is not None:
+        return [address]
+    return _resolve_vetted(host.strip().lower(), port, settings, resolve)

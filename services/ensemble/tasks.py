@@ -13,11 +13,17 @@ from celery import Task
 from sqlalchemy import select
 
 from services.common.db import session_scope
+from services.common.destinations import create_destination_deliveries
 from services.common.errors import ErrorCode
 from services.common.jobs import create_webhook_delivery, transition
 from services.common.orm import Job, JobStatus, Result, SliceRecord, SliceScore
 from services.common.queue import ENSEMBLE_TASK, celery_app
-from services.common.tasks import fail_job, run_guarded, send_pending_webhooks
+from services.common.tasks import (
+    fail_job,
+    run_guarded,
+    send_pending_destinations,
+    send_pending_webhooks,
+)
 from services.ensemble.stage import loaded_ensemble, verdict
 
 log = logging.getLogger(__name__)
@@ -69,5 +75,7 @@ def _ensemble_job(job_id: str) -> str:
             return "skipped"
         session.flush()
         create_webhook_delivery(session, job_id)
+        create_destination_deliveries(session, job_id)  # the SR and SEG for the tenant's PACS
     send_pending_webhooks(job_id)
+    send_pending_destinations(job_id)
     return "done"

@@ -24,6 +24,7 @@ HTTP_CODES = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    406: "not_acceptable",
     409: "conflict",
     410: "gone",
     412: "precondition_failed",
@@ -39,6 +40,8 @@ DESCRIPTIONS = {
     403: "Authenticated, but the role is too low (`forbidden`) or a console request that "
     "changes state lacks its session's `X-CSRF-Token` (`csrf_failed`)",
     404: "No such job or upload for this API key",
+    406: "The `Accept` header allows no media type this route serves (DICOMweb retrieve: "
+    '`multipart/related; type="application/dicom"`)',
     409: "Conflict (Idempotency-Key reused with another body; the job already has an upload; "
     "`upload_busy`: another request is writing this upload, retry from HEAD)",
     410: "The upload expired, or its job ended (`job_ended`)",

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.common.audit import Action
 from services.common.config import get_settings
+from services.common.destinations import deliveries_view
 from services.common.jobs import job_view, transition
 from services.common.modelinfo import CLASS_NAMES
 from services.common.orm import (
@@ -223,7 +224,8 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=NOT_FOUND)
 def get_job(job_id: JobId, key: ApiKeyDep) -> Any:
     with tenant_session(key) as (session, tenant):
-        return job_view(get_tenant_job(session, tenant.id, job_id))
+        job = get_tenant_job(session, tenant.id, job_id)
+        return {**job_view(job), "deliveries": deliveries_view(session, job.id)}
 
 
 @router.get("/{job_id}/slices", response_model=SlicesOut, responses=NOT_FOUND)

@@ -175,6 +175,22 @@ class JobResult(BaseModel):
     )
 
 
+class DeliveryOut(BaseModel):
+    """The job's SR and SEG on their way to one of the tenant's result destinations."""
+
+    destination: str = Field(description="the destination's name (`covidct tenants destinations`)")
+    kind: Literal["dicomweb", "dimse", "fhir"]
+    target: str = Field(description="the DICOMweb URL, or AE_TITLE@host:port")
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    sent: dict[str, str] | None = Field(
+        description="SOP Instance UIDs sent (sr, seg), or seg_not_sent with the reason; "
+        "fhir: the DiagnosticReport's id"
+    )
+    last_error: str | None
+    delivered_at: str | None
+
+
 class JobOut(BaseModel):
     id: str
     status: JobStatusName
@@ -185,6 +201,10 @@ class JobOut(BaseModel):
     error: JobError | None
     study: StudyOut
     result: JobResult | None
+    deliveries: list[DeliveryOut] = Field(
+        default=[],
+        description="results sent to the tenant's PACS (GET /v1/jobs/{id} only; empty in lists)",
+    )
 
 
 class JobCreated(JobOut):

@@ -7,6 +7,7 @@ Tenant-scoped like every ``/v1/jobs`` route: another tenant's job is 404.
 
 from __future__ import annotations
 
+import io
 from typing import Annotated, Any
 
 import cv2
@@ -18,7 +19,7 @@ from services.common.config import get_settings
 from services.common.native_slices import (
     DENSITY_RANGES,
     InputCrop,
-    decode_labels,
+    decode_label_map,
     decode_mask,
     decode_native,
     density_overlay_png,
@@ -97,18 +98,40 @@ def get_slice_png(
     )
 
 
-def _kept_position(job_id: str, slice_index: int, key: Any) -> tuple[str | None, str | None, Any]:
-    """(slices blob, lesions blob, stack position) of a kept slice of the tenant's job."""
+def _kept_position(
+    job_id: str, slice_index: int, key: Any
+) -> tuple[str | None, int | None, dict[str, Any]]:
+    """(lesions blob, stack position, slice info) of a kept slice of the tenant's job."""
     with tenant_session(key) as (session, tenant):
         job = get_tenant_job(session, tenant.id, job_id)
-        position = session.scalar(
-            select(SliceRecord.stack_position).where(
+        row = session.execute(
+            select(SliceRecord.stack_position, SliceRecord.info).where(
                 SliceRecord.job_id == job_id,
                 SliceRecord.index == slice_index,
                 SliceRecord.kept.is_(True),
             )
-        )
-        return job.slices_blob, job.lesions_blob, position
+        ).first()
+        position, info = (row[0], row[1]) if row is not None else (None, None)
+        return job.lesions_blob, position, dict(info or {})
+
+
+def _lesion_labels(blob: str, position: int, info: dict[str, Any]) -> np.ndarray | None:
+    """One kept slice's label map: one ranged read of lesions.bin (the slice row holds its
+    byte range). Jobs preprocessed before that layout kept one compressed .npz per job: read
+    whole into memory (no scratch disk), the only way into a deflated archive."""
+    storage = make_storage(get_settings())
+    if blob.endswith(".npz"):
+        with np.load(io.BytesIO(storage.get_bytes(blob)), allow_pickle=False) as archive:
+            labels = archive["labels"]
+        return labels[position] if position < len(labels) else None
+    where = info.get("lesions")
+    if not where:
+        return None
+    offset, length = int(where[0]), int(where[1])
+    data = storage.get_range(blob, offset, length)
+    if len(data) != length:  # purged or rewritten meanwhile
+        return None
+    return decode_label_map(data)
 
 
 @router.get(
@@ -122,20 +145,18 @@ def get_lesion_overlay(
     """The lesion overlay of kept slice ``slice_index``: an RGBA PNG the size of the slice PNG,
     ground glass amber, consolidation red, transparent elsewhere. 404 for dropped slices and
     for jobs without HU lesion masks (images, short or pre-v3 studies)."""
-    _, lesions_blob, position = _kept_position(job_id, slice_index, key)
+    lesions_blob, position, info = _kept_position(job_id, slice_index, key)
     missing = ApiError(404, "lesions_not_found", f"no lesion overlay for slice {slice_index}")
     if lesions_blob is None or position is None:
         raise missing
     try:
-        path = make_storage(get_settings()).local_path(lesions_blob)
+        labels = _lesion_labels(lesions_blob, position, info)
     except FileNotFoundError as exc:
         raise missing from exc
-    with np.load(path, allow_pickle=False) as archive:
-        labels = archive["labels"]
-    if position >= len(labels):
+    if labels is None:
         raise missing
     return Response(
-        lesion_overlay_png(labels[position]),
+        lesion_overlay_png(labels),
         media_type="image/png",
         headers={"Cache-Control": SLICE_CACHE_CONTROL},
     )
@@ -265,7 +286,7 @@ def get_native_lesion_overlay(slice_index: SliceIndex, job_id: JobId, key: ApiKe
     ground glass amber, consolidation red, transparent elsewhere; lays over ``.../image``.
     404 ``slice_not_found`` for jobs without lesion masks (images, short series, older jobs)."""
     data, _kind = _native_part(job_id, slice_index, key, "lesions")
-    png = lesion_overlay_png(decode_labels(data))
+    png = lesion_overlay_png(decode_label_map(data))
     return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})
 
 

@@ -20,7 +20,13 @@ from services.common.db import session_scope
 from services.common.errors import ErrorCode, StudyError
 from services.common.jobs import transition
 from services.common.modelinfo import slice_model_info
-from services.common.native_slices import native_blob_key, native_lesions_key, pack_native
+from services.common.native_slices import (
+    lesion_maps_key,
+    native_blob_key,
+    native_lesions_key,
+    pack_label_maps,
+    pack_native,
+)
 from services.common.orm import Job, JobStatus, SliceRecord
 from services.common.queue import PREPROCESS_TASK, celery_app
 from services.common.retention import discard_if_deleted
@@ -67,12 +73,13 @@ def _preprocess(job_id: str) -> str:
     slices_blob = f"jobs/{job_id}/slices.npy"
     storage.put_bytes(slices_blob, buffer.getvalue())
     lesions_blob = None
+    lesion_ranges: list[list[int]] = []
     if prepared.lesion_maps is not None:
-        # Lesion label maps of the kept slices, aligned with slices.npy (the overlay).
-        buffer = io.BytesIO()
-        np.savez_compressed(buffer, labels=prepared.lesion_maps.astype(np.uint8))
-        lesions_blob = f"jobs/{job_id}/lesions.npz"
-        storage.put_bytes(lesions_blob, buffer.getvalue())
+        # Lesion label maps of the kept slices, aligned with slices.npy (the overlay): one PNG
+        # per slice, so the viewer range-reads one (never the whole stack, never a disk cache).
+        packed, lesion_ranges = pack_label_maps(prepared.lesion_maps)
+        lesions_blob = lesion_maps_key(job_id)
+        storage.put_bytes(lesions_blob, packed)
     if prepared.lesion_labels is not None:
         # The same labels on every slice as read (source geometry): the DICOM SEG.
         buffer = io.BytesIO()
@@ -97,10 +104,12 @@ def _preprocess(job_id: str) -> str:
                 drop_detail=dropped[index].detail if index in dropped else None,
                 high_contrast=bool(prepared.high_contrast[index]),
                 lung_fraction=float(prepared.lung_fraction[index]),
-                info={
-                    **_source_info(out.study.slice_info, index, settings.deidentify_uploads),
-                    "native": native_entries[index],
-                },
+                info=_slice_info(
+                    _source_info(out.study.slice_info, index, settings.deidentify_uploads),
+                    native_entries[index],
+                    positions.get(index),
+                    lesion_ranges,
+                ),
             )
             for index in range(prepared.slices_total)
         )
@@ -124,6 +133,18 @@ def _preprocess(job_id: str) -> str:
             session.rollback()  # cancelled meanwhile: keep nothing
             return "skipped"
     return "done"
+
+
+def _slice_info(
+    source: dict[str, Any],
+    native: dict[str, Any],
+    position: int | None,
+    lesion_ranges: list[list[int]],
+) -> dict[str, Any]:
+    info = {**source, "native": native}
+    if position is not None and position < len(lesion_ranges):
+        info["lesions"] = lesion_ranges[position]  # [offset, length] in lesions.bin
+    return info
 
 
 def native_slices(out: PreprocessedStudy) -> tuple[bytes, list[dict[str, Any]]]:

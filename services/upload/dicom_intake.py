@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
+from services.common.audit import Action, record
 from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.formats import DICOM_PREAMBLE, looks_like_dicom
@@ -155,13 +156,19 @@ def create_series_job(
     instances: Iterable[Path],
     settings: Settings,
     *,
+    created_by: str,
+    via: str,
+    client_address: str | None = None,
     external_id: str | None = None,
 ) -> tuple[str, str | None]:
     """One job for the accepted instances of one series: (job id, its status after the
     upload completed: ``queued``, or ``failed`` when de-identification refused it).
 
-    The instances are packed into a zip in the upload directory, and the job goes through
-    ``complete_upload`` exactly as if that zip had arrived by tus."""
+    ``created_by`` is who sent the series (``key:<prefix>`` / ``user:<name>`` for STOW-RS,
+    ``ae:<calling AE title>`` for C-STORE); the job records it and the audit trail gets a
+    ``job_create`` event with ``via`` (``stow-rs`` or ``c-store``), as a job made by
+    ``POST /v1/jobs`` does. The instances are packed into a zip in the upload directory,
+    and the job goes through ``complete_upload`` exactly as if that zip had arrived by tus."""
     upload_id = uuid.uuid4().hex
     archive = settings.upload_dir / upload_id
     (settings.upload_dir / ".locks").mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -182,10 +189,15 @@ def create_series_job(
             external_id=external_id,
             upload_id=upload_id,
             upload_filename=filename,
+            created_by=created_by[:220],
         )
         session.add(job)
         session.flush()
         session.add(JobEvent(job_id=job.id, status=JobStatus.AWAITING_UPLOAD.value))
+        record(
+            session, tenant_id, created_by, Action.JOB_CREATE, job_id=job.id,
+            client_address=client_address, detail={"via": via, "instances": count},
+        )  # fmt: skip
         job_id = job.id
     metadata = {"filename": SERIES_ARCHIVE_NAME, "filetype": "application/zip"}
     status = complete_upload(upload_id, archive, metadata)

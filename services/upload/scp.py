@@ -9,7 +9,9 @@ DIMSE, each series becomes one job.
 - Each accepted instance is written under ``<var_dir>/dicom-spool/<tenant>/<series>/`` (a
   resent instance replaces itself). A series is complete once no association is sending
   to it and nothing arrived for ``dicom_stable_age_s`` (Orthanc's StableAge); then it
-  becomes one job through ``create_series_job`` and its folder goes.
+  becomes one job through ``create_series_job`` and its folder goes. The job's
+  ``created_by`` is ``ae:<calling AE title>`` (noted per series in ``senders.jsonl``), and
+  the audit trail gets its ``job_create`` event with the sender's address.
 - An association that ends without a release (aborted, or the connection dropped) keeps
   none of what it sent: the sender counts that transfer as failed and sends it again, and a
   half-sent series never becomes a job. Limits: a series over ``max_upload_bytes`` or
@@ -20,6 +22,7 @@ DIMSE, each series becomes one job.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shutil
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 SUCCESS = 0x0000
 INCOMING = ".incoming"  # instances being written and checked, not yet part of a series
+SENDERS = "senders.jsonl"  # in a series folder: the calling AE titles that sent to it
 
 
 class ConfigurationError(ValueError):
@@ -88,6 +92,8 @@ class _Sending:
     """What one association stored: files it created, series it holds open."""
 
     tenant_id: str
+    ae_title: str  # the calling AE title: who created the jobs of what it sends
+    address: str | None
     created: list[Path] = field(default_factory=list)
     series: set[Path] = field(default_factory=set)
     released: bool = False
@@ -113,7 +119,8 @@ class SeriesSpool:
         tenant_id = self.ae_tenants.get(calling)
         if tenant_id is not None:  # pynetdicom's require_calling_aet rejected the others
             with self._lock:
-                self._sending[id(event.assoc)] = _Sending(tenant_id)
+                address = event.assoc.requestor.address or None
+                self._sending[id(event.assoc)] = _Sending(tenant_id, calling, address)
 
     def on_released(self, event: evt.Event) -> None:
         with self._lock:
@@ -135,8 +142,8 @@ class SeriesSpool:
             for path in sending.created:  # aborted: the sender will send it all again
                 path.unlink(missing_ok=True)
             for folder in sending.series:
-                if folder not in self._open and folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+                if folder not in self._open and folder.is_dir() and not any(folder.glob("*.dcm")):
+                    shutil.rmtree(folder, ignore_errors=True)  # its senders note with it
         if sending.created:
             log.warning(
                 "association from %s ended without release: %d instances dropped",
@@ -176,6 +183,7 @@ class SeriesSpool:
             if folder not in sending.series:
                 sending.series.add(folder)
                 self._open[folder] = self._open.get(folder, 0) + 1
+                _add_sender(folder, sending.ae_title, sending.address)
         return SUCCESS
 
     def _over_limits(self, folder: Path, incoming: Path) -> bool:
@@ -216,10 +224,46 @@ class SeriesSpool:
                 ready = folder.with_name(f"{base}.job-{uuid.uuid4().hex[:8]}")
                 folder.rename(ready)
             if files:
-                job_id, _ = create_series_job(tenant_id, sorted(ready.glob("*.dcm")), self.settings)
+                ae_titles, address = _senders(ready)
+                job_id, _ = create_series_job(
+                    tenant_id, sorted(ready.glob("*.dcm")), self.settings,
+                    created_by=f"ae:{','.join(ae_titles) or '?'}", via="c-store",
+                    client_address=address,
+                )  # fmt: skip
                 jobs.append(job_id)
             shutil.rmtree(ready, ignore_errors=True)
         return jobs
+
+
+def _add_sender(folder: Path, ae_title: str, address: str | None) -> None:
+    """Note who sends to a series (beside its instances, so it survives a restart): the
+    job it becomes is created by these AE titles."""
+    line = json.dumps({"ae_title": ae_title, "address": address})
+    path = folder / SENDERS
+    known = path.read_text().splitlines() if path.exists() else []
+    if line not in known:
+        with path.open("a") as handle:
+            handle.write(line + "\n")
+
+
+def _senders(folder: Path) -> tuple[list[str], str | None]:
+    """The distinct calling AE titles of a series (in order of arrival) and the first
+    sender's address."""
+    titles: list[str] = []
+    address = None
+    try:
+        lines = (folder / SENDERS).read_text().splitlines()
+    except OSError:
+        return titles, address
+    for line in lines:
+        try:
+            sender = json.loads(line)
+        except ValueError:
+            continue  # a line a crash cut short
+        if sender.get("ae_title") and sender["ae_title"] not in titles:
+            titles.append(str(sender["ae_title"]))
+        address = address or sender.get("address")
+    return titles, address
 
 
 def _write_part10(event: evt.Event, path: Path) -> None:

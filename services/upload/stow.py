@@ -6,9 +6,12 @@ streamed to disk (never whole in memory) and bounded by ``max_upload_bytes`` (41
 (``dicom_intake``); the accepted ones become one job per series. The answer is the STOW-RS
 store response (``application/dicom+json``): Referenced SOP Sequence (0008,1199) for every
 stored instance, Failed SOP Sequence (0008,1198) with a Failure Reason (0008,1197) for every
-refused one; 200 when all were stored, 202 when some, 409 when none. The jobs made are named
+refused one; 200 when all were stored, 202 when some, 409 when none. A body without its
+closing boundary (cut short) is 400 ``incomplete_body`` and stores nothing. The jobs made are named
 in a private element (creator ``COVIDCT`` in group 0009: (0009,1001) the job of each stored
-instance, and the list at the top level) and in the ``Covidct-Job-Ids`` header.
+instance, and the list at the top level) and in the ``Covidct-Job-Ids`` header. Each job
+records who stored it (``created_by``: the API key's prefix or the signed-in user) and gets
+its ``job_create`` audit event, as a job made by ``POST /v1/jobs``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class _Parts:
     files: list[Path] = field(default_factory=list)
     types: list[str] = field(default_factory=list)
     too_many: bool = False
+    ended: bool = False  # the close delimiter arrived: the body is whole
     _out: BinaryIO | None = None
     _field: bytearray = field(default_factory=bytearray)
     _value: bytearray = field(default_factory=bytearray)
@@ -67,6 +71,7 @@ class _Parts:
             "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
             "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
             "on_header_end": self._header_end,
+            "on_end": self._body_end,
         }
 
     def _begin(self) -> None:
@@ -90,6 +95,9 @@ class _Parts:
 
     def _end(self) -> None:
         self.close()
+
+    def _body_end(self) -> None:
+        self.ended = True
 
     def close(self) -> None:
         if self._out is not None:
@@ -165,6 +173,13 @@ async def _receive(request: Request, parts: _Parts, boundary: bytes, limit: int)
         raise refusal(400, "incomplete_body", "the client went before the body ended") from None
     finally:
         parts.close()
+    if not parts.ended:
+        # Cut short (a proxy or client that stopped mid-body): the last part may be half an
+        # instance and the series half sent. Nothing is stored; the sender sends it again.
+        raise refusal(
+            400, "incomplete_body",
+            "the multipart body ends before its closing boundary: nothing was stored",
+        )  # fmt: skip
     if not parts.files:
         raise refusal(400, "no_instances", "the request holds no DICOM instance")
 
@@ -179,7 +194,7 @@ def _failed(status: int, sop_class: str = "", sop_instance: str = "") -> dict[st
 
 
 def _store(
-    parts: _Parts, tenant_id: str, settings: Settings
+    parts: _Parts, tenant_id: str, settings: Settings, actor: str, client_address: str | None
 ) -> tuple[int, dict[str, Any], list[str]]:
     """Check every part, make one job per series; (HTTP status, response body, job ids)."""
     accepted: dict[str, list[Instance]] = {}
@@ -198,7 +213,10 @@ def _store(
     jobs: list[str] = []
     for instances in accepted.values():
         try:
-            job_id, _status = create_series_job(tenant_id, [i.path for i in instances], settings)
+            job_id, _status = create_series_job(
+                tenant_id, [i.path for i in instances], settings,
+                created_by=actor, via="stow-rs", client_address=client_address,
+            )  # fmt: skip
         except OSError:  # the disk is full: nothing of this series was taken
             failed.extend(_failed(OUT_OF_RESOURCES, i.sop_class, i.sop_instance) for i in instances)
             continue
@@ -249,7 +267,11 @@ def create_stow_router() -> APIRouter:
             parts = _Parts(folder, settings.max_archive_members)
             await _receive(request, parts, boundary, settings.max_upload_bytes)
             tenant_id: str = request.state.tenant_id
-            status, body, jobs = await run_in_threadpool(_store, parts, tenant_id, settings)
+            actor: str = request.state.actor
+            address = request.client.host if request.client else None
+            status, body, jobs = await run_in_threadpool(
+                _store, parts, tenant_id, settings, actor, address
+            )
         finally:
             await run_in_threadpool(shutil.rmtree, folder, True)
         headers = {JOB_ID_HEADER: ",".join(jobs)} if jobs else None

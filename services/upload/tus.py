@@ -51,6 +51,7 @@ from services.common.accounts import (
     Role,
     cookie_from_another_origin,
     cookie_tenant,
+    session_user,
 )
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
@@ -58,7 +59,7 @@ from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
 from services.common.retention import discard_partial_upload
 from services.common.security import bearer_token
 from services.common.tenants import tenant_by_api_key
-from services.common.throttle import auth_failures, identities
+from services.common.throttle import KEY_PREFIX_CHARS, auth_failures, identities
 from services.upload.ingest import (
     SHA256_RE,
     complete_upload,
@@ -127,14 +128,19 @@ def tus_auth(request: Request) -> None:
         if api_key is not None:
             tenant = tenant_by_api_key(session, api_key)
             tenant_id = tenant.id if tenant is not None else None
+            actor = f"key:{api_key[:KEY_PREFIX_CHARS]}"
         else:
             unsafe = request.method not in ("GET", "HEAD", "OPTIONS")
             csrf = request.headers.get(CSRF_HEADER)
             tenant_id = cookie_tenant(session, cookie or "", csrf, unsafe, Role.UPLOADER)
+            found_user = session_user(session, cookie or "") if tenant_id else None
+            actor = f"user:{found_user[0].username}" if found_user else ""
         if tenant_id is None:
             auth_failures().record_failure(*throttled_as)
             raise _refused("unknown API key, or a session without upload rights", wait)
         request.state.tenant_id = tenant_id
+        # Who, for jobs this request creates (STOW-RS) and the audit trail (as the gateway's).
+        request.state.actor = actor
         if upload_id is None:
             return
         found = session.execute(

@@ -6,8 +6,13 @@ wheelhouse), ``docker compose up --wait``; then a tenant made with ``docker comp
 the shared COVID-CT-MD series P002 uploaded as a zip with tus from the host (stopped at half,
 resumed by a new client), the inference worker SIGKILLed while the job is scoring and started
 again, and the job must still succeed exactly once: one result row, one signed callback, a
-verdict equal to ``covidct diagnose`` of the same zip, slice scores from TorchServe.
-``docker compose down -v`` and the daemon stopped by pid, whatever happens.
+verdict equal to ``covidct diagnose`` of the same zip, slice scores from TorchServe. The blobs
+live in the S3 server (MinIO in production; its CI stand-in here), the viewer reads them back
+through it, the job is read over the TLS proxy (profile tls), every container has limits and
+rotated logs, Redis's password is on no command line. Then the backup and restore procedure:
+``scripts/compose/backup.sh``, ``down -v``, ``restore.sh`` into the new empty volumes, and the
+same job, slices and overlays read back. ``docker compose down -v`` and the daemon stopped by
+pid, whatever happens.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from harness.compose import (
     COMPOSE_FILE,
     Compose,
     Daemon,
+    docker_client,
     ensure_base_image,
     ensure_wheelhouse,
     image_sizes,
@@ -54,6 +60,8 @@ IMAGES = (
     "covidct-torchserve:0.1.0",
     "covidct-ci-postgres:15",
     "covidct-ci-redis:7",
+    "covidct-ci-s3:moto5",
+    "covidct-ci-caddy:2",
     "covidct-ci-base:bookworm",
 )
 JOB_TIMEOUT_S = 900
@@ -75,6 +83,10 @@ def _env_file(path: Path) -> Path:
                 f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
                 "POSTGRES_DB=covidct",
                 f"REDIS_PASSWORD={secrets.token_hex(16)}",
+                "S3_ACCESS_KEY=covidct-ci",
+                f"S3_SECRET_KEY={secrets.token_hex(16)}",
+                "COVIDCT_TLS_BIND=127.0.0.1",
+                f"COVIDCT_TLS_PORT={_free_port()}",
                 f'COVIDCT_SECRET_KEYS=["{base64.urlsafe_b64encode(os.urandom(32)).decode()}"]',
                 "COVIDCT_GATEWAY_BIND=127.0.0.1",
                 f"COVIDCT_GATEWAY_PORT={_free_port()}",
@@ -143,6 +155,7 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def _stack(daemon: Daemon, env_file: Path, started: float) -> Iterator[Compose]:
     # Only the --env-file configures the stack, never this process's COVIDCT_* variables.
     env = {k: v for k, v in daemon.env.items() if not k.startswith(("COVIDCT_", "POSTGRES_"))}
+    env["COMPOSE_PROFILES"] = "tls"  # the Caddy proxy too, for every command (down included)
     compose = Compose(env=env, files=FILES, env_file=env_file)
     try:
         compose.down()  # a project left by an interrupted run
@@ -278,6 +291,151 @@ def test_compose_stack_end_to_end(
     assert metrics.status_code == 200 and "# TYPE" in metrics.text
     covid = result["probabilities"]["COVID"]
     log(f"job {job_id}: {result['label']} P(COVID) {covid:.4f}, events {events}")
+
+    with stack.phase("blobs in S3, read back by the viewer"):
+        keys = _s3_keys(stack, f"jobs/{job_id}")
+        assert {"slices.npy", "native.bin"} <= set(keys), keys
+        assert "blobs" not in stack.exec("gateway", "ls", "/var/lib/covidct").split()
+        viewer = _viewer_images(client, job_id)
+    log(f"S3 keys of the job: {sorted(keys)}; viewer read {sorted(viewer)}")
+
+    with stack.phase("the job over the TLS proxy"):
+        _check_tls(stack, tenant["api_key"], job_id, final)
+    _check_limits_logs_and_redis(stack)
+
+    backup = tmp_path / "backup"
+    compose_cmd = " ".join(stack.command())
+    with stack.phase("backup (pg_dump + blob dump)"):
+        _script(stack, "backup.sh", compose_cmd, str(backup))
+    sizes = {p.name: p.stat().st_size for p in backup.iterdir()}
+    log(f"backup: {sizes}")
+    with stack.phase("down -v (every volume gone)"):
+        stack.down()
+    with stack.phase("restore into new volumes, gateway up"):
+        _script(stack, "restore.sh", compose_cmd, str(backup), "gateway")
+    with stack.phase("read back after the restore"):
+        client = ApiClient(url, tenant["api_key"])
+        restored = client.get_job(job_id)
+        assert restored["status"] == "succeeded"
+        assert restored["result"] == final["result"]
+        assert _viewer_images(client, job_id) == viewer
+        assert _s3_keys(stack, f"jobs/{job_id}") == keys
+        again = stack.sql(f"SELECT status FROM job_events WHERE job_id = '{job_id}' ORDER BY id")
+        assert [row[0] for row in again] == events
+
+
+def _s3_keys(stack: Compose, prefix: str) -> dict[str, int]:
+    """{name below prefix: size} listed in the S3 bucket, from inside the gateway."""
+    script = (
+        "import json, sys\n"
+        "from services.common.config import get_settings\n"
+        "from services.common.storage import make_storage\n"
+        "s = make_storage(get_settings())\n"
+        "full = s._key(sys.argv[1]) + '/'\n"
+        "pages = s.client.get_paginator('list_objects_v2').paginate(Bucket=s.bucket, Prefix=full)\n"
+        "print(json.dumps({o['Key'][len(full):]: o['Size'] for p in pages "
+        "for o in p.get('Contents', [])}))"
+    )
+    out = stack.exec("gateway", "python", "-c", script, prefix)
+    return dict(json.loads(out.strip().splitlines()[-1]))
+
+
+def _viewer_images(client: ApiClient, job_id: str) -> dict[str, bytes]:
+    """The viewer's PNGs of the first kept slice (and its lesion overlay when the study has
+    one), as the console asks for them: each read from the blob store by range."""
+    http = client.http
+    listing = http.get(f"/v1/jobs/{job_id}/slices").raise_for_status().json()
+    first = next(s for s in listing["slices"] if s["kept"])
+    paths = {
+        "slice": f"/v1/jobs/{job_id}/slices/{first['index']}.png",
+        "native": f"/v1/jobs/{job_id}/slices/{first['index']}/image",
+    }
+    with_lesions = [s for s in listing["slices"] if s.get("lesions_url")]
+    if listing.get("has_lesions") and with_lesions:
+        paths["lesions"] = with_lesions[len(with_lesions) // 2]["lesions_url"]
+    images = {}
+    for name, path in paths.items():
+        response = http.get(path)
+        assert response.status_code == 200, (path, response.text[:300])
+        assert response.content.startswith(b"\x89PNG"), path
+        images[name] = response.content
+    return images
+
+
+def _check_tls(stack: Compose, api_key: str, job_id: str, final: dict[str, Any]) -> None:
+    import ssl
+
+    root = stack.exec("caddy", "cat", "/data/caddy/pki/authorities/local/root.crt")
+    context = ssl.create_default_context(cadata=root)
+    port = stack.published_port("caddy", 8443)
+    with httpx.Client(base_url=f"https://localhost:{port}", verify=context, timeout=30) as tls:
+        job = tls.get(f"/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {api_key}"})
+        assert job.status_code == 200, job.text[:300]
+        assert job.json()["result"] == final["result"]
+        for inside in ("/metrics", "/readyz", "/healthz"):
+            assert tls.get(inside).status_code == 404, inside
+    with pytest.raises(httpx.ConnectError):  # not trusted without Caddy's root
+        httpx.get(f"https://localhost:{port}/v1/jobs", timeout=10)
+
+
+def _check_limits_logs_and_redis(stack: Compose) -> None:
+    ids = stack.output("ps", "--quiet").split()
+    fmt = (
+        "{{.Name}} {{.HostConfig.Memory}} {{.HostConfig.NanoCpus}} {{.HostConfig.LogConfig.Type}}"
+        ' {{index .HostConfig.LogConfig.Config "max-size"}} {{.Id}}'
+    )
+    out = subprocess.run(
+        [docker_client(), "inspect", "--format", fmt, *ids],
+        env=stack.env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    rows = [line.split() for line in out.splitlines() if line]
+    assert len(rows) >= 9, rows
+    peaks = []
+    for name, memory, cpus, driver, max_size, container_id in rows:
+        assert int(memory) > 0 and int(cpus) > 0, name
+        assert driver == "json-file" and max_size, name
+        peak = _memory_peak(container_id)
+        if peak is not None:
+            peaks.append(f"{name.lstrip('/')} {peak / 2**20:.0f}/{int(memory) / 2**20:.0f} MiB")
+    # What sizes the limits (README "Limits and logs"): the peak of each container so far.
+    log("memory peak/limit: " + ", ".join(peaks))
+    assert stack.env_file is not None
+    password = next(
+        line.split("=", 1)[1]
+        for line in stack.env_file.read_text().splitlines()
+        if line.startswith("REDIS_PASSWORD=")
+    )
+    for pid in ("1",):
+        cmdline = stack.exec("redis", "cat", f"/proc/{pid}/cmdline")
+        assert "redis-server" in cmdline and password not in cmdline, cmdline
+    stack.exec("redis", "sh", "-c", "redis-cli ping | grep -q PONG")  # auth from the config
+    log("limits and json-file rotation on " + ", ".join(r[0].lstrip("/") for r in rows))
+
+
+def _memory_peak(container_id: str) -> int | None:
+    """The container's peak memory: cgroup v1 max_usage_in_bytes or v2 memory.peak
+    (dockerd's cgroupfs or systemd layout)."""
+    for path in (
+        Path("/sys/fs/cgroup/memory/docker") / container_id / "memory.max_usage_in_bytes",
+        Path("/sys/fs/cgroup/docker") / container_id / "memory.peak",
+        Path("/sys/fs/cgroup/system.slice") / f"docker-{container_id}.scope" / "memory.peak",
+    ):
+        try:
+            return int(path.read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _script(stack: Compose, name: str, compose_cmd: str, *args: str) -> None:
+    env = {**stack.env, "COVIDCT_COMPOSE": compose_cmd}
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "compose" / name), *args],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    (ARTIFACTS / f"{name}.txt").write_text(result.stdout + result.stderr)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+    log(f"{name}: {result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ''}")
 
 
 def _status_once_past_preprocessing(client: ApiClient, job_id: str) -> str | None:

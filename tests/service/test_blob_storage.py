@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
@@ -294,3 +295,22 @@ def test_a_jobs_blobs_land_in_s3_and_deletion_sweeps_them(
             assert keys() == set()
     finally:
         celery_app.conf.task_always_eager = False
+
+
+def test_cache_directories_are_per_host_and_process(tmp_path: Path) -> None:
+    """Containers sharing one volume (compose) have the same pids: a directory of another
+    host is not swept for its pid, only once stale; this host's dead processes' are."""
+    import services.common.storage_s3 as storage_s3
+
+    root = tmp_path / "blob-cache"
+    other_live = root / "other-container-1"  # pid 1 of another container
+    other_stale = root / "gone-container-7"
+    own_dead = root / f"{storage_s3._HOST}-{2**22 + 12345}"  # no such pid here
+    for directory in (other_live, other_stale, own_dead):
+        directory.mkdir(parents=True)
+    old = time.time() - storage_s3.OTHER_HOST_STALE_S - 60
+    os.utime(other_stale, (old, old))
+    store = S3Storage("bucket", "", client=None, cache_root=root)
+    mine = store._cache_dir()
+    assert mine.name == f"{storage_s3._HOST}-{os.getpid()}" and mine.is_dir()
+    assert other_live.is_dir() and not other_stale.exists() and not own_dead.exists()

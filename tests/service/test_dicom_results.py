@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import highdicom as hd
+import httpx
 import numpy as np
 import pydicom
 import pytest
+from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
 from pydicom.uid import generate_uid
@@ -31,8 +33,9 @@ from services.common.db import session_scope
 from services.common.jobs import job_view
 from services.common.orm import Job
 from services.common.queue import celery_app
-from services.gateway.dicom_sr import SCHEME
-from tests.support.service import auth, make_tenant, new_job, upload_study
+from services.common.results.dicom_source import derived_uid
+from services.common.results.dicom_sr import SCHEME
+from tests.support.service import auth, make_tenant, new_job, serving, upload_study
 
 for _module in TASK_MODULES:
     importlib.import_module(_module)
@@ -96,6 +99,23 @@ def _zip_series(files: list[tuple[str, bytes]]) -> bytes:
     return buffer.getvalue()
 
 
+def referenced_segments(sr: Any) -> dict[str, tuple[str, int]]:
+    """Tracking identifier of each volumetric ROI group -> (SEG SOP Instance UID, segment)."""
+    out = {}
+    for group in sr.content.get_volumetric_roi_measurement_groups():
+        item = next(
+            i
+            for i in group[0].ContentSequence
+            if i.ConceptNameCodeSequence[0].CodeValue == "121191"
+        )
+        reference = item.ReferencedSOPSequence[0]
+        out[str(group.tracking_identifier)] = (
+            str(reference.ReferencedSOPInstanceUID),
+            int(reference.ReferencedSegmentNumber),
+        )
+    return out
+
+
 def _measurements(group: Any) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for m in group.get_measurements():
@@ -142,10 +162,23 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         for series in study.ReferencedSeriesSequence
         for i in series.ReferencedSOPSequence
     }
-    assert evidence == source_uids  # every instance of the series read
+    seg_sop = derived_uid(job_id, "seg")
+    assert evidence == source_uids | {seg_sop}  # every instance of the series read, the SEG
     report = sr.content
-    groups = {str(g.tracking_identifier): g for g in report.get_image_measurement_groups()}
+    groups = {
+        str(g.tracking_identifier): g
+        for g in [
+            *report.get_image_measurement_groups(),
+            *report.get_volumetric_roi_measurement_groups(),
+        ]
+    }
     assert set(groups) >= {"COVID-19 assessment", "Lungs", "Lung opacity"}
+    # The volumes measured on a mask name its SEG segment (TID 1411 Referenced Segment).
+    assert referenced_segments(sr) == {
+        "Ground glass opacity": (seg_sop, 1),
+        "Consolidation": (seg_sop, 2),
+        "Lungs": (seg_sop, 3),
+    }
     verdict = groups["COVID-19 assessment"]
     (p_covid,) = _measurements(verdict)["Probability"]
     assert float(p_covid.value) == pytest.approx(result["probabilities"]["COVID"])
@@ -205,8 +238,14 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
     assert dciodvfy_errors(response.content, tmp_path) == []
     seg = hd.seg.segread(io.BytesIO(response.content))
     assert seg.SegmentationType == "BINARY"
+    assert seg.SOPInstanceUID == seg_sop  # what the SR references
     labels = [s.SegmentLabel for s in seg.SegmentSequence]
     assert labels == ["Ground glass opacity", "Consolidation", "Lungs"]
+    (related,) = seg.RelatedSeriesSequence  # and the SEG names the SR's series
+    assert (related.StudyInstanceUID, related.SeriesInstanceUID) == (
+        sr.StudyInstanceUID,
+        sr.SeriesInstanceUID,
+    )
     assert seg.StudyInstanceUID == result["series"]["study_instance_uid"]
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     frames = 0
@@ -261,6 +300,56 @@ def test_p002_results_as_dicom_sr_seg_and_fhir(
         assert denied.status_code == 404
         assert denied.json()["code"] == "job_not_found"
 
+    # --- DICOMweb QIDO-RS / WADO-RS, with dicomweb-client against the served app ----------
+    check_dicomweb(job_id, sr, seg, alice, mallory)
+
+
+def check_dicomweb(job_id: str, sr: Any, seg: Any, alice: dict[str, str], mallory: Any) -> None:
+    """The job's SR and SEG found by the source study's UID and fetched by their own UIDs,
+    as a viewer or PACS would; another tenant finds nothing and fetches nothing."""
+    study = str(sr.StudyInstanceUID)
+    with serving(create_app()) as base:
+        dicomweb = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(alice))
+        found = {
+            ds["0020000E"]["Value"][0]: ds["00080060"]["Value"][0]
+            for ds in dicomweb.search_for_series(study)
+        }
+        assert found == {sr.SeriesInstanceUID: "SR", seg.SeriesInstanceUID: "SEG"}
+        only_seg = dicomweb.search_for_series(study, search_filters={"Modality": "SEG"})
+        assert [ds["0020000E"]["Value"][0] for ds in only_seg] == [seg.SeriesInstanceUID]
+        (instance,) = dicomweb.search_for_instances(study, seg.SeriesInstanceUID)
+        assert instance["00080018"]["Value"] == [seg.SOPInstanceUID]
+
+        (got_sr,) = dicomweb.retrieve_series(study, sr.SeriesInstanceUID)
+        assert got_sr.SOPInstanceUID == sr.SOPInstanceUID
+        assert hd.sr.Comprehensive3DSR.from_dataset(got_sr).content  # an SR highdicom reads
+        got_seg = dicomweb.retrieve_instance(study, seg.SeriesInstanceUID, seg.SOPInstanceUID)
+        back = hd.seg.Segmentation.from_dataset(got_seg)
+        assert [s.SegmentLabel for s in back.SegmentSequence] == [
+            s.SegmentLabel for s in seg.SegmentSequence
+        ]
+        assert back.NumberOfFrames == seg.NumberOfFrames
+
+        # Not ours, not found, not acceptable: a clear 4xx with a machine code.
+        headers = auth(alice)
+        url = f"{base}/dicomweb/studies/{study}/series/{sr.SeriesInstanceUID}"
+        wrong = httpx.get(f"{url}/instances/1.2.3", headers=headers)
+        assert (wrong.status_code, wrong.json()["code"]) == (404, "instance_not_found")
+        other = httpx.get(f"{base}/dicomweb/studies/{study}/series/1.2.3", headers=headers)
+        assert (other.status_code, other.json()["code"]) == (404, "series_not_found")
+        as_json = httpx.get(url, headers={**headers, "Accept": "application/dicom+json"})
+        assert (as_json.status_code, as_json.json()["code"]) == (406, "not_acceptable")
+        assert httpx.get(url).status_code == 401
+
+        intruder = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(mallory))
+        assert intruder.search_for_series(study) == []
+        for path in ("", f"/instances/{sr.SOPInstanceUID}"):
+            denied = httpx.get(f"{url}{path}", headers=auth(mallory))
+            assert (denied.status_code, denied.json()["code"]) in {
+                (404, "series_not_found"),
+                (404, "instance_not_found"),
+            }
+
 
 def test_not_finished_and_not_dicom_are_409(eager_client: TestClient, data_dir: Path) -> None:
     client = eager_client
@@ -290,7 +379,7 @@ def test_not_finished_and_not_dicom_are_409(eager_client: TestClient, data_dir: 
 def test_sr_without_hu_findings_has_the_verdict_only() -> None:
     """A verdict of images (no lesion measurements): the COVID-19 assessment group only,
     the label as the category."""
-    from services.gateway.dicom_sr import measurement_groups
+    from services.common.results.dicom_sr import measurement_groups
 
     result = {
         "label": "NonCOVID",
@@ -314,7 +403,7 @@ def test_sr_without_hu_findings_has_the_verdict_only() -> None:
     ],
 )
 def test_sources_that_cannot_be_referenced_are_refused(change: dict[str, Any], code: str) -> None:
-    from services.gateway.dicom_source import NotDicomSource, source_slices
+    from services.common.results.dicom_source import NotDicomSource, source_slices
 
     series = {
         "source_format": "dicom",
@@ -333,7 +422,7 @@ def test_sources_that_cannot_be_referenced_are_refused(change: dict[str, Any], c
 
 
 def _synthetic_source(n: int = 4, size: int = 16) -> tuple[dict[str, Any], list[Any]]:
-    from services.gateway.dicom_source import SourceSlice
+    from services.common.results.dicom_source import SourceSlice
 
     series = {
         "source_format": "dicom",
@@ -356,9 +445,9 @@ def _synthetic_source(n: int = 4, size: int = 16) -> tuple[dict[str, Any], list[
 def test_lungs_only_seg_and_image_verdict_sr_pass_dciodvfy(tmp_path: Path) -> None:
     """The other shapes of our objects: a SEG of lungs only (a DICOM series without lesion
     masks) and an SR without HU findings, each valid for dciodvfy."""
-    from services.gateway.dicom_seg import build_seg
-    from services.gateway.dicom_source import source_datasets
-    from services.gateway.dicom_sr import build_sr
+    from services.common.results.dicom_seg import build_seg
+    from services.common.results.dicom_source import source_datasets
+    from services.common.results.dicom_sr import build_sr
 
     series, slices = _synthetic_source()
     sources = source_datasets(series, slices)
@@ -383,5 +472,126 @@ def test_lungs_only_seg_and_image_verdict_sr_pass_dciodvfy(tmp_path: Path) -> No
     buffer = io.BytesIO()
     sr.save_as(buffer, enforce_file_format=True)
     assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+    # A lung volume measured on the lungs-only SEG: the SR names segment 1 of that SEG.
+    hu = {**result, "findings": {"lung_volume_ml": 12.5}}
+    linked = build_sr("job-2", hu, "covid", sources, set(), segments={"lungs": 1})
+    buffer = io.BytesIO()
+    linked.save_as(buffer, enforce_file_format=True)
+    assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+    back_sr = hd.sr.srread(io.BytesIO(buffer.getvalue()))
+    assert referenced_segments(back_sr) == {"Lungs": (back.SOPInstanceUID, 1)}
+    assert back.RelatedSeriesSequence[0].SeriesInstanceUID == back_sr.SeriesInstanceUID
     again = build_sr("job-2", result, "covid", sources, set())
     assert again.SOPInstanceUID == sr.SOPInstanceUID  # fixed by the job id
+
+
+def _finished_synthetic_job(tenant_id: str, settings: Settings, *, masks: bool) -> str:
+    """A succeeded job of the synthetic 4-slice series written straight to the database (no
+    shared data, no pipeline): its verdict with HU volumes, its slices' SOP identities and,
+    with ``masks``, its lesion label maps on the source geometry."""
+    from services.common.native_slices import native_lesions_key
+    from services.common.orm import JobStatus, Result, SliceRecord
+    from services.common.storage import make_storage
+
+    series, slices = _synthetic_source()
+    with session_scope() as session:
+        job = Job(
+            tenant_id=tenant_id, status=JobStatus.SUCCEEDED.value, series=series,
+            study_instance_uid=series["study_instance_uid"],
+            series_instance_uid=series["series_instance_uid"], category="covid",
+        )  # fmt: skip
+        session.add(job)
+        session.flush()
+        session.add(
+            Result(
+                job_id=job.id, label="COVID", probabilities={"COVID": 0.8, "NonCOVID": 0.2},
+                slices_total=4, slices_used=2, model_versions={"slice_cnn": "v1"},
+                findings={"lung_volume_ml": 10.0, "lesion_volume_ml": 1.5,
+                          "ggo_volume_ml": 1.0, "consolidation_volume_ml": 0.5},
+            )
+        )  # fmt: skip
+        for s in slices:
+            info = {"sop_instance_uid": s.sop_instance_uid, "sop_class_uid": s.sop_class_uid,
+                    "image_position_patient": s.position}  # fmt: skip
+            session.add(
+                SliceRecord(job_id=job.id, index=s.index, kept=s.index in (1, 2), info=info)
+            )
+        job_id = job.id
+    if masks:
+        labels = np.zeros((4, 16, 16), np.uint8)
+        labels[1:3, 4:12, 3:8] = 3
+        labels[1, 5:7, 4:6] = 1
+        labels[2, 8:10, 4:6] = 2
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, labels=labels)
+        make_storage(settings).put_bytes(native_lesions_key(job_id), buffer.getvalue())
+    return job_id
+
+
+def test_dicomweb_serves_sr_and_seg_that_reference_each_other(
+    isolated_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """QIDO-RS / WADO-RS with dicomweb-client against the served app, on synthetic finished
+    jobs: the SR and SEG of a job with masks (valid for dciodvfy, each naming the other), the
+    SR only of a job without; another tenant sees and fetches nothing."""
+    settings = isolated_settings(broker_url="memory://")
+    alice, mallory = make_tenant("alice"), make_tenant("mallory")
+    with_masks = _finished_synthetic_job(alice["id"], settings, masks=True)
+    study = "1.2.826.0.1.3680043.8.498.1"
+    with serving(create_app()) as base:
+        dicomweb = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(alice))
+        listed = dicomweb.search_for_series(study)
+        assert [ds["00080060"]["Value"][0] for ds in listed] == ["SR", "SEG"]
+        sr_series, seg_series = (ds["0020000E"]["Value"][0] for ds in listed)
+        assert listed[0]["00081190"]["Value"][0].endswith(
+            f"/dicomweb/studies/{study}/series/{sr_series}"
+        )
+        (sr,) = dicomweb.retrieve_series(study, sr_series)
+        (seg_instance,) = dicomweb.search_for_instances(study, seg_series)
+        seg_sop = seg_instance["00080018"]["Value"][0]
+        seg = dicomweb.retrieve_instance(study, seg_series, seg_sop)
+        for data in (sr, seg):
+            buffer = io.BytesIO()
+            data.save_as(buffer, enforce_file_format=True)
+            assert dciodvfy_errors(buffer.getvalue(), tmp_path) == []
+        assert referenced_segments(hd.sr.Comprehensive3DSR.from_dataset(sr)) == {
+            "Ground glass opacity": (seg_sop, 1),
+            "Consolidation": (seg_sop, 2),
+            "Lungs": (seg_sop, 3),
+        }
+        assert seg.RelatedSeriesSequence[0].SeriesInstanceUID == sr.SeriesInstanceUID
+        assert (sr.SOPInstanceUID, seg.SOPInstanceUID) == (
+            derived_uid(with_masks, "sr"),
+            derived_uid(with_masks, "seg"),
+        )
+
+        # A job without masks: its SR (volumes on the source images), no SEG anywhere.
+        without = _finished_synthetic_job(alice["id"], settings, masks=False)
+        modalities = [
+            (ds["0020000E"]["Value"][0], ds["00080060"]["Value"][0])
+            for ds in dicomweb.search_for_series(study)
+        ]
+        assert (derived_uid(without, "sr-series"), "SR") in modalities
+        assert derived_uid(without, "seg-series") not in dict(modalities)
+        (plain,) = dicomweb.retrieve_series(study, derived_uid(without, "sr-series"))
+        assert referenced_segments(hd.sr.Comprehensive3DSR.from_dataset(plain)) == {}
+        missing = httpx.get(
+            f"{base}/dicomweb/studies/{study}/series/{derived_uid(without, 'seg-series')}",
+            headers=auth(alice),
+        )
+        assert (missing.status_code, missing.json()["code"]) == (404, "series_not_found")
+
+        # The whole study: every SR and SEG we made of it.
+        everything = dicomweb.retrieve_study(study)
+        assert sorted(ds.Modality for ds in everything) == ["SEG", "SR", "SR"]
+
+        intruder = DICOMwebClient(url=f"{base}/dicomweb", headers=auth(mallory))
+        assert intruder.search_for_series(study) == []
+        nothing = httpx.get(f"{base}/dicomweb/studies/{study}", headers=auth(mallory))
+        assert (nothing.status_code, nothing.json()["code"]) == (404, "study_not_found")
+        denied = httpx.get(
+            f"{base}/dicomweb/studies/{study}/series/{sr_series}", headers=auth(mallory)
+        )
+        assert (denied.status_code, denied.json()["code"]) == (404, "series_not_found")
+        bad = httpx.get(f"{base}/dicomweb/studies/not-a-uid/series", headers=auth(alice))
+        assert bad.status_code == 422

@@ -28,7 +28,7 @@ from services.common.storage import make_storage
 from services.common.tenants import tenant_by_name
 from services.upload.scp import ConfigurationError, serve, tenants_by_ae_title
 from tests.support.dicom_instances import ct_series, mr_instance, part10, short_pixels_instance
-from tests.support.service import make_tenant
+from tests.support.service import creation_record, make_tenant
 
 STABLE_AGE_S = 1.0
 CALLING = "PACS1"
@@ -57,8 +57,8 @@ def settings(isolated_settings: Callable[..., Settings]) -> Settings:
 
 
 @contextmanager
-def running_scp(settings: Settings) -> Iterator[int]:
-    port = free_port()
+def running_scp(settings: Settings, port: int | None = None) -> Iterator[int]:
+    port = port or free_port()
     stop = threading.Event()
     thread = threading.Thread(target=serve, args=(settings, "127.0.0.1", port, stop))
     thread.start()
@@ -153,6 +153,11 @@ def test_series_becomes_one_job_once_quiet_and_bad_instances_are_refused(
         job = session.get(Job, started[0])
         assert job is not None
         assert job.tenant_id == tenant_by_name(session, "hospital").id
+    created_by, events = creation_record(started[0])  # who sent it: the calling AE title
+    assert created_by == f"ae:{CALLING}"
+    assert [(e["actor"], e["client_address"], e["detail"]) for e in events] == [
+        (created_by, "127.0.0.1", {"via": "c-store", "instances": 4})
+    ]
 
 
 def test_aborted_association_keeps_nothing_and_makes_no_job(
@@ -212,3 +217,21 @@ def test_a_series_over_the_limits_is_refused_further_instances(
         ], log
         wait_for_jobs(started, 1)
     assert len(job_members(started[0], settings)) == 2
+
+
+def test_probe_dicom_is_a_c_echo_to_the_listener(
+    isolated_settings: Callable[..., Settings], started: list[str], dcmtk: None
+) -> None:
+    """Kubernetes' readiness probe of the listener (``covidct probe dicom``): exit 1 while
+    nothing answers, success once the SCP echoes."""
+    import typer
+
+    from services.cli.service import probe_dicom
+
+    port = free_port()
+    settings = scp_settings(isolated_settings, dicom_port=port)
+    with pytest.raises(typer.Exit) as down:
+        probe_dicom(timeout=2.0)
+    assert down.value.exit_code == 1
+    with running_scp(settings, port):
+        probe_dicom(timeout=10.0)  # returns: exit 0

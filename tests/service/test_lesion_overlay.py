@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -14,9 +15,10 @@ from fastapi.testclient import TestClient
 from services.asgi import create_app
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
-from services.common.native_slices import LESION_COLOURS
+from services.common.native_slices import LESION_COLOURS, lesion_maps_key, pack_label_maps
 from services.common.orm import Job, SliceRecord
 from services.common.storage import make_storage
+from services.gateway import slices
 from tests.support.service import auth, make_tenant, new_job
 
 
@@ -27,8 +29,11 @@ def client(isolated_settings: Callable[..., Settings], started: list[str]) -> It
         yield test_client
 
 
-def _job(client: TestClient, tenant: dict[str, str], lesions: bool) -> tuple[str, np.ndarray]:
-    """3 slices: 0 and 2 kept (stack 0, 1), 1 dropped; with lesion label maps when asked."""
+def _job(
+    client: TestClient, tenant: dict[str, str], lesions: bool, legacy_npz: bool = False
+) -> tuple[str, np.ndarray]:
+    """3 slices: 0 and 2 kept (stack 0, 1), 1 dropped; with lesion label maps when asked:
+    lesions.bin with per-slice byte ranges, or the one .npz of jobs preprocessed before."""
     job_id = new_job(client, tenant)["id"]
     storage = make_storage(get_settings())
     stack = np.full((2, 8, 8), 100, np.uint8)
@@ -43,26 +48,60 @@ def _job(client: TestClient, tenant: dict[str, str], lesions: bool) -> tuple[str
         job = session.get(Job, job_id)
         assert job is not None
         job.slices_blob = f"jobs/{job_id}/slices.npy"
-        if lesions:
+        ranges: list[list[int]] = [[], []]
+        if lesions and legacy_npz:
             buffer = io.BytesIO()
             np.savez_compressed(buffer, labels=labels)
             storage.put_bytes(f"jobs/{job_id}/lesions.npz", buffer.getvalue())
             job.lesions_blob = f"jobs/{job_id}/lesions.npz"
+        elif lesions:
+            packed, ranges = pack_label_maps(labels)
+            storage.put_bytes(lesion_maps_key(job_id), packed)
+            job.lesions_blob = lesion_maps_key(job_id)
+        if lesions:
             job.lesion_findings = {"slice_lesion_share": [0.0, 0.0, 0.125]}
         session.add_all(
             [
-                SliceRecord(job_id=job_id, index=0, kept=True, stack_position=0),
+                SliceRecord(
+                    job_id=job_id, index=0, kept=True, stack_position=0, info={"lesions": ranges[0]}
+                ),
                 SliceRecord(job_id=job_id, index=1, kept=False, drop_reason="no_lung"),
-                SliceRecord(job_id=job_id, index=2, kept=True, stack_position=1),
+                SliceRecord(
+                    job_id=job_id, index=2, kept=True, stack_position=1, info={"lesions": ranges[1]}
+                ),
             ]
         )
     return job_id, labels
 
 
+class RangeOnly:
+    """The job's blob store, but a whole-blob read or a local copy of lesions.bin fails: the
+    overlay must come from one ranged read (over S3: one slice, no scratch disk)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.ranges: list[tuple[str, int, int]] = []
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        self.ranges.append((key, start, length))
+        return bytes(self.inner.get_range(key, start, length))
+
+    def get_bytes(self, key: str) -> bytes:
+        if key.endswith("lesions.bin"):
+            raise AssertionError(f"whole-blob read of {key}")
+        return bytes(self.inner.get_bytes(key))
+
+    def local_path(self, key: str) -> Any:
+        raise AssertionError(f"local copy of {key}")
+
+
+@pytest.mark.parametrize("legacy_npz", [False, True], ids=["per-slice", "legacy-npz"])
 def test_overlay_colours_lesions_and_leaves_the_rest_transparent(
-    client: TestClient, alice: dict[str, str]
+    client: TestClient, alice: dict[str, str], legacy_npz: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    job_id, labels = _job(client, alice, lesions=True)
+    job_id, labels = _job(client, alice, lesions=True, legacy_npz=legacy_npz)
+    store = RangeOnly(make_storage(get_settings()))
+    monkeypatch.setattr(slices, "make_storage", lambda _settings: store)
     response = client.get(f"/v1/jobs/{job_id}/slices/2/lesions.png", headers=auth(alice))
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     assert response.headers["cache-control"] == "private, max-age=3600"
@@ -78,6 +117,10 @@ def test_overlay_colours_lesions_and_leaves_the_rest_transparent(
     assert first.status_code == 200
     blank = cv2.imdecode(np.frombuffer(first.content, np.uint8), cv2.IMREAD_UNCHANGED)
     assert blank is not None and blank[..., 3].max() == 0
+    if not legacy_npz:  # one ranged read per overlay, of that slice's bytes only
+        total = len(make_storage(get_settings()).get_bytes(lesion_maps_key(job_id)))
+        assert [r[0] for r in store.ranges] == [lesion_maps_key(job_id)] * 2
+        assert all(0 < length < total for _key, _start, length in store.ranges)
 
 
 def test_slices_listing_says_which_overlays_exist(

@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from services.asgi import create_app
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
+from services.common.native_slices import decode_label_map
 from services.common.orm import (
     Job,
     JobEvent,
@@ -161,11 +162,14 @@ def test_lesion_measurements_and_overlay_travel_from_preprocess_to_the_verdict(
     with session_scope() as session:
         job = session.get(Job, job_id)
         assert job is not None and job.lesion_findings == findings
-        assert job.lesions_blob == f"jobs/{job_id}/lesions.npz"
-    path = make_storage(get_settings()).local_path(f"jobs/{job_id}/lesions.npz")
-    with np.load(path) as archive:
-        labels = archive["labels"]
-    assert labels.dtype == np.uint8 and labels[0, 0, 0] == 1 and labels[0, -1, -1] == 2
+        assert job.lesions_blob == f"jobs/{job_id}/lesions.bin"
+        info = session.scalars(
+            select(SliceRecord.info).where(SliceRecord.job_id == job_id, SliceRecord.kept)
+        ).one()
+    offset, length = info["lesions"]
+    data = make_storage(get_settings()).get_range(f"jobs/{job_id}/lesions.bin", offset, length)
+    labels = decode_label_map(data)
+    assert labels.dtype == np.uint8 and labels[0, 0] == 1 and labels[-1, -1] == 2
     listing = eager.get(f"/v1/jobs/{job_id}/slices", headers=auth(tenant)).json()
     assert listing["has_lesions"] is True and listing["slices"][0]["lesion_share"] == 0.25
     overlay = eager.get(listing["slices"][0]["lesions_url"], headers=auth(tenant))

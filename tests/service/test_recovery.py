@@ -130,7 +130,7 @@ def test_a_job_whose_next_step_could_not_be_published_is_sent_by_the_sweep(
     done = _row(job_id)
     assert done.status == JobStatus.SUCCEEDED
     assert (done.step, done.step_due_at, done.heartbeat_at) == (None, None, None)
-    assert tasks.sweep() == {"requeued": [], "steps": [], "webhooks": []}
+    assert tasks.sweep() == {"requeued": [], "steps": [], "webhooks": [], "destinations": []}
     with session_scope() as session:
         events = session.scalars(
             select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)

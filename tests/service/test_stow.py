@@ -28,7 +28,7 @@ from services.common.db import session_scope
 from services.common.orm import Job
 from services.common.storage import make_storage
 from tests.support.dicom_instances import ct_instance, ct_series, mr_instance, part10
-from tests.support.service import auth, make_tenant
+from tests.support.service import auth, creation_record, make_tenant
 
 MAX_BYTES = 2_000_000
 BOUNDARY = "stow-test-boundary"
@@ -129,6 +129,14 @@ def test_dicomweb_client_stores_two_series_as_two_jobs(
         s1: {ds.SOPInstanceUID for ds in first},
         s2: {ds.SOPInstanceUID for ds in second},
     }
+    # Who stored them: the API key, on the job and in the audit trail (as POST /v1/jobs).
+    for job_id in jobs:
+        created_by, events = creation_record(job_id)
+        assert created_by == f"key:{tenant['api_key'][:12]}"
+        assert [(e["actor"], e["client_address"], e["detail"]["via"]) for e in events] == [
+            (created_by, "127.0.0.1", "stow-rs")
+        ]
+    assert sorted(creation_record(j)[1][0]["detail"]["instances"] for j in jobs) == [2, 3]
     # Another tenant does not see these jobs.
     other = make_tenant("elsewhere")
     for job_id in jobs:
@@ -213,6 +221,78 @@ def test_parts_a_crash_left_are_swept(settings: Settings, started: list[str]) ->
             assert time.monotonic() < deadline, "the leftover was not removed"
             time.sleep(0.05)
     assert live.exists()  # another gateway's request in flight is left alone
+
+
+def test_a_half_sent_body_stores_nothing(
+    client: TestClient, settings: Settings, started: list[str]
+) -> None:
+    """A body cut off mid-way (no closing boundary; the last instance half there): no job
+    of the instances before the cut either, since the sender did not finish and will send
+    the whole series again. A whole body afterwards is stored as usual."""
+    tenant = make_tenant("hospital")
+    series = ct_series(3)
+    whole = multipart(*series)
+    cut = whole[: len(whole) - len(series[-1]) // 2]
+    response = stow(client, tenant, cut)
+    assert response.status_code == 400
+    assert response.json()["code"] == "incomplete_body"
+    assert started == []
+    assert not list(settings.upload_dir.glob("stow-*"))
+    again = stow(client, tenant, whole)
+    assert again.status_code == 200 and len(stored_uids(again.json())) == 3
+    assert len(started) == 1 and len(uploaded_members(started[0], settings)) == 3
+
+
+def test_a_client_that_goes_mid_body_stores_nothing(
+    served: str, settings: Settings, started: list[str]
+) -> None:
+    """The connection drops mid-body (Content-Length promised more): no job, and the parts
+    written so far are removed."""
+    import socket
+    from urllib.parse import urlsplit
+
+    tenant = make_tenant("hospital")
+    whole = multipart(*ct_series(3))
+    address = urlsplit(served)
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: {address.netloc}\r\n"
+        f"Authorization: Bearer {tenant['api_key']}\r\nContent-Type: {RELATED}\r\n"
+        f"Content-Length: {len(whole)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection((address.hostname, address.port)) as connection:
+        connection.sendall(head + whole[: len(whole) * 2 // 3])
+        deadline = time.monotonic() + 10
+        while not list(settings.upload_dir.glob("stow-*/part-*")):  # parts being written
+            assert time.monotonic() < deadline, "the gateway wrote no part"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while list(settings.upload_dir.glob("stow-*")):
+        assert time.monotonic() < deadline, "the parts of the dropped request stayed"
+        time.sleep(0.1)
+    assert started == []
+
+
+def test_a_signed_in_uploader_stores_as_themself(
+    client: TestClient, settings: Settings, started: list[str]
+) -> None:
+    """STOW-RS from the console's session (cookie + CSRF token): the job and its audit
+    event name the person, not a key."""
+    from tests.service.test_users_sessions import add_user, login
+
+    tenant = make_tenant("hospital")
+    add_user(client, tenant, "rad1", "uploader")
+    csrf = login(client, tenant, "rad1")
+    response = client.post(
+        "/dicomweb/studies",
+        content=multipart(*ct_series(2)),
+        headers={"Content-Type": RELATED, "X-CSRF-Token": csrf},
+    )
+    assert response.status_code == 200, response.text
+    created_by, events = creation_record(started[0])
+    assert created_by == "user:rad1"
+    assert [(e["actor"], e["detail"]) for e in events] == [
+        ("user:rad1", {"via": "stow-rs", "instances": 2})
+    ]
 
 
 def test_needs_a_key_and_a_wellformed_body(client: TestClient) -> None:

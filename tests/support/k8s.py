@@ -187,12 +187,18 @@ PER_COMPONENT_SECRETS = {
     "COVIDCT_STORAGE_SECRET_ACCESS_KEY",
 }
 
+# The address of a self-hosted S3 (compose's MinIO, the dev overlay's): AWS S3 needs none.
+DEPLOYMENT_SPECIFIC = {"COVIDCT_STORAGE_ENDPOINT_URL"}
+
 
 def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
     """What differs between the rendered manifests and the compose files: covidct images
     (name:tag) used by one and not the other, and COVIDCT_* settings that compose gives the
     app image but Kubernetes does not. Empty when they agree."""
     services = _compose_services(interpolate_defaults(text) for text in compose_texts)
+    # Services under a profile (`pacs`: a demo PACS and the DICOM listener) are opt-in
+    # extras of one Docker host, not part of the deployment Kubernetes mirrors.
+    services = {name: s for name, s in services.items() if not s.get("profiles")}
     compose_images = covidct_images(str(s["image"]) for s in services.values() if "image" in s)
     k8s_images = covidct_images(
         c["image"] for w in workloads(docs) for c in containers(pod_spec(w) or {})
@@ -208,7 +214,7 @@ def compose_drift(docs: list[Doc], compose_texts: Iterable[str]) -> list[str]:
             }
     # Kubernetes gives each component only the secrets it needs (k8s/secrets): those must
     # reach some app container, not every one.
-    everywhere = compose_keys - PER_COMPONENT_SECRETS
+    everywhere = compose_keys - PER_COMPONENT_SECRETS - DEPLOYMENT_SPECIFIC
     somewhere: set[str] = set()
     for workload in workloads(docs):
         for container in containers(pod_spec(workload) or {}):

@@ -179,3 +179,44 @@ def callback_receiver(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def creation_record(job_id: str) -> tuple[str | None, list[dict[str, Any]]]:
+    """Who created a job (``jobs.created_by``) and its ``job_create`` audit events."""
+    from sqlalchemy import select
+
+    from services.common.audit import as_dict
+    from services.common.orm import AuditEvent, Job
+
+    with session_scope() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.job_id == job_id, AuditEvent.action == "job_create")
+        ).all()
+        return job.created_by, [as_dict(e) for e in events]
+
+
+@contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """``app`` served by uvicorn on 127.0.0.1 in a thread, for a client library that speaks
+    HTTP itself (dicomweb-client); yields its base URL."""
+    import time
+
+    import uvicorn
+
+    from services.cli.runtime import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)

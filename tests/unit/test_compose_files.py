@@ -21,7 +21,8 @@ from services.common.config import REPO_ROOT
 
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 WORKERS = ("worker-preprocess", "worker-inference", "worker-ensemble", "worker-webhooks")
-APP_SERVICES = ("migrate", "gateway", *WORKERS)
+APP_SERVICES = ("s3-init", "migrate", "gateway", *WORKERS)
+ONE_SHOTS = ("s3-init", "migrate")
 TEST_OVERRIDE = "tests/deploy/docker-compose.test.yml"
 
 
@@ -59,7 +60,7 @@ def _merged(*files: str) -> dict:
 def test_services_roles_images_and_dependencies() -> None:
     config = _merged()
     services = config["services"]
-    assert set(services) == {"postgres", "redis", "torchserve", *APP_SERVICES}
+    assert set(services) == {"postgres", "redis", "minio", "torchserve", *APP_SERVICES}
     for name in APP_SERVICES:
         assert services[name]["image"] == "covidct-app:0.1.0", name
     assert services["torchserve"]["image"] == "covidct-torchserve:0.1.0"
@@ -74,19 +75,80 @@ def test_services_roles_images_and_dependencies() -> None:
         "service_healthy"
     )
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert services["migrate"]["depends_on"]["s3-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+    assert services["s3-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["s3-init"]["command"] == ["blobs", "ensure-bucket"]
     # Scalable: no fixed container names, no host ports but the gateway's.
     for name, service in services.items():
         assert "container_name" not in service, name
         assert ("ports" in service) == (name == "gateway"), name
-    # Health checks everywhere but the one-shot migration.
+    # Health checks everywhere but the one-shots.
     for name, service in services.items():
-        if name != "migrate":
+        if name not in ONE_SHOTS:
             assert "healthcheck" in service or name == "torchserve", name
     env = services["gateway"]["environment"]
     assert env["COVIDCT_SCORER_URL"] == "http://torchserve:8080"
     assert env["COVIDCT_DATABASE_URL"].startswith("postgresql+psycopg://covidct:")
     assert env["COVIDCT_BROKER_URL"].startswith("redis://:")
     assert env["COVIDCT_WEBHOOK_ALLOW_HTTP"] == "false"
+    # One blob path with Kubernetes: S3 (MinIO here), credentials from .env.
+    assert env["COVIDCT_STORAGE_URL"] == "s3://covidct/blobs"
+    assert env["COVIDCT_STORAGE_ENDPOINT_URL"] == "http://minio:9000"
+    minio = services["minio"]["environment"]
+    assert env["COVIDCT_STORAGE_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+    assert env["COVIDCT_STORAGE_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+
+
+def _bytes(quantity: str | int) -> int:
+    text = str(quantity).lower()
+    for suffix, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if text.endswith(suffix):
+            return int(float(text[:-1]) * factor)
+    return int(text)
+
+
+@pytest.mark.parametrize("profiles", [(), ("tls",)], ids=["default", "tls"])
+def test_every_container_has_limits_and_rotated_logs(profiles: tuple[str, ...]) -> None:
+    config = yaml.safe_load(compose_config((COMPOSE_FILE,), ENV_EXAMPLE, profiles=profiles))
+    services = config["services"]
+    assert ("caddy" in services) == ("tls" in profiles)
+    for name, service in services.items():
+        limits = service["deploy"]["resources"]["limits"]
+        assert float(limits["cpus"]) > 0 and _bytes(limits["memory"]) >= 256 * 1024**2, name
+        logging = service["logging"]
+        assert logging["driver"] == "json-file", name
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 2, name
+    # The study decoder needs the most: a 1000-slice study and its masks.
+    assert _bytes(services["worker-preprocess"]["deploy"]["resources"]["limits"]["memory"]) >= (
+        4 * 1024**3
+    )
+
+
+def test_redis_password_is_not_on_a_command_line() -> None:
+    redis = _merged()["services"]["redis"]
+    password = next(
+        line.split("=", 1)[1]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line.startswith("REDIS_PASSWORD=")
+    )
+    assert password not in " ".join(redis["command"][:2])  # sh -c ...
+    script = redis["command"][2]
+    assert password not in script and "redis-server -" in script  # config on stdin
+    assert "$REDIS_PASSWORD" in script and "--requirepass" not in script
+
+
+def test_tls_proxy_keeps_operations_endpoints_inside() -> None:
+    config = yaml.safe_load(compose_config((COMPOSE_FILE,), ENV_EXAMPLE, profiles=["tls"]))
+    caddy = config["services"]["caddy"]
+    assert caddy["profiles"] == ["tls"]
+    assert caddy["depends_on"]["gateway"]["condition"] == "service_healthy"
+    assert [p["target"] for p in caddy["ports"]] == [8443]
+    caddyfile = (REPO_ROOT / "docker" / "caddy" / "Caddyfile").read_text()
+    assert "tls {$COVIDCT_TLS_ISSUER:internal}" in caddyfile
+    assert "@ops path /metrics /metrics/* /readyz /healthz" in caddyfile
+    assert "respond @ops 404" in caddyfile and "reverse_proxy gateway:8000" in caddyfile
 
 
 def test_networks_and_volumes() -> None:
@@ -96,11 +158,11 @@ def test_networks_and_volumes() -> None:
     for name, service in services.items():
         outside = {"gateway", "worker-webhooks"}
         assert ("edge" in service["networks"]) == (name in outside), name
-    assert {"postgres-data", "redis-data", "covidct-data"} <= set(config["volumes"])
+    assert {"postgres-data", "redis-data", "covidct-data", "s3-data"} <= set(config["volumes"])
     for name in ("gateway", *WORKERS):
         targets = {v["target"]: v["source"] for v in services[name]["volumes"]}
         assert targets["/var/lib/covidct"] == "covidct-data", name
-    assert "--appendonly" in services["redis"]["command"]
+    assert "--appendonly yes" in services["redis"]["command"][2]
 
 
 def test_overrides_gpu_and_ci() -> None:
@@ -111,7 +173,8 @@ def test_overrides_gpu_and_ci() -> None:
     ci = _merged("docker-compose.ci.yml")["services"]
     assert ci["postgres"]["image"] == "covidct-ci-postgres:15"
     assert ci["redis"]["image"] == "covidct-ci-redis:7"
-    for name in ("postgres", "redis", "migrate", "torchserve"):
+    assert ci["minio"]["image"] == "covidct-ci-s3:moto5"
+    for name in ("postgres", "redis", "minio", "migrate", "torchserve"):
         assert ci[name]["build"]["network"] == "host", name
         assert ci[name]["build"]["args"]["BASE_IMAGE"] == "covidct-ci-base:bookworm", name
 

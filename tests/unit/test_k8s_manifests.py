@@ -429,13 +429,60 @@ def test_uploads_shared_by_gateway_replicas(overlay: str, docs: list[Doc]) -> No
     pvc = by_kind(docs, "PersistentVolumeClaim")["covidct-uploads"]
     expected = ["ReadWriteMany"] if overlay == "gpu" else ["ReadWriteOnce"]  # laptop: 1 node
     assert pvc["spec"]["accessModes"] == expected
-    # Only the gateway mounts it: workers read uploads from blob storage.
-    users = [
-        w["metadata"]["name"]
+    # Only the gateway mounts it: workers read uploads from blob storage. The DICOM
+    # listener has a spool of its own.
+    claims_of = {
+        w["metadata"]["name"]: [
+            v["persistentVolumeClaim"]["claimName"]
+            for v in (pod_spec(w) or {}).get("volumes", [])
+            if "persistentVolumeClaim" in v
+        ]
         for w in workloads(docs)
-        if any("persistentVolumeClaim" in v for v in (pod_spec(w) or {}).get("volumes", []))
+    }
+    users = {name: c for name, c in claims_of.items() if c}
+    assert users == {
+        "covidct-gateway": ["covidct-uploads"],
+        "covidct-dicom-listen": ["covidct-dicom-spool"],
+    }
+
+
+def test_dicom_listener(docs: list[Doc]) -> None:
+    """One listener at a time on a spool that survives it (a series stored in two spools
+    would be two half jobs; instances answered "stored" must outlive a restart), its Service
+    on TCP 11112, its probes, its settings, and DICOM ingress from the PACS network only."""
+    listener = deployments(docs)["covidct-dicom-listen"]
+    assert listener["spec"]["replicas"] == 1
+    assert listener["spec"]["strategy"] == {"type": "Recreate"}
+    container = next(containers_of(listener))
+    assert container["args"] == ["dicom-listen", "--host", "0.0.0.0", "--port", "11112"]
+    assert {"name": "dicom", "containerPort": 11112} in container["ports"]
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "dicom"}
+    assert container["readinessProbe"]["exec"]["command"] == [
+        "/opt/venv/bin/covidct", "probe", "dicom",
+    ]  # fmt: skip
+    var_dir = by_kind(docs, "ConfigMap")["covidct-config"]["data"]["COVIDCT_VAR_DIR"]
+    spec = pod_spec(listener) or {}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = next(v for v in spec["volumes"] if v["name"] == mounts[var_dir])
+    assert volume["persistentVolumeClaim"]["claimName"] == "covidct-dicom-spool"
+    assert by_kind(docs, "PersistentVolumeClaim")["covidct-dicom-spool"]["spec"]["accessModes"] == [
+        "ReadWriteOnce"
     ]
-    assert users == ["covidct-gateway"]
+    service = by_kind(docs, "Service")["covidct-dicom"]
+    assert service["spec"]["ports"] == [
+        {"name": "dicom", "port": 11112, "targetPort": "dicom", "protocol": "TCP"}
+    ]
+    settings = by_kind(docs, "ConfigMap")["covidct-dicom"]["data"]
+    assert json.loads(settings["COVIDCT_DICOM_AE_TITLES"])  # an empty map does not start
+    assert int(settings["COVIDCT_DICOM_PORT"]) == 11112
+    # The same keys as the gateway (uploads, de-identification pseudonyms).
+    assert _secret_names(listener) == {
+        s for s in _secret_names(deployments(docs)["covidct-gateway"])
+    }
+    policy = by_kind(docs, "NetworkPolicy")["dicom-listen-ingress"]["spec"]
+    (rule,) = policy["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 11112}]
+    assert rule["from"] == [{"ipBlock": {"cidr": _cluster_values(docs)["dicom-peers-cidr"]}}]
 
 
 def test_ingress_streams_large_uploads(docs: list[Doc]) -> None:
@@ -465,6 +512,8 @@ def test_network_policies(docs: list[Doc]) -> None:
             # From outside the namespace: the gateway only (dev: KEDA reads the dev Redis).
             if any("namespaceSelector" in peer for peer in rule.get("from", [])):
                 assert selected <= {"covidct-gateway", "covidct-redis"}, name
+            elif any("ipBlock" in peer for peer in rule.get("from", [])):
+                assert selected == {"covidct-dicom-listen"}, name  # the PACS network
             else:
                 assert selected <= {"covidct-gateway", "covidct-torchserve"} | dev_data, name
         for rule in spec.get("egress", []):
@@ -473,6 +522,14 @@ def test_network_policies(docs: list[Doc]) -> None:
                 if cidr == "0.0.0.0/0":
                     assert selected == {"covidct-worker-webhooks"}, name
                     assert "169.254.0.0/16" in peer["ipBlock"]["except"]  # cloud metadata
+    # Result destinations: the webhooks worker reaches the PACS network, and only it.
+    pacs = policies["webhooks-to-pacs"]["spec"]
+    assert {p for p, labels in pods.items() if selects(pacs["podSelector"], labels)} == {
+        "covidct-worker-webhooks"
+    }
+    (rule,) = pacs["egress"]
+    assert rule["to"] == [{"ipBlock": {"cidr": _cluster_values(docs)["dicom-peers-cidr"]}}]
+    assert {p["port"] for p in rule["ports"]} >= {104, 11112}
 
 
 # --- secrets, migrations, cluster values, connection budget (issue 19) -------------------------
@@ -512,7 +569,8 @@ def test_each_component_gets_only_its_secrets(docs: list[Doc]) -> None:
     assert set(_secret_of(docs, "covidct-migrate")) == {"COVIDCT_DATABASE_URL"}
     webhooks = _secret_of(docs, "covidct-worker-webhooks")
     assert "COVIDCT_SECRET_KEYS" in webhooks
-    assert not any(key.startswith("COVIDCT_STORAGE_") for key in webhooks)
+    # It builds the SEG sent to result destinations from the job's masks: it reads blobs.
+    assert {"COVIDCT_STORAGE_ACCESS_KEY_ID", "COVIDCT_STORAGE_SECRET_ACCESS_KEY"} <= set(webhooks)
     for worker in ("covidct-worker-inference", "covidct-worker-ensemble"):
         assert "COVIDCT_SECRET_KEYS" not in _secret_of(docs, worker)
 
@@ -573,7 +631,10 @@ def _replica_cap(docs: list[Doc], workload: Doc) -> int:
         if s["spec"]["scaleTargetRef"]["name"] == name
     ]
     cap = int(caps[0]) if caps else int(workload["spec"].get("replicas", 1))
-    surge = workload["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", "25%")
+    strategy = workload["spec"].get("strategy", {})
+    if strategy.get("type") == "Recreate":
+        return cap  # the old pods end before the new start
+    surge = strategy.get("rollingUpdate", {}).get("maxSurge", "25%")
     extra = math.ceil(cap * int(surge[:-1]) / 100) if isinstance(surge, str) else int(surge)
     return cap + extra
 
@@ -671,8 +732,10 @@ def test_scratch_volumes_are_sized_to_what_fills_them(docs: list[Doc]) -> None:
 
         # The cache cap, plus the copy being read (kept beyond the cap).
         cache = setting("storage_cache_max_bytes")
-        if name == "covidct-gateway":  # lesion maps (slices are read by range)
-            assert 2 * cache <= scratch["var"], name
+        if name == "covidct-gateway":  # no blob cache: every blob is read by range or whole
+            gateway_code = (REPO_ROOT / "services" / "gateway").rglob("*.py")
+            assert not [p for p in gateway_code if ".local_path(" in p.read_text()]
+            assert scratch["var"] <= 256 * 1024**2, name
         if name == "covidct-worker-preprocess":  # an upload; archives extracted into /tmp
             assert cache + setting("max_upload_bytes") <= scratch["var"], name
             assert setting("max_uncompressed_bytes") <= scratch["tmp"], name

@@ -11,7 +11,7 @@ import pytest
 from services.common.native_slices import (
     GRADCAM_MIN,
     InputCrop,
-    decode_labels,
+    decode_label_map,
     gradcam_overlay_png,
     input_map_to_native,
     lesion_overlay_png,
@@ -81,7 +81,7 @@ def test_pack_native_keeps_lesion_labels_and_the_crop_per_slice() -> None:
     labels[1][4:8, 5:9] = 2
     blob, entries = pack_native(hu, masks, labels, {1: (-2, 0, 20)}, SIZE)
     offset, length = entries[1]["lesions"]
-    assert np.array_equal(decode_labels(blob[offset : offset + length]), labels[1])
+    assert np.array_equal(decode_label_map(blob[offset : offset + length]), labels[1])
     assert entries[1]["crop"] == {"y0": -2, "x0": 0, "side": 20, "size": SIZE}
     assert entries[0]["crop"] is None and entries[2]["crop"] is None  # not kept
     assert InputCrop.of(entries[1]["crop"]) == InputCrop(-2, 0, 20, SIZE)

@@ -20,6 +20,8 @@ const ACTIONS: Record<string, string> = {
   user_role_change: 'Changed role',
   user_password_change: 'Changed password',
   audit_export: 'Exported audit trail',
+  destination_add: 'Added result destination',
+  destination_remove: 'Removed result destination',
 };
 
 /** The tenant's audit trail (admins): who did what, when, from where; downloadable as

@@ -12,20 +12,29 @@ algorithm that made it and the source images it rests on:
   / cavitation / centrilobular nodules;
 * **Ground glass opacity** and **Consolidation**: their volumes.
 
+When the job has a SEG (``segments`` given), the Lungs, Ground glass opacity and Consolidation
+groups are TID 1411 volumetric ROI groups whose region is the SEG's segment (a Referenced
+Segment content item naming the SEG's SOP Instance UID and segment number, with the source
+series), and the SEG is listed in the evidence: a viewer jumps from each volume to the mask
+it was measured on. Both objects' UIDs come from the job id, so they agree without either
+being stored.
+
 Standard codes (SNOMED CT, DCM, UCUM, LOINC) where one exists for the concept; our own
 scheme ``99COVIDCT`` (DICOM PS3.16 8.2: private designators start with 99) otherwise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.uid import SegmentationStorage
 
-from services.gateway.dicom_source import derived_uid
+from services.common.results.dicom_source import derived_uid
 
 SCHEME = "99COVIDCT"
 MANUFACTURER = "covidct"
@@ -113,21 +122,57 @@ def _measurement(name: CodedConcept, value: Any, unit: CodedConcept, **kw: Any) 
     return [] if number is None else [hd.sr.Measurement(name=name, value=number, unit=unit, **kw)]
 
 
+def sr_uids(job_id: str) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of the job's SR."""
+    return derived_uid(job_id, "sr-series"), derived_uid(job_id, "sr")
+
+
+def seg_uids(job_id: str) -> tuple[str, str]:
+    """(Series Instance UID, SOP Instance UID) of the job's SEG, as build_seg gives them."""
+    return derived_uid(job_id, "seg-series"), derived_uid(job_id, "seg")
+
+
+@dataclass(frozen=True)
+class SegReference:
+    """The job's SEG as the SR names it: its segment numbers by finding (``lungs``,
+    ``ggo``, ``consolidation``) and the source series it lies on."""
+
+    segments: dict[str, int]
+    source_series_uid: str
+
+
 def _group(
     job_id: str,
     what: str,
     label: str,
     algo: hd.sr.AlgorithmIdentification,
     sources: list[hd.sr.SourceImageForMeasurementGroup],
+    seg: SegReference | None = None,
+    segment: str | None = None,
     **kw: Any,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+) -> (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+):
+    """A TID 1501 group on the source images, or a TID 1411 group on the SEG's segment
+    of ``segment`` (default ``what``) when the SEG has one."""
+    segment = segment or what
+    tracking = hd.sr.TrackingIdentifier(
+        uid=derived_uid(job_id, f"tracking-{what}"), identifier=label
+    )
+    if seg is not None and segment in seg.segments:
+        _series_uid, sop_uid = seg_uids(job_id)
+        referenced = hd.sr.ReferencedSegment(
+            sop_class_uid=SegmentationStorage,
+            sop_instance_uid=sop_uid,
+            segment_number=seg.segments[segment],
+            source_series=hd.sr.SourceSeriesForSegmentation(seg.source_series_uid),
+        )
+        return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_segment=referenced, algorithm_id=algo, **kw
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(job_id, f"tracking-{what}"), identifier=label
-        ),
-        algorithm_id=algo,
-        source_images=sources,
-        **kw,
+        tracking_identifier=tracking, algorithm_id=algo, source_images=sources, **kw
     )
 
 
@@ -136,8 +181,10 @@ def measurement_groups(
     result: dict[str, Any],
     category: str | None,
     sources: list[hd.sr.SourceImageForMeasurementGroup],
-) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
-    """The TID 1501 groups of a verdict (``job_view``'s ``result``)."""
+    seg: SegReference | None = None,
+) -> list[Any]:
+    """The measurement groups of a verdict (``job_view``'s ``result``): TID 1501, and TID
+    1411 for the findings the SEG has a segment of."""
     findings = result.get("findings") or {}
     algo = algorithm(result.get("model_versions") or {})
     p_covid = (result.get("probabilities") or {}).get("COVID")
@@ -165,7 +212,7 @@ def measurement_groups(
         return groups  # no HU measurements (images, short series): the verdict only
     groups.append(
         _group(
-            job_id, "lungs", "Lungs", algo, sources, finding_type=LUNG,
+            job_id, "lungs", "Lungs", algo, sources, seg, finding_type=LUNG,
             measurements=_measurement(VOLUME, findings.get("lung_volume_ml"), UNIT_ML),
         )
     )  # fmt: skip
@@ -195,14 +242,14 @@ def measurement_groups(
             qualitative_evaluations=flags,
         )
     )  # fmt: skip
-    for key, code, label in (
-        ("ggo_volume_ml", GGO, "Ground glass opacity"),
-        ("consolidation_volume_ml", CONSOLIDATION, "Consolidation"),
+    for key, what, code, label in (
+        ("ggo_volume_ml", "ggo", GGO, "Ground glass opacity"),
+        ("consolidation_volume_ml", "consolidation", CONSOLIDATION, "Consolidation"),
     ):
         if _number(findings.get(key)) is not None:
             groups.append(
                 _group(
-                    job_id, key, label, algo, sources, finding_type=code,
+                    job_id, key, label, algo, sources, seg, segment=what, finding_type=code,
                     finding_sites=[hd.sr.FindingSite(LUNG)],
                     measurements=_measurement(VOLUME, findings[key], UNIT_ML),
                 )
@@ -216,10 +263,12 @@ def build_sr(
     category: str | None,
     source_images: list[Dataset],
     used: set[str],
+    segments: dict[str, int] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """The SR of a job's verdict. ``source_images``: every instance of the series read (the
     evidence); ``used``: SOP Instance UIDs of the slices the verdict used (the groups'
-    source images)."""
+    source images); ``segments``: the job's SEG segment numbers by finding (``lungs``,
+    ``ggo``, ``consolidation``), None when it has no SEG."""
     sources = [
         hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
         for ds in source_images
@@ -234,17 +283,22 @@ def build_sr(
             model_name="covidct",
         ),
     )
+    seg = None
+    evidence = list(source_images)
+    if segments and source_images:
+        seg = SegReference(segments, str(source_images[0].SeriesInstanceUID))
+        evidence.append(_seg_evidence(job_id, source_images[0]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=PROCEDURE_CT_CHEST,
-        imaging_measurements=measurement_groups(job_id, result, category, sources),
+        imaging_measurements=measurement_groups(job_id, result, category, sources, seg),
     )
     return hd.sr.Comprehensive3DSR(
-        evidence=source_images,
+        evidence=evidence,
         content=report[0],
-        series_instance_uid=derived_uid(job_id, "sr-series"),
+        series_instance_uid=sr_uids(job_id)[0],
         series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=derived_uid(job_id, "sr"),
+        sop_instance_uid=sr_uids(job_id)[1],
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,
@@ -252,3 +306,12 @@ def build_sr(
         is_verified=False,
         series_description="covidct AI result (research use, not for diagnosis)",
     )
+
+
+def _seg_evidence(job_id: str, source: Dataset) -> Dataset:
+    """The SEG as SR evidence: what the Current Requested Procedure Evidence names of it."""
+    ds = Dataset()
+    ds.SOPClassUID = SegmentationStorage
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = seg_uids(job_id)
+    ds.StudyInstanceUID = source.StudyInstanceUID
+    return ds

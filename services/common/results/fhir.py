@@ -4,7 +4,7 @@ A ``collection`` Bundle: the DiagnosticReport (status ``preliminary``: research 
 never a verified report; code LOINC 24627-2 CT Chest; conclusion and conclusion code the
 category), its Observations (category, P(COVID), RSNA pattern, opacity measurements), and for
 DICOM inputs the Patient and the ImagingStudy (StudyInstanceUID, the series read) they point
-to. Codes are those of the DICOM SR (services.gateway.dicom_sr): SNOMED CT, DICOM (DCM),
+to. Codes are those of the DICOM SR (services.common.results.dicom_sr): SNOMED CT, DICOM (DCM),
 LOINC, UCUM where they exist; ours (system :data:`PRIVATE_SYSTEM`) otherwise.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from fhir.resources.R4B.bundle import Bundle
 from highdicom.sr import CodedConcept
 
-from services.gateway import dicom_sr as sr
+from services.common.results import dicom_sr as sr
 
 PRIVATE_SYSTEM = "http://covidct.invalid/fhir/CodeSystem/99COVIDCT"
 SYSTEMS = {
@@ -213,3 +213,32 @@ def _conclusion(category: str | None, p_covid: float | None, findings: dict[str,
     if _number(findings.get("opacity_percent")) is not None:
         parts.append(f"opacity {findings['opacity_percent']:.1f} % of the lungs")
     return "; ".join(parts) + ". Research software, not a diagnosis."
+
+
+def transaction_bundle(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The collection Bundle as a FHIR transaction a server stores: every resource gets the
+    id of its ``urn:uuid`` (fixed by the job id) and is PUT at ``<Type>/<id>``, references
+    rewritten to match, so sending the same job twice updates the same resources."""
+    local: dict[str, str] = {}
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        local[entry["fullUrl"]] = f"{resource['resourceType']}/{entry['fullUrl'].split(':')[-1]}"
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: rewrite(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return local.get(node, node) if isinstance(node, str) else node
+
+    entries = []
+    for entry in bundle["entry"]:
+        path = local[entry["fullUrl"]]
+        resource = {**rewrite(entry["resource"]), "id": path.split("/", 1)[1]}
+        entries.append(
+            {"fullUrl": entry["fullUrl"], "resource": resource,
+             "request": {"method": "PUT", "url": path}}
+        )  # fmt: skip
+    transaction = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    Bundle.model_validate(transaction)
+    return transaction
