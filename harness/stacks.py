@@ -4,6 +4,7 @@ SQLite + embedded Redis, or PostgreSQL + Redis (+ TorchServe)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -45,7 +46,11 @@ def redis_available() -> bool:
 
 @contextmanager
 def fresh_postgres_database(name: str) -> Iterator[str]:
+    """A new database named ``name`` plus this process's id, dropped afterwards: two test
+    runs on one PostgreSQL (two checkouts, two CI jobs) never drop each other's database
+    mid-run (a fixed name did: ``relation "tenants" does not exist`` as 500s)."""
     require(postgres_available(), "PostgreSQL on 127.0.0.1:5432")
+    name = f"{name}_{os.getpid()}"
     admin = make_engine(POSTGRES_ADMIN_URL).execution_options(isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
         connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -1,7 +1,8 @@
 // People's accounts in Chromium (issue 20 items 12 and 13): an admin (here the tenant's API
 // key) makes users; a viewer signs in with a password, the session cookie is out of the
 // page's reach, the role shows, a reload keeps the session, sign-out ends it; an admin sees
-// the audit trail; an uploader uploads with the cookie. Needs CONSOLE_URL and KEY_A
+// the audit trail; an uploader uploads with the cookie; each sees only what the role may do;
+// a failed single sign-on comes back to the sign-in page with the reason. Needs CONSOLE_URL and KEY_A
 // (tests/e2e/test_console.py passes them); leaves KEY_A's job list empty as it found it.
 import { expect, test, type Page } from '@playwright/test';
 import { mkdtempSync, writeFileSync } from 'node:fs';
@@ -39,6 +40,19 @@ test('a viewer signs in with a password; the cookie is HTTP-only; sign-out ends 
   await signIn(page, tenant, name);
   await expect(page.getByText(`${name} (viewer, ${tenant})`)).toBeVisible();
   await expect(page.getByRole('link', { name: 'Audit' })).toHaveCount(0); // viewers only read
+  // The console shows a viewer only what the role may do (the server refuses the rest).
+  await expect(page.getByRole('heading', { name: 'Worklist' })).toBeVisible();
+  await expect(page.getByRole('heading', { name: 'Upload a study' })).toHaveCount(0);
+  await expect(page.locator('.uppy-Dashboard')).toHaveCount(0);
+  const job = await page.request.post('/v1/jobs', { headers: { Authorization: `Bearer ${KEY_A}` }, data: {} });
+  expect(job.status()).toBe(201);
+  const jobId = (await job.json()).id as string;
+  await page.goto(`/#/jobs/${jobId}`);
+  await expect(page.getByRole('heading', { level: 1 })).toBeVisible();
+  await expect(page.getByRole('button', { name: 'Delete job' })).toHaveCount(0);
+  expect((await page.request.delete(`/v1/jobs/${jobId}`)).status()).toBe(403); // and the server agrees
+  expect((await page.request.delete(`/v1/jobs/${jobId}`, { headers: { Authorization: `Bearer ${KEY_A}` } })).ok()).toBe(true);
+  await page.goto('/');
   expect(await page.evaluate(() => document.cookie)).not.toContain('covidct_session');
   const cookie = (await context.cookies()).find((c) => c.name === 'covidct_session');
   expect(cookie?.httpOnly).toBe(true);
@@ -72,6 +86,8 @@ test('an uploader uploads with the session cookie and its CSRF token', async ({ 
   const tenant = await makeUser(page, name, 'uploader');
   await signIn(page, tenant, name);
   await expect(page.getByText(`${name} (uploader, ${tenant})`)).toBeVisible();
+  await expect(page.getByRole('heading', { name: 'Upload a study' })).toBeVisible();
+  await expect(page.getByRole('link', { name: 'Audit' })).toHaveCount(0); // admins only
   const file = join(mkdtempSync(join(tmpdir(), 'covidct-auth-')), 'not-a-study.nii');
   writeFileSync(file, Buffer.alloc(4096, 7)); // the upload is what is tested, not the study
   await page.locator('.uppy-Dashboard-input').first().setInputFiles(file);
@@ -97,4 +113,16 @@ test('an uploader uploads with the session cookie and its CSRF token', async ({ 
       return jobs.items.length;
     })
     .toBe(0);
+});
+
+test('a failed single sign-on lands on the sign-in page with words, not JSON', async ({ page }) => {
+  // This stack has no identity provider: starting SSO fails (sso_not_configured), and a
+  // browser is sent back to the sign-in page, which says so (issue 20.12).
+  const response = await page.goto('/v1/session/sso');
+  expect(response?.headers()['content-type'] ?? '').toContain('text/html');
+  await expect(page.getByTestId('sso-error')).toContainText('Single sign-on is not set up on this server');
+  await expect(page.getByLabel('Username', { exact: true })).toBeVisible();
+  await expect.poll(() => new URL(page.url()).search).toBe(''); // a reload does not repeat it
+  await page.goto('/?sso_error=sso_user_unknown#/');
+  await expect(page.getByTestId('sso-error')).toContainText('no account here yet');
 });

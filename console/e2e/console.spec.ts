@@ -220,9 +220,40 @@ test('3. the job reaches succeeded without a reload, with the floor verdict, plo
   await expect(native).toHaveAttribute('data-zoom', '1.5');
   await page.getByRole('switch', { name: 'Show the lung mask' }).click();
   await expect(page.getByTestId('lung-mask-overlay')).toBeVisible();
+  // Issue 20.4: the verdict's lesion masks and the slice CNN's Grad-CAM on the native slice,
+  // at its own geometry (registered by the server through the recorded crop).
+  type NativeSlice = { index: number; image_url: string | null; lesion_overlay_url: string | null; gradcam_url: string | null };
+  const shown = (slices.slices as NativeSlice[]).filter((s) => s.image_url).sort((a, b) => a.index - b.index);
+  const target = shown.findIndex((s) => s.gradcam_url);
+  expect(target).toBeGreaterThanOrEqual(0); // the top-k slices have one
+  await native.focus();
+  const at = Number(await native.getAttribute('data-slice'));
+  const from = shown.findIndex((s) => s.index === at);
+  for (let k = 0; k < Math.abs(target - from); k++) await page.keyboard.press(target > from ? 'ArrowRight' : 'ArrowLeft');
+  await expect(native).toHaveAttribute('data-slice', String(shown[target].index));
+  const natural = (testId: string) =>
+    page.getByTestId(testId).evaluate((img: HTMLImageElement) => `${img.naturalWidth}x${img.naturalHeight}`);
+  const nativeSize = await native
+    .getByRole('img', { name: /at native resolution/ })
+    .evaluate((img: HTMLImageElement) => `${img.naturalWidth}x${img.naturalHeight}`);
+  await expect(page.getByTestId('gradcam-overlay')).toHaveCount(0); // optional, off by default
+  await expect(page.getByText(/Grad-CAM of the slice CNN: .* not the verdict/)).toBeVisible();
+  await page.getByRole('switch', { name: "Show the slice CNN's Grad-CAM" }).click();
+  await expect(page.getByTestId('gradcam-overlay')).toBeVisible();
+  expect(await natural('gradcam-overlay')).toBe(nativeSize);
+  if (shown[target].lesion_overlay_url) {
+    await expect(page.getByTestId('native-lesion-overlay')).toBeVisible(); // on by default
+    expect(await natural('native-lesion-overlay')).toBe(nativeSize);
+    await native.screenshot({ path: join(ARTIFACTS, 'native-overlays.png') });
+    await page.getByRole('switch', { name: 'Show the lesion masks' }).click();
+    await expect(page.getByTestId('native-lesion-overlay')).toHaveCount(0);
+  }
+  await page.getByRole('switch', { name: "Show the slice CNN's Grad-CAM" }).click();
+  await expect(page.getByTestId('gradcam-overlay')).toHaveCount(0);
   await page.screenshot({ path: join(ARTIFACTS, 'job-page.png'), fullPage: true });
   expect(await seriousViolations(page)).toEqual([]);
   await page.goto('/#/');
+  await page.mouse.move(0, 0); // the pointer left over a link would show its hover colour to axe
   await expect(page.getByTestId('jobs-table')).toContainText('succeeded');
   await page.screenshot({ path: join(ARTIFACTS, 'job-list.png'), fullPage: true });
   expect(await seriousViolations(page)).toEqual([]);
@@ -362,6 +393,21 @@ test('11. the job list is a worklist: study columns, search, filter and sort on 
   const sorted = page.waitForRequest((r) => r.url().includes('sort=study_date'));
   await table.getByRole('columnheader', { name: 'Study date' }).click();
   await sorted;
+  const byPatient = page.waitForRequest((r) => r.url().includes('sort=patient_id'));
+  await table.getByRole('columnheader', { name: 'Patient' }).click();
+  await byPatient;
+  const byAccession = page.waitForRequest((r) => r.url().includes('sort=accession_number'));
+  await table.getByRole('columnheader', { name: 'Accession' }).click();
+  await byAccession;
+  // The study-date range goes to the server; P002's study date inside it, then outside.
+  const dated = page.waitForRequest((r) => r.url().includes('study_date_from=1990-01-01') && r.url().includes('study_date_to=2099-12-31'));
+  await page.getByTestId('study-date-from').fill('1990-01-01');
+  await page.getByTestId('study-date-to').fill('2099-12-31');
+  await dated;
+  if (study?.study_date) await expect(table.getByRole('link', { name: /P002/ })).toBeVisible();
+  else await expect(page.getByText('No job matches these filters.')).toBeVisible(); // no date: outside any range
+  await page.getByTestId('study-date-from').fill('2099-01-01');
+  await expect(page.getByText('No job matches these filters.')).toBeVisible();
   expect(await seriousViolations(page)).toEqual([]);
   await page.close();
 });

@@ -1,7 +1,16 @@
 import { describe, expect, it } from 'vitest';
-import { ApiFailure, errorText } from '../src/lib/errors';
+import { ApiFailure, errorText, ssoError } from '../src/lib/errors';
 
 describe('error text', () => {
+  it('reads a failed single sign-on from the address and puts every code in words', () => {
+    expect(ssoError('?sso_error=sso_user_unknown')).toBe('sso_user_unknown');
+    expect(ssoError('')).toBeNull();
+    expect(ssoError('?sso_error=%3Cscript%3E')).toBeNull(); // only a code, never markup
+    for (const code of ['sso_unavailable', 'sso_not_configured', 'sso_state_mismatch', 'sso_denied', 'sso_code_refused', 'sso_invalid_token', 'sso_user_unknown', 'cross_origin_session']) {
+      expect(errorText(code)).not.toMatch(/^Error:/);
+    }
+  });
+
   it('puts every failed-job code of the API in words', () => {
     for (const code of [
       'unsupported_format',

@@ -188,6 +188,25 @@ def csrf_token(session_token: str) -> str:
     return hmac.new(session_token.encode(), b"covidct-csrf", hashlib.sha256).hexdigest()
 
 
+# Console sessions are same-origin only: the console is served by the gateway itself. A
+# browser says where a request comes from (Fetch Metadata, ``Sec-Fetch-Site``); a cookie
+# sent from another origin (a sibling subdomain counts: SameSite=Strict lets it through)
+# is refused outright, before CSRF or CORS come into it. A page on another origin uses an
+# API key (Bearer), which CORS allows for the configured origins, without credentials.
+CROSS_ORIGIN_SITES = frozenset({"same-site", "cross-site"})
+CROSS_ORIGIN_SESSION = "cross_origin_session"
+CROSS_ORIGIN_MESSAGE = (
+    "a console session works on the gateway's own origin only; from another origin, "
+    "authenticate with an API key (Authorization: Bearer)"
+)
+
+
+def cookie_from_another_origin(sec_fetch_site: str | None) -> bool:
+    """Whether a browser sent this request from another origin (``Sec-Fetch-Site``).
+    Browsers without Fetch Metadata send none: SameSite and the CSRF token still hold."""
+    return (sec_fetch_site or "").strip().lower() in CROSS_ORIGIN_SITES
+
+
 def csrf_matches(session_token: str, presented: str | None) -> bool:
     return presented is not None and hmac.compare_digest(csrf_token(session_token), presented)
 

@@ -77,30 +77,53 @@ def encode_mask(mask: NDArray[Any]) -> bytes:
     return _png(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8))
 
 
+def encode_labels(labels: NDArray[Any]) -> bytes:
+    return _png(np.asarray(labels, dtype=np.uint8))
+
+
 def pack_native(
-    slices: Sequence[NDArray[Any]], masks: Sequence[NDArray[Any] | None]
+    slices: Sequence[NDArray[Any]],
+    masks: Sequence[NDArray[Any] | None],
+    lesion_labels: Sequence[NDArray[Any]] | None = None,
+    input_crops: dict[int, tuple[int, int, int]] | None = None,
+    input_size: int | None = None,
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """The blob and, per slice, ``{"kind", "rows", "columns", "image": [offset, length],
-    "mask": [offset, length] | None}`` to store with the slice's row."""
+    "mask": [offset, length] | None, "lesions": [offset, length] | None, "crop": {...} |
+    None}`` to store with the slice's row. ``lesions`` is the slice's lesion label map
+    (0 none, 1 ground glass, 2 consolidation, 3 other lung) at its own geometry; ``crop``
+    (kept slices) is where the model's input was cut: ``{"y0", "x0", "side", "size"}``."""
     parts: list[bytes] = []
     entries: list[dict[str, Any]] = []
     offset = 0
-    for pixels, mask in zip(slices, masks, strict=True):
+
+    def add(data: bytes) -> list[int]:
+        nonlocal offset
+        parts.append(data)
+        where = [offset, len(data)]
+        offset += len(data)
+        return where
+
+    for index, (pixels, mask) in enumerate(zip(slices, masks, strict=True)):
         data, kind = encode_native(pixels)
         entry: dict[str, Any] = {
             "kind": kind,
             "rows": int(pixels.shape[0]),
             "columns": int(pixels.shape[1]),
-            "image": [offset, len(data)],
+            "image": add(data),
             "mask": None,
+            "lesions": None,
+            "crop": None,
         }
-        parts.append(data)
-        offset += len(data)
         if mask is not None and mask.shape == pixels.shape:
-            encoded = encode_mask(mask)
-            entry["mask"] = [offset, len(encoded)]
-            parts.append(encoded)
-            offset += len(encoded)
+            entry["mask"] = add(encode_mask(mask))
+        labels = lesion_labels[index] if lesion_labels is not None else None
+        if labels is not None and labels.shape == pixels.shape:
+            entry["lesions"] = add(encode_labels(labels))
+        crop = (input_crops or {}).get(index)
+        if crop is not None and input_size:
+            y0, x0, side = crop
+            entry["crop"] = {"y0": int(y0), "x0": int(x0), "side": int(side), "size": input_size}
         entries.append(entry)
     return b"".join(parts), entries
 
@@ -189,3 +212,77 @@ def density_overlay_png(
         upper = hu <= high if name == "consolidation" else hu < high
         rgba[lung & (hu >= low) & upper] = colour
     return _png(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+
+
+# Lesion label colours (RGBA): 1 ground glass amber, 2 consolidation red; 0 and 3 (other
+# lung) transparent. The same colours on the model's crop and on the slice as read.
+LESION_COLOURS: dict[int, tuple[int, int, int, int]] = {
+    1: (255, 191, 0, 150),
+    2: (220, 38, 38, 190),
+}
+
+
+def lesion_overlay_png(labels: NDArray[Any]) -> bytes:
+    """RGBA PNG of one label map: ground glass and consolidation coloured, rest clear."""
+    rgba = np.zeros((*labels.shape, 4), np.uint8)
+    for label, colour in LESION_COLOURS.items():
+        rgba[labels == label] = colour
+    return _png(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+
+
+@dataclass(frozen=True)
+class InputCrop:
+    """Where the model's ``size`` x ``size`` input was cut from the slice as read: the
+    square (y0, x0, side), which may reach past the slice's edges (padding)."""
+
+    y0: int
+    x0: int
+    side: int
+    size: int
+
+    @classmethod
+    def of(cls, entry: dict[str, Any] | None) -> InputCrop | None:
+        if not entry:
+            return None
+        crop = cls(int(entry["y0"]), int(entry["x0"]), int(entry["side"]), int(entry["size"]))
+        return crop if crop.side > 0 and crop.size > 0 else None
+
+    def to_native(self, u: float, v: float) -> tuple[float, float]:
+        """Input pixel (column u, row v) -> slice pixel (x, y), pixel centres aligned."""
+        scale = self.side / self.size
+        return self.x0 + (u + 0.5) * scale - 0.5, self.y0 + (v + 0.5) * scale - 0.5
+
+
+def input_map_to_native(
+    values: NDArray[Any], crop: InputCrop, rows: int, columns: int
+) -> NDArray[np.float32]:
+    """A map on the model's input (S, S) laid back onto the slice as read ((rows, columns),
+    0 outside the crop): the inverse of the crop-and-resize of preprocessing, so a hot spot
+    of the input lands on the tissue it came from."""
+    square = cv2.resize(
+        np.asarray(values, dtype=np.float32), (crop.side, crop.side),
+        interpolation=cv2.INTER_LINEAR,
+    )  # fmt: skip
+    out = np.zeros((rows, columns), np.float32)
+    iy0, ix0 = max(0, crop.y0), max(0, crop.x0)
+    iy1, ix1 = min(rows, crop.y0 + crop.side), min(columns, crop.x0 + crop.side)
+    if iy1 > iy0 and ix1 > ix0:
+        out[iy0:iy1, ix0:ix1] = square[iy0 - crop.y0 : iy1 - crop.y0, ix0 - crop.x0 : ix1 - crop.x0]
+    return out
+
+
+GRADCAM_MIN = 0.2  # heat below this is left clear, so the slice stays readable under it
+
+
+def gradcam_overlay_png(heat: NDArray[Any]) -> bytes:
+    """RGBA PNG of a [0, 1] Grad-CAM map: JET colours, opacity growing with the heat,
+    transparent below ``GRADCAM_MIN``."""
+    heat = np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)
+    bgr = cv2.applyColorMap(np.rint(heat * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    alpha = np.where(heat >= GRADCAM_MIN, np.rint(60 + 140 * heat), 0).astype(np.uint8)
+    return _png(np.dstack([bgr, alpha]))  # OpenCV writes BGRA as an RGBA PNG
+
+
+def gradcam_key(job_id: str, slice_index: int) -> str:
+    """The raw Grad-CAM map of a slice's input (8-bit grey PNG, 0..255 = heat 0..1)."""
+    return f"jobs/{job_id}/heatmaps/cam-{slice_index:04d}.png"

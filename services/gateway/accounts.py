@@ -17,9 +17,12 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from services.common.accounts import (
+    CROSS_ORIGIN_MESSAGE,
+    CROSS_ORIGIN_SESSION,
     AccountError,
     Role,
     authenticate,
+    cookie_from_another_origin,
     create_user,
     csrf_token,
     delete_user,
@@ -92,7 +95,10 @@ def _address(request: Request) -> str | None:
 @router.post("/session", response_model=SessionOut, responses=error_responses(400, 401, 429))
 def login(body: Login, request: Request, response: Response) -> Any:
     """Sign in with tenant, username and password: sets the session cookie and answers the
-    CSRF token."""
+    CSRF token. Same-origin only: another origin's page is refused (403
+    ``cross_origin_session``) before the password is checked."""
+    if cookie_from_another_origin(request.headers.get("sec-fetch-site")):
+        raise ApiError(403, CROSS_ORIGIN_SESSION, CROSS_ORIGIN_MESSAGE)
     address = _address(request)
     throttled_as = (f"addr:{address or 'unknown'}", f"user:{body.tenant}/{body.username}")
     wait = auth_failures().retry_after(*throttled_as)

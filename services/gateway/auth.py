@@ -28,9 +28,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from services.common.accounts import (
+    CROSS_ORIGIN_MESSAGE,
+    CROSS_ORIGIN_SESSION,
     CSRF_HEADER,
     SESSION_COOKIE,
     Role,
+    cookie_from_another_origin,
     csrf_matches,
     session_user,
 )
@@ -103,6 +106,8 @@ async def api_key(request: Request, _documented: BearerDoc) -> Credentials:
     if key is None and not cookie:
         auth_failures().record_failure(*throttled_as)
         raise refused(True, wait)
+    if cookie and cookie_from_another_origin(request.headers.get("sec-fetch-site")):
+        raise ApiError(403, CROSS_ORIGIN_SESSION, CROSS_ORIGIN_MESSAGE)
     return Credentials(
         key, throttled_as, wait, session_token=cookie,
         csrf=request.headers.get(CSRF_HEADER), unsafe=request.method not in SAFE_METHODS,

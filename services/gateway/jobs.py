@@ -137,12 +137,16 @@ def _replay(job: Job, request_hash: str) -> JSONResponse:
 SortKey = Literal[
     "created_at", "-created_at", "study_date", "-study_date",
     "status", "-status", "category", "-category",
+    "patient_id", "-patient_id", "accession_number", "-accession_number",
 ]  # fmt: skip
 _SORT_COLUMNS = {
     "created_at": Job.created_at,
     "study_date": Job.study_date,
     "status": Job.status,
     "category": Job.category,
+    # Identifiers as people read them: case-insensitive ("cap_9" next to "CAP_10").
+    "patient_id": func.lower(Job.patient_id),
+    "accession_number": func.lower(Job.accession_number),
 }
 SearchText = Annotated[
     str | None,
@@ -292,6 +296,15 @@ def _slices(session: Session, job: Job) -> dict[str, Any]:
                     if has_lesions and row.kept
                     else None
                 ),
+                "lesion_overlay_url": (
+                    f"{base}/lesion-overlay.png" if native.get("lesions") else None
+                ),
+                "gradcam_url": (
+                    f"{base}/gradcam.png"
+                    if score and score.heatmap_blob and native.get("crop")
+                    else None
+                ),
+                "input_crop": native.get("crop") if row.kept else None,
             }
         )
     return {

@@ -219,6 +219,17 @@ class JobPage(BaseModel):
     offset: int
 
 
+class InputCropOut(BaseModel):
+    """The square of the slice as read that the model's ``size`` x ``size`` input was cut
+    from (it may reach past the slice's edges, which were padded). Input pixel (u, v) is
+    native pixel (x0 + (u + 0.5) * side / size - 0.5, y0 + (v + 0.5) * side / size - 0.5)."""
+
+    y0: int
+    x0: int
+    side: int
+    size: int
+
+
 class SliceOut(BaseModel):
     index: int = Field(description="position in the series as read (inferior to superior)")
     instance_number: int | None = Field(default=None, description="DICOM InstanceNumber")
@@ -256,6 +267,21 @@ class SliceOut(BaseModel):
         default=None,
         description="RGBA PNG overlay of this kept slice's lesions (ground glass amber, "
         "consolidation red), the geometry of the slice PNG; null without lesion masks",
+    )
+    lesion_overlay_url: str | None = Field(
+        default=None,
+        description="RGBA PNG of this slice's lesion masks at native resolution, to lay "
+        "over image_url (ground glass amber, consolidation red); null without lesion masks",
+    )
+    gradcam_url: str | None = Field(
+        default=None,
+        description="RGBA PNG of the slice CNN's Grad-CAM at native resolution, to lay over "
+        "image_url (explains the slice CNN's score, not the verdict); null when none",
+    )
+    input_crop: InputCropOut | None = Field(
+        default=None,
+        description="where the model's input (heatmap_url, lesions_url) was cut from the "
+        "slice as read; null for dropped slices and older jobs",
     )
 
 

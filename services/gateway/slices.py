@@ -18,10 +18,15 @@ from sqlalchemy import select
 from services.common.config import get_settings
 from services.common.native_slices import (
     DENSITY_RANGES,
+    InputCrop,
     decode_label_map,
     decode_mask,
     decode_native,
     density_overlay_png,
+    gradcam_key,
+    gradcam_overlay_png,
+    input_map_to_native,
+    lesion_overlay_png,
     mask_overlay_png,
     native_blob_key,
     parse_window,
@@ -40,10 +45,6 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=error_responses(4
 # A prepared slice never changes once written (a job is preprocessed once); the browser may
 # keep it for the session, never a shared cache (it is patient data).
 SLICE_CACHE_CONTROL = "private, max-age=3600"
-
-# Overlay colours (RGBA) of the lesion label maps (services/preprocess/lesion_measurements):
-# 1 ground glass amber, 2 consolidation red; 0 and 3 (other lung) transparent.
-LESION_COLOURS = {1: (255, 191, 0, 150), 2: (220, 38, 38, 190)}
 
 
 @router.get("/{job_id}/events", response_model=JobEventsOut, responses=NOT_FOUND)
@@ -133,17 +134,6 @@ def _lesion_labels(blob: str, position: int, info: dict[str, Any]) -> np.ndarray
     return decode_label_map(data)
 
 
-def lesion_overlay_png(labels: np.ndarray) -> bytes:
-    """RGBA PNG of one (S, S) label map: ground glass and consolidation coloured, rest clear."""
-    rgba = np.zeros((*labels.shape, 4), np.uint8)
-    for label, colour in LESION_COLOURS.items():
-        rgba[labels == label] = colour
-    ok, png = cv2.imencode(".png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-    if not ok:
-        raise RuntimeError("could not encode a lesion overlay PNG")
-    return bytes(png.tobytes())
-
-
 @router.get(
     "/{job_id}/slices/{slice_index}/lesions.png",
     response_class=Response,
@@ -183,10 +173,25 @@ WindowParam = Annotated[
 ]
 
 
+_PART_NAMES = {"mask": "lung mask", "lesions": "lesion mask", "image": "native image"}
+
+
+def _native_entry(job_id: str, slice_index: int, key: Any) -> dict[str, Any]:
+    """The slice's ``native`` entry (services.common.native_slices.pack_native), {} if none."""
+    with tenant_session(key) as (session, tenant):
+        get_tenant_job(session, tenant.id, job_id)
+        info = session.scalar(
+            select(SliceRecord.info).where(
+                SliceRecord.job_id == job_id, SliceRecord.index == slice_index
+            )
+        )
+    return dict((info or {}).get("native") or {})
+
+
 def _native_part(
     job_id: str, slice_index: int, key: Any, part: str, features: dict[str, Any] | None = None
 ) -> tuple[bytes, str]:
-    """The bytes of one slice's native image or lung mask (one ranged read of
+    """The bytes of one slice's native image, lung mask or lesion labels (one ranged read of
     jobs/<id>/native.bin) and the image's kind; 404 when the job has none. ``features``,
     when given, receives the job's lung features (their HU ranges)."""
     with tenant_session(key) as (session, tenant):
@@ -200,7 +205,7 @@ def _native_part(
         )
     native = (info or {}).get("native") or {}
     where = native.get(part)
-    what = "lung mask" if part == "mask" else "native image"
+    what = _PART_NAMES[part]
     if not where:
         raise ApiError(404, "slice_not_found", f"no {what} for slice {slice_index}")
     offset, length = int(where[0]), int(where[1])
@@ -269,3 +274,46 @@ def get_density_overlay(slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep) 
             ranges[name] = default
     png = density_overlay_png(decode_native(data, "hu").pixels, decode_mask(mask_data), ranges)
     return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})
+
+
+@router.get(
+    "/{job_id}/slices/{slice_index}/lesion-overlay.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+)
+def get_native_lesion_overlay(slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep) -> Response:
+    """The lesion masks of the verdict on the slice as read, at native resolution, RGBA:
+    ground glass amber, consolidation red, transparent elsewhere; lays over ``.../image``.
+    404 ``slice_not_found`` for jobs without lesion masks (images, short series, older jobs)."""
+    data, _kind = _native_part(job_id, slice_index, key, "lesions")
+    png = lesion_overlay_png(decode_label_map(data))
+    return Response(png, media_type="image/png", headers={"Cache-Control": SLICE_CACHE_CONTROL})
+
+
+@router.get(
+    "/{job_id}/slices/{slice_index}/gradcam.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, **NOT_FOUND},
+)
+def get_native_gradcam(slice_index: SliceIndex, job_id: JobId, key: ApiKeyDep) -> Response:
+    """The slice CNN's Grad-CAM of this slice laid back onto the slice as read (native
+    resolution, RGBA, clear where the heat is low): it shows what drove the slice CNN's
+    score, not the verdict. 404 ``heatmap_not_found`` when the slice has none."""
+    native = _native_entry(job_id, slice_index, key)
+    crop = InputCrop.of(native.get("crop"))
+    missing = ApiError(404, "heatmap_not_found", f"no heatmap for slice {slice_index}")
+    if crop is None or not native.get("rows") or not native.get("columns"):
+        raise missing
+    try:
+        data = make_storage(get_settings()).get_bytes(gradcam_key(job_id, slice_index))
+    except FileNotFoundError as exc:
+        raise missing from exc
+    cam = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if cam is None:
+        raise missing
+    heat = input_map_to_native(cam / 255.0, crop, int(native["rows"]), int(native["columns"]))
+    return Response(
+        gradcam_overlay_png(heat),
+        media_type="image/png",
+        headers={"Cache-Control": SLICE_CACHE_CONTROL},
+    )

@@ -97,9 +97,13 @@ def methods() -> Any:
 
 @router.get("/sso", status_code=302, responses=error_responses(404))
 def sso_start(request: Request) -> RedirectResponse:
-    """Send the browser to the identity provider."""
-    settings = _configured()
-    provider = _discovery(settings)
+    """Send the browser to the identity provider (back to the sign-in page with
+    ``?sso_error=<code>`` when that cannot be done)."""
+    try:
+        settings = _configured()
+        provider = _discovery(settings)
+    except ApiError as failure:
+        return _failed(request, failure)
     state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
     url = prepare_grant_uri(
         provider["authorization_endpoint"], settings.oidc_client_id, "code",
@@ -131,11 +135,43 @@ def _verified_claims(
     return dict(token.claims)
 
 
+# Where a browser that failed to sign in lands: the console's sign-in page, which reads
+# the code and says what went wrong in words (a JSON body would be a dead end for a person).
+SIGN_IN_FAILED = "/?sso_error={code}#/"
+
+
+def _wants_html(request: Request) -> bool:
+    """A browser navigating (Accept: text/html), not an API client."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _failed(request: Request, error: ApiError) -> RedirectResponse:
+    """The failure as a redirect to the console's sign-in page (a browser) or as the usual
+    JSON problem (an API client)."""
+    if not _wants_html(request):
+        raise error
+    response = RedirectResponse(SIGN_IN_FAILED.format(code=error.code), status_code=302)
+    response.delete_cookie(STATE_COOKIE, path="/v1/session/sso")
+    return response
+
+
 @router.get("/sso/callback", status_code=302, responses=error_responses(400, 401, 403, 404))
-def sso_callback(request: Request, code: str = "", state: str = "") -> RedirectResponse:
+def sso_callback(
+    request: Request, code: str = "", state: str = "", error: str = ""
+) -> RedirectResponse:
     """Where the identity provider sends the browser back: signs the user in, then to the
-    console."""
+    console. A failure sends a browser back to the sign-in page with ``?sso_error=<code>``
+    (an API client gets the JSON problem)."""
+    try:
+        return _callback(request, code, state, error)
+    except ApiError as failure:
+        return _failed(request, failure)
+
+
+def _callback(request: Request, code: str, state: str, error: str) -> RedirectResponse:
     settings = _configured()
+    if error:  # RFC 6749 4.1.2.1: the user declined, or the provider refused to ask
+        raise ApiError(401, "sso_denied", f"the identity provider answered {error!r}")
     expected_state, _, nonce = request.cookies.get(STATE_COOKIE, "").partition(".")
     if not code or not expected_state or not secrets.compare_digest(expected_state, state):
         raise ApiError(400, "sso_state_mismatch", "sign-in expired or was not started here")

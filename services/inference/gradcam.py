@@ -45,9 +45,15 @@ def overlay(
 
 
 def heatmap_pngs(
-    model: SliceModel, inputs: NDArray[np.uint8], p_covid: NDArray[np.float64], top_k: int
+    model: SliceModel,
+    inputs: NDArray[np.uint8],
+    p_covid: NDArray[np.float64],
+    top_k: int,
+    cams: dict[int, bytes] | None = None,
 ) -> dict[int, bytes]:
-    """PNG overlays of the ``top_k`` slices with the highest P(COVID), by stack position."""
+    """PNG overlays of the ``top_k`` slices with the highest P(COVID), by stack position.
+    ``cams``, when given, also receives each raw map as an 8-bit grey PNG (0..255 = heat
+    0..1), which the viewer lays on the slice as read."""
     order = np.argsort(-np.asarray(p_covid))[: min(top_k, len(inputs))]
     if len(order) == 0:
         return {}
@@ -58,4 +64,9 @@ def heatmap_pngs(
         if not ok:
             raise OSError("could not encode a heatmap PNG")
         pngs[int(position)] = png.tobytes()
+        if cams is not None:
+            ok, cam = cv2.imencode(".png", np.rint(heatmap * 255).astype(np.uint8))
+            if not ok:
+                raise OSError("could not encode a Grad-CAM PNG")
+            cams[int(position)] = cam.tobytes()
     return pngs

@@ -41,7 +41,11 @@ def score_slices(inputs: NDArray[np.uint8], scorer: Scorer) -> ScoreBatch:
 
 
 def explain_slices(
-    inputs: NDArray[np.uint8], scores: ScoreBatch, explainer: SliceModel, top_k: int
+    inputs: NDArray[np.uint8],
+    scores: ScoreBatch,
+    explainer: SliceModel,
+    top_k: int,
+    cams: dict[int, bytes] | None = None,
 ) -> dict[int, bytes]:
     """Grad-CAM PNGs of the ``top_k`` highest-P(COVID) slices, keyed by stack position.
 
@@ -53,4 +57,4 @@ def explain_slices(
             f"scores come from {scores.model_name} {scores.model_version}, "
             f"the explainer is {explainer.version}"
         )
-    return heatmap_pngs(explainer, inputs, scores.probabilities[:, COVID_INDEX], top_k)
+    return heatmap_pngs(explainer, inputs, scores.probabilities[:, COVID_INDEX], top_k, cams)

@@ -20,6 +20,7 @@ from services.common.config import get_settings
 from services.common.db import session_scope
 from services.common.errors import ErrorCode
 from services.common.jobs import transition
+from services.common.native_slices import gradcam_key
 from services.common.orm import Job, JobStatus, SliceRecord, SliceScore
 from services.common.queue import INFERENCE_TASK, SCORER_READY_COMMAND, celery_app
 from services.common.retention import discard_if_deleted
@@ -88,8 +89,9 @@ def _score(run: int, job_id: str) -> str:
         "model_version": scores.model_version,
     }
     heatmaps: dict[int, str] = {}
+    cams: dict[int, bytes] = {}
     try:
-        pngs = explain_slices(inputs, scores, loaded_slice_model(), settings.heatmap_top_k)
+        pngs = explain_slices(inputs, scores, loaded_slice_model(), settings.heatmap_top_k, cams)
     except ModelVersionMismatch as exc:
         log.warning("no heatmaps for job %s: %s", job_id, exc, extra={"job_id": job_id})
         detail["heatmaps_refused"] = str(exc)
@@ -98,6 +100,8 @@ def _score(run: int, job_id: str) -> str:
         key = f"jobs/{job_id}/heatmaps/slice-{kept[position]:04d}.png"
         storage.put_bytes(key, png)
         heatmaps[kept[position]] = key
+        if position in cams:  # the raw map, for the native viewer's Grad-CAM layer
+            storage.put_bytes(gradcam_key(job_id, kept[position]), cams[position])
     if heatmaps and discard_if_deleted(settings, job_id):
         return "deleted"
     with session_scope() as session:

@@ -21,6 +21,7 @@ from services.preprocess.lesions import segment_lesions
 from services.preprocess.lung_features import patient_left_on_image_right, study_lung_features
 from services.preprocess.segmentation import (
     crop_labels_to_lungs,
+    crop_square,
     crop_to_lungs,
     lung_bbox,
     segment_lungs,
@@ -164,6 +165,15 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
             for i in kept
         ]
     )
+    # Where each input was cut from its slice: the viewer draws the input's overlays
+    # (Grad-CAM) on the slice as read through it.
+    crops = [
+        crop_square(
+            masks[i] if _plausible_crop(masks[i]) else np.zeros_like(masks[i]),
+            options.min_lung_fraction,
+        )
+        for i in kept
+    ]
     lesion_maps = None
     if lesion_labels is not None:
         # Cut like the CNN input of the same slice (prepare_slice), so the overlay fits it.
@@ -190,4 +200,5 @@ def preprocess_study(study: Study, options: PreprocessOptions | None = None) -> 
         lesion_maps=lesion_maps,
         lesion_labels=None if lesion_labels is None else np.asarray(lesion_labels, np.uint8),
         lung_masks=[np.asarray(m, dtype=bool) for m in masks],
+        input_crops=crops,
     )

@@ -221,12 +221,24 @@ def _border_value(image: Gray8) -> int:
     return int(np.bincount(border, minlength=256).argmax())
 
 
-def _square(image: Gray8, y0: int, y1: int, x0: int, x1: int, fill: int | None = None) -> Gray8:
-    """Region grown to a square around its centre; parts outside the image are padded (with
-    the image's border value unless ``fill`` is given)."""
+def crop_square(mask: BoolMask, min_lung_fraction: float = 0.02) -> tuple[int, int, int]:
+    """(y0, x0, side) of the square that :func:`crop_to_lungs` cuts from a slice with this
+    lung mask (the lung box grown to a square around its centre; it may reach past the
+    image, where the crop is padded). The mapping between the CNN input and the slice as
+    read: input pixel (u, v) of an ``S`` x ``S`` input is slice pixel
+    (x0 + (u + 0.5) * side / S - 0.5, y0 + (v + 0.5) * side / S - 0.5)."""
+    h, w = mask.shape
+    box = lung_bbox(mask) if mask.mean() >= min_lung_fraction else None
+    y0, y1, x0, x1 = box if box is not None else (0, h, 0, w)
     side = max(y1 - y0, x1 - x0)
     cy, cx = (y0 + y1) // 2, (x0 + x1) // 2
-    sy0, sx0 = cy - side // 2, cx - side // 2
+    return cy - side // 2, cx - side // 2, side
+
+
+def _square(image: Gray8, square: tuple[int, int, int], fill: int | None = None) -> Gray8:
+    """The ``(y0, x0, side)`` square of the image; parts outside the image are padded (with
+    the image's border value unless ``fill`` is given)."""
+    sy0, sx0, side = square
     h, w = image.shape
     out = np.full((side, side), _border_value(image) if fill is None else fill, np.uint8)
     iy0, ix0 = max(0, sy0), max(0, sx0)
@@ -243,10 +255,7 @@ def crop_to_lungs(
     Falls back to the whole image (made square) when the lung covers less than
     ``min_lung_fraction`` of it, i.e. when segmentation failed or there is no lung.
     """
-    h, w = image.shape
-    box = lung_bbox(mask) if mask.mean() >= min_lung_fraction else None
-    y0, y1, x0, x1 = box if box is not None else (0, h, 0, w)
-    square = _square(image, y0, y1, x0, x1)
+    square = _square(image, crop_square(mask, min_lung_fraction))
     return _u8(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA))
 
 
@@ -255,10 +264,7 @@ def crop_labels_to_lungs(
 ) -> Gray8:
     """A label map (e.g. lesion classes) cut and resized exactly as :func:`crop_to_lungs` cuts
     the image of the same slice, nearest neighbour so labels stay labels, padded with 0."""
-    h, w = labels.shape
-    box = lung_bbox(mask) if mask.mean() >= min_lung_fraction else None
-    y0, y1, x0, x1 = box if box is not None else (0, h, 0, w)
-    square = _square(labels, y0, y1, x0, x1, fill=0)
+    square = _square(labels, crop_square(mask, min_lung_fraction), fill=0)
     return _u8(cv2.resize(square, (size, size), interpolation=cv2.INTER_NEAREST))
 
 

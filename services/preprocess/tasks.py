@@ -152,8 +152,13 @@ def native_slices(out: PreprocessedStudy) -> tuple[bytes, list[dict[str, Any]]]:
     mask, for the viewer's native image and the report (services.common.native_slices)."""
     study = out.study
     pixels = list(study.hu) if study.hu is not None else list(study.images)
-    masks: list[Any] = list(out.prepared.lung_masks) or [None] * len(pixels)
-    return pack_native(pixels, masks)
+    prepared = out.prepared
+    masks: list[Any] = list(prepared.lung_masks) or [None] * len(pixels)
+    labels = list(prepared.lesion_labels) if prepared.lesion_labels is not None else None
+    if labels is not None and len(labels) != len(pixels):
+        labels = None
+    crops = dict(zip(prepared.kept, prepared.input_crops, strict=False))
+    return pack_native(pixels, masks, labels, crops, int(prepared.inputs.shape[-1]))
 
 
 _SOURCE_KEYS = (

@@ -72,3 +72,6 @@ class PreparedStudy:
     lesion_labels: NDArray[np.uint8] | None = None
     # Lung mask of every original slice (bool, the slice's own shape): the viewer's overlay.
     lung_masks: list[NDArray[np.bool_]] = field(default_factory=list)
+    # Per kept slice, the (y0, x0, side) square of the slice as read that its input was cut
+    # from and resized (services.preprocess.segmentation.crop_square).
+    input_crops: list[tuple[int, int, int]] = field(default_factory=list)

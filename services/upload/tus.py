@@ -43,7 +43,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tuspyserver import create_tus_router
 from tuspyserver.router import noop
 
-from services.common.accounts import CSRF_HEADER, SESSION_COOKIE, Role, cookie_tenant, session_user
+from services.common.accounts import (
+    CROSS_ORIGIN_MESSAGE,
+    CROSS_ORIGIN_SESSION,
+    CSRF_HEADER,
+    SESSION_COOKIE,
+    Role,
+    cookie_from_another_origin,
+    cookie_tenant,
+    session_user,
+)
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
 from services.common.orm import TERMINAL_STATUSES, Job, JobStatus, utcnow
@@ -112,6 +121,8 @@ def tus_auth(request: Request) -> None:
     if api_key is None and not cookie:
         auth_failures().record_failure(*throttled_as)
         raise _refused("missing Authorization: Bearer <api_key>", wait)
+    if cookie and cookie_from_another_origin(request.headers.get("sec-fetch-site")):
+        raise refusal(403, CROSS_ORIGIN_SESSION, CROSS_ORIGIN_MESSAGE)
     upload_id = request.path_params.get("uuid")
     with session_scope() as session:
         if api_key is not None:

@@ -21,7 +21,7 @@ from services.common.db import session_scope
 from services.common.orm import Job, SliceRecord
 from services.common.storage import make_storage
 from services.gateway.console import CSP, IMMUTABLE
-from tests.support.service import auth, make_tenant, new_job
+from tests.support.service import auth, make_tenant, new_job, tus_metadata
 
 ORIGIN = "https://console.hospital.example"
 
@@ -190,6 +190,56 @@ def test_only_preflights_skip_the_key(client: TestClient, alice: dict[str, str])
     assert response.headers["access-control-allow-origin"] == ORIGIN
     exposed = response.headers["access-control-expose-headers"].lower()
     assert "upload-offset" in exposed and "tus-resumable" in exposed and "location" in exposed
+
+
+SIBLING = {"Origin": ORIGIN, "Sec-Fetch-Site": "same-site"}  # console.hospital.example -> api
+SAME = {"Sec-Fetch-Site": "same-origin"}
+
+
+def test_console_sessions_are_same_origin_only(client: TestClient, alice: dict[str, str]) -> None:
+    """Cross-origin (issue 20.12): the cookie works on the gateway's own origin only. A page
+    on an allowed origin may call the API with an API key, never with credentials: no
+    Access-Control-Allow-Credentials, and a cookie from another origin (Fetch Metadata)
+    is refused explicitly, sign-in, API and tus alike."""
+    body = {"username": "ulla", "role": "uploader", "password": "correct horse battery"}
+    assert client.post("/v1/users", json=body, headers=auth(alice)).status_code == 201
+    login = {"tenant": "alice", "username": "ulla", "password": "correct horse battery"}
+    refused = client.post("/v1/session", json=login, headers=SIBLING)
+    assert refused.status_code == 403 and refused.json()["code"] == "cross_origin_session"
+    assert "covidct_session" not in client.cookies
+    signed = client.post("/v1/session", json=login, headers=SAME)
+    assert signed.status_code == 200
+    csrf = signed.json()["csrf_token"]
+    assert client.get("/v1/jobs", headers=SAME).status_code == 200
+    assert client.get("/v1/jobs").status_code == 200  # a browser without Fetch Metadata
+    for site in ("same-site", "cross-site"):
+        other = {"Origin": ORIGIN, "Sec-Fetch-Site": site, "X-CSRF-Token": csrf}
+        listed = client.get("/v1/jobs", headers=other)
+        assert listed.status_code == 403 and listed.json()["code"] == "cross_origin_session"
+        assert "access-control-allow-credentials" not in listed.headers
+        created = client.post("/v1/jobs", json={}, headers=other)
+        assert created.status_code == 403
+        tus = {
+            **other, "Tus-Resumable": "1.0.0", "Upload-Length": "10",
+            "Upload-Metadata": tus_metadata(filename="s.zip", filetype="application/zip"),
+        }  # fmt: skip
+        upload = client.post("/v1/uploads", headers=tus)
+        assert upload.status_code == 403 and upload.json()["code"] == "cross_origin_session"
+    # The same page with an API key (no cookie sent): allowed, and CORS lets it read.
+    keyed = TestClient(client.app).get("/v1/jobs", headers={**SIBLING, **auth(alice)})
+    assert keyed.status_code == 200
+    assert keyed.headers["access-control-allow-origin"] == ORIGIN
+    assert "access-control-allow-credentials" not in keyed.headers
+    preflight = client.options(
+        "/v1/jobs",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-csrf-token, content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert "access-control-allow-credentials" not in preflight.headers  # browsers then refuse
 
 
 def test_no_cors_without_configured_origins(

@@ -15,11 +15,10 @@ from fastapi.testclient import TestClient
 from services.asgi import create_app
 from services.common.config import Settings, get_settings
 from services.common.db import session_scope
-from services.common.native_slices import lesion_maps_key, pack_label_maps
+from services.common.native_slices import LESION_COLOURS, lesion_maps_key, pack_label_maps
 from services.common.orm import Job, SliceRecord
 from services.common.storage import make_storage
 from services.gateway import slices
-from services.gateway.slices import LESION_COLOURS
 from tests.support.service import auth, make_tenant, new_job
 
 

@@ -174,3 +174,49 @@ def test_report_waits_for_the_verdict(client: TestClient, tmp_path: Path) -> Non
     job_id = _job(tenant, succeeded=False)
     response = client.get(f"/v1/jobs/{job_id}/report.pdf", headers=auth(tenant))
     assert response.status_code == 409 and response.json()["code"] == "job_not_finished"
+
+
+def test_lesions_and_gradcam_are_served_on_the_native_slice(client: TestClient) -> None:
+    """Issue 20.4: the lesion masks and the slice CNN's Grad-CAM come at native resolution,
+    registered: a hot spot of the input's Grad-CAM lands where its tissue is on the slice."""
+    tenant = make_tenant("alice")
+    job_id = _job(tenant)
+    slices, masks = _volume()
+    labels = [np.zeros((SIZE, SIZE), np.uint8) for _ in slices]
+    labels[1][40:48, 40:50] = 2  # the consolidation patch
+    labels[1][8:16, 6:28] = 1  # ground glass
+    crops = {k: (-4, 2, 60) for k in range(5)}  # the square reaches 4 rows above the slice
+    blob, entries = pack_native(slices, masks, labels, crops, 30)
+    storage = make_storage(get_settings())
+    storage.put_bytes(native_blob_key(job_id), blob)
+    cam = np.zeros((30, 30), np.uint8)
+    cam[21:24, 21:24] = 255  # input pixels 21..23 -> native 2 + (22 + 0.5) * 2 - 0.5 = 46.5
+    storage.put_bytes(
+        f"jobs/{job_id}/heatmaps/cam-0001.png", cv2.imencode(".png", cam)[1].tobytes()
+    )
+    with session_scope() as session:
+        for row in session.query(SliceRecord).filter_by(job_id=job_id):
+            row.info = {**row.info, "native": entries[row.index]}
+        score = session.query(SliceScore).filter_by(job_id=job_id, slice_index=1).one()
+        score.heatmap_blob = f"jobs/{job_id}/heatmaps/slice-0001.png"
+
+    listing = client.get(f"/v1/jobs/{job_id}/slices", headers=auth(tenant)).json()
+    second = listing["slices"][1]
+    assert second["input_crop"] == {"y0": -4, "x0": 2, "side": 60, "size": 30}
+    assert second["gradcam_url"] == f"/v1/jobs/{job_id}/slices/1/gradcam.png"
+    assert listing["slices"][0]["gradcam_url"] is None  # no heatmap for that slice
+    lesions = _png(client.get(second["lesion_overlay_url"], headers=auth(tenant)).content)
+    assert lesions.shape == (SIZE, SIZE, 4)
+    assert lesions[44, 44, 3] > 0 and lesions[10, 10, 3] > 0  # consolidation, ground glass
+    assert tuple(lesions[44, 44, :3]) != tuple(lesions[10, 10, :3])  # two colours
+    assert lesions[30, 40, 3] == 0 and lesions[2, 2, 3] == 0
+
+    heat = _png(client.get(second["gradcam_url"], headers=auth(tenant)).content)
+    assert heat.shape == (SIZE, SIZE, 4)
+    hot = np.argwhere(heat[..., 3] >= 150).mean(axis=0)  # (y, x) of the strongest heat
+    assert abs(hot[1] - 46.5) < 1.5 and abs(hot[0] - (-4 + 22.5 * 2 - 0.5)) < 1.5
+    assert heat[5, 5, 3] == 0  # clear where there is no heat
+    missing = client.get(f"/v1/jobs/{job_id}/slices/0/gradcam.png", headers=auth(tenant))
+    assert missing.status_code == 404 and missing.json()["code"] == "heatmap_not_found"
+    other = client.get(second["lesion_overlay_url"], headers=auth(make_tenant("bob")))
+    assert other.status_code == 404

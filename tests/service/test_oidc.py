@@ -167,3 +167,43 @@ def test_issuer_must_be_https_unless_local(isolated_settings: Callable[..., Sett
     assert Settings(oidc_issuer="https://idp.example").oidc_issuer == "https://idp.example"
     with pytest.raises(ValidationError, match="viewer, uploader or admin"):
         Settings(oidc_auto_create_role="root")
+
+
+HTML = {"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}  # a browser navigating
+
+
+def test_a_browser_that_fails_to_sign_in_lands_on_the_sign_in_page(
+    client: TestClient, provider: Provider
+) -> None:
+    """Issue 20.12: a person whose SSO sign-in fails sees the console's sign-in page with
+    the reason (?sso_error=<code>), never a JSON body; an API client still gets the JSON."""
+    make_tenant("alice")  # no user "sam" there
+    callback = start(client)
+    refused = client.get(callback, headers=HTML, follow_redirects=False)
+    assert refused.status_code == 302
+    assert refused.headers["location"] == "/?sso_error=sso_user_unknown#/"
+    assert "covidct_session" not in client.cookies
+    url = urlsplit(start(client))
+    forged = client.get(f"{url.path}?code=x&state=guessed", headers=HTML, follow_redirects=False)
+    assert forged.headers["location"] == "/?sso_error=sso_state_mismatch#/"
+    # The user pressed "cancel" at the provider (RFC 6749 4.1.2.1).
+    denied = client.get(
+        f"{url.path}?error=access_denied&state=x", headers=HTML, follow_redirects=False
+    )
+    assert denied.headers["location"] == "/?sso_error=sso_denied#/"
+    api = client.get(f"{url.path}?error=access_denied&state=x", follow_redirects=False)
+    assert api.status_code == 401 and api.json()["code"] == "sso_denied"
+
+
+def test_a_browser_is_sent_back_when_the_provider_is_down(
+    isolated_settings: Callable[..., Settings], started: list[str]
+) -> None:
+    isolated_settings(
+        broker_url="redis://127.0.0.1:1/0", oidc_issuer="http://127.0.0.1:9",  # nothing there
+        oidc_client_id="covidct", oidc_client_secret="s", oidc_tenant="alice",
+    )  # fmt: skip
+    with TestClient(create_app()) as client:
+        down = client.get("/v1/session/sso", headers=HTML, follow_redirects=False)
+        assert down.status_code == 302
+        assert down.headers["location"] == "/?sso_error=sso_unavailable#/"
+        assert client.get("/v1/session/sso").json()["code"] == "sso_unavailable"

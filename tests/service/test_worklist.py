@@ -82,6 +82,11 @@ def test_sort_keys(client: TestClient, worklist: tuple[dict[str, str], list[str]
     assert _ids(client, alice, sort="-study_date") == [ids[2], ids[0], ids[1], ids[3]]
     assert _ids(client, alice, sort="status") == [ids[3], ids[2], ids[1], ids[0]]
     assert _ids(client, alice, sort="category")[:2] == [ids[0], ids[1]]
+    # Patient id and accession number: case-insensitive, jobs without one last.
+    assert _ids(client, alice, sort="patient_id") == [ids[2], ids[1], ids[0], ids[3]]
+    assert _ids(client, alice, sort="-patient_id") == [ids[0], ids[1], ids[2], ids[3]]
+    assert _ids(client, alice, sort="accession_number") == ids
+    assert _ids(client, alice, sort="-accession_number") == [ids[2], ids[1], ids[0], ids[3]]
     assert client.get("/v1/jobs?sort=patient_name", headers=auth(alice)).status_code == 422
 
 

@@ -3,6 +3,7 @@ import { Alert, App as AntApp, Button, Card, Descriptions, Popconfirm, Space, Sp
 import { useMutation, useQuery, useQueryClient } from '@tanstack/react-query';
 import { imageUrl, ok, type JobEvents } from '../api/client';
 import { useApi } from '../api/context';
+import { allows } from '../lib/session';
 import { BackOff } from '../lib/polling';
 import { ApiFailure, errorText } from '../lib/errors';
 import { plotData } from '../lib/slicePlot';
@@ -36,7 +37,8 @@ function timeline(status: string, events: JobEvents['events']) {
 }
 
 export function JobPage({ jobId }: { jobId: string }) {
-  const { client, apiKey } = useApi();
+  const { client, apiKey, auth } = useApi();
+  const mayDelete = allows(auth, 'uploader'); // what the server allows (a viewer only reads)
   const { message } = AntApp.useApp();
   const queryClient = useQueryClient();
   const backOff = useMemo(() => new BackOff(), []);
@@ -110,18 +112,20 @@ export function JobPage({ jobId }: { jobId: string }) {
             PDF report
           </Button>
         )}
-        <Popconfirm
-          title="Delete this job?"
-          description="Its study, slices and verdict are removed for good."
-          okText="Delete"
-          okButtonProps={{ danger: true }}
-          cancelText="Keep"
-          onConfirm={() => remove.mutate()}
-        >
-          <Button danger loading={remove.isPending}>
-            Delete job
-          </Button>
-        </Popconfirm>
+        {mayDelete && (
+          <Popconfirm
+            title="Delete this job?"
+            description="Its study, slices and verdict are removed for good."
+            okText="Delete"
+            okButtonProps={{ danger: true }}
+            cancelText="Keep"
+            onConfirm={() => remove.mutate()}
+          >
+            <Button danger loading={remove.isPending}>
+              Delete job
+            </Button>
+          </Popconfirm>
+        )}
         </Space>
       </Space>
 

@@ -9,7 +9,8 @@ import { ApiFailure, errorText } from '../lib/errors';
 import { StatusTag, STATUS_LABELS } from './StatusTag';
 import { Uploader } from './Uploader';
 import { two, verdictHeadline } from '../lib/verdict';
-import { CATEGORY_OPTIONS, DEFAULT_SORT, sortKey, sortOrder, studyDate, type SortKey } from '../lib/worklist';
+import { CATEGORY_OPTIONS, dateRange, DEFAULT_SORT, sortKey, sortOrder, studyDate, type SortField, type SortKey } from '../lib/worklist';
+import { allows } from '../lib/session';
 
 const PAGE_SIZE = 20;
 
@@ -19,12 +20,16 @@ export function formatTime(iso: string): string {
 }
 
 export function JobsPage() {
-  const { client, onUnauthorized } = useApi();
+  const { client, auth, onUnauthorized } = useApi();
+  const mayUpload = allows(auth, 'uploader'); // the server refuses a viewer's upload anyway
   const [status, setStatus] = useState<JobStatus | undefined>(undefined);
   const [category, setCategory] = useState<(typeof CATEGORY_OPTIONS)[number]['value'] | undefined>(undefined);
   const [search, setSearch] = useState('');
   const [q, setQ] = useState('');
   const [sort, setSort] = useState<SortKey>(DEFAULT_SORT);
+  const [dateFrom, setDateFrom] = useState('');
+  const [dateTo, setDateTo] = useState('');
+  const dates = dateRange(dateFrom, dateTo);
   const [page, setPage] = useState(1);
   const backOff = useMemo(() => new BackOff(), []);
 
@@ -38,7 +43,7 @@ export function JobsPage() {
   }, [search]);
 
   const jobs = useQuery({
-    queryKey: ['jobs', status, category, q, sort, page],
+    queryKey: ['jobs', status, category, q, dates.study_date_from, dates.study_date_to, sort, page],
     queryFn: async () => {
       try {
         return await ok(
@@ -48,6 +53,7 @@ export function JobsPage() {
                 status: status ? [status] : undefined,
                 category: category ? [category] : undefined,
                 q: q || undefined,
+                ...dates,
                 sort,
                 limit: PAGE_SIZE,
                 offset: (page - 1) * PAGE_SIZE,
@@ -63,7 +69,7 @@ export function JobsPage() {
     refetchInterval: (query) => backOff.interval(query.state.data?.items ?? []),
   });
 
-  const sorted = (field: 'created_at' | 'study_date' | 'status' | 'category') => ({
+  const sorted = (field: SortField) => ({
     sorter: true,
     sortOrder: sortOrder(sort, field),
     sortDirections: ['ascend' as const, 'descend' as const],
@@ -71,7 +77,8 @@ export function JobsPage() {
   const columns = [
     {
       title: 'Patient',
-      key: 'patient',
+      key: 'patient_id',
+      ...sorted('patient_id'),
       // The patient (or pseudonym) once the study was read, with the name it was sent as.
       render: (_: unknown, job: Job) => {
         const patient = job.study?.patient_id;
@@ -91,7 +98,7 @@ export function JobsPage() {
         );
       },
     },
-    { title: 'Accession', key: 'accession', render: (_: unknown, job: Job) => job.study?.accession_number ?? '' },
+    { title: 'Accession', key: 'accession_number', ...sorted('accession_number'), render: (_: unknown, job: Job) => job.study?.accession_number ?? '' },
     { title: 'Study date', key: 'study_date', ...sorted('study_date'), render: (_: unknown, job: Job) => studyDate(job.study?.study_date) },
     {
       title: 'Series',
@@ -123,9 +130,11 @@ export function JobsPage() {
 
   return (
     <Space direction="vertical" size="large" style={{ width: '100%' }}>
-      <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Upload a study</Typography.Title>}>
-        <Uploader />
-      </Card>
+      {mayUpload && (
+        <Card title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Upload a study</Typography.Title>}>
+          <Uploader />
+        </Card>
+      )}
       <Card
         title={<Typography.Title level={2} style={{ fontSize: 18, margin: 0 }}>Worklist</Typography.Title>}
         extra={
@@ -151,6 +160,32 @@ export function JobsPage() {
               }}
               options={CATEGORY_OPTIONS.map((o) => ({ ...o }))}
             />
+            <Space.Compact>
+              <Input
+                type="date"
+                aria-label="Study date from"
+                title="Study date from"
+                style={{ width: 150 }}
+                value={dateFrom}
+                onChange={(e) => {
+                  setDateFrom(e.target.value);
+                  setPage(1);
+                }}
+                data-testid="study-date-from"
+              />
+              <Input
+                type="date"
+                aria-label="Study date to"
+                title="Study date to"
+                style={{ width: 150 }}
+                value={dateTo}
+                onChange={(e) => {
+                  setDateTo(e.target.value);
+                  setPage(1);
+                }}
+                data-testid="study-date-to"
+              />
+            </Space.Compact>
             <Select
               id="status-filter"
               aria-label="Filter by status"
@@ -178,7 +213,11 @@ export function JobsPage() {
           locale={{
             emptyText: (
               <Typography.Text>
-                {status || category || q ? 'No job matches these filters.' : 'No jobs yet. Upload a study above to start one.'}
+                {status || category || q || dateFrom || dateTo
+                  ? 'No job matches these filters.'
+                  : mayUpload
+                    ? 'No jobs yet. Upload a study above to start one.'
+                    : 'No jobs yet. Your role (viewer) can read studies that others upload.'}
               </Typography.Text>
             ),
           }}

@@ -1,7 +1,10 @@
 // The slice as read, at its native resolution (issue 20.4): lung and mediastinal window
-// presets, window/level by dragging, zoom and pan, orientation markers, and overlays on top:
-// the lung mask and the lung pixels in the HU ranges the CT pattern counted. Every slice of
-// the study (kept or dropped), numbered by InstanceNumber and SliceLocation as well.
+// presets, window/level by dragging, zoom and pan, orientation markers, and overlays on top,
+// all served at the slice's own geometry so they register with it: the lung mask, the lesion
+// masks of the verdict (ground glass and consolidation), the lung pixels in the HU ranges the
+// CT pattern counted, and, optional and off by default, the slice CNN's Grad-CAM (mapped back
+// from the model's crop by the server). Every slice of the study (kept or dropped), numbered
+// by InstanceNumber and SliceLocation as well.
 import { useEffect, useMemo, useRef, useState } from 'react';
 import { Alert, Button, Radio, Space, Switch, Typography } from 'antd';
 import type { Slice } from '../api/client';
@@ -29,8 +32,14 @@ export function NativeViewer({
   const [requested, setRequested] = useState<Window>(PRESETS.lung); // debounced: one render per pause
   const [view, setView] = useState<View>({ zoom: 1, x: 0, y: 0 });
   const [mode, setMode] = useState<DragMode>('window');
+  const hasLesions = useMemo(() => shown.some((s) => s.lesion_overlay_url), [shown]);
+  const hasGradcam = useMemo(() => shown.some((s) => s.gradcam_url), [shown]);
   const [showMask, setShowMask] = useState(false);
-  const [showDensity, setShowDensity] = useState(true);
+  const [showLesions, setShowLesions] = useState(true);
+  // The HU ranges are what the pattern counted; once lesion masks exist they are the
+  // evidence to show first, the ranges stay one switch away.
+  const [showDensity, setShowDensity] = useState(!hasLesions);
+  const [showGradcam, setShowGradcam] = useState(false);
   const drag = useRef<{ x: number; y: number; win: Window; view: View } | null>(null);
   const box = useRef<HTMLDivElement>(null);
 
@@ -44,6 +53,8 @@ export function NativeViewer({
   const image = useImage(apiKey, slice?.image_url ? `${slice.image_url}${query}` : null);
   const mask = useImage(apiKey, showMask ? (slice?.lung_mask_url ?? null) : null);
   const density = useImage(apiKey, showDensity ? (slice?.density_overlay_url ?? null) : null);
+  const lesions = useImage(apiKey, showLesions ? (slice?.lesion_overlay_url ?? null) : null);
+  const gradcam = useImage(apiKey, showGradcam ? (slice?.gradcam_url ?? null) : null);
   const markers = orientationMarkers(orientation);
 
   if (!slice) return <Alert type="info" title="The study's slices were not kept at native resolution." />;
@@ -143,6 +154,12 @@ export function NativeViewer({
           {density.url && (
             <img data-testid="density-overlay" src={density.url} alt="Lung pixels in the ground-glass and consolidation HU ranges" draggable={false} style={layer} />
           )}
+          {lesions.url && (
+            <img data-testid="native-lesion-overlay" src={lesions.url} alt="Lesion masks of the verdict: ground glass and consolidation" draggable={false} style={layer} />
+          )}
+          {gradcam.url && (
+            <img data-testid="gradcam-overlay" src={gradcam.url} alt="Grad-CAM heatmap of the slice CNN (not the verdict)" draggable={false} style={layer} />
+          )}
         </div>
         {markers &&
           (['left', 'right', 'top', 'bottom'] as const).map((edge) => (
@@ -182,6 +199,12 @@ export function NativeViewer({
       <Space wrap>
         <Switch checked={showMask} onChange={setShowMask} aria-label="Show the lung mask" disabled={!slice.lung_mask_url} />
         <span>Lung mask (cyan)</span>
+        {hasLesions && (
+          <>
+            <Switch checked={showLesions} onChange={setShowLesions} aria-label="Show the lesion masks" disabled={!slice.lesion_overlay_url} />
+            <span>Lesion masks of the verdict: ground glass (amber), consolidation (red)</span>
+          </>
+        )}
         {isHu && (
           <>
             <Switch checked={showDensity} onChange={setShowDensity} aria-label="Show the counted HU ranges" />
@@ -191,6 +214,21 @@ export function NativeViewer({
           </>
         )}
       </Space>
+      {hasGradcam && (
+        <Space wrap>
+          <Switch
+            checked={showGradcam}
+            onChange={setShowGradcam}
+            aria-label="Show the slice CNN's Grad-CAM"
+            disabled={!slice.gradcam_url}
+            data-testid="gradcam-switch"
+          />
+          <span>
+            Grad-CAM of the slice CNN: what drove that one network's score on this slice, not the verdict (which comes from
+            the CT pattern). Only the most suspicious slices have one{slice.gradcam_url ? '' : '; this slice has none'}.
+          </span>
+        </Space>
+      )}
     </Space>
   );
 }

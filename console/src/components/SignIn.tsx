@@ -1,7 +1,7 @@
 import { useEffect, useState } from 'react';
 import { Alert, Button, Card, Divider, Form, Input, Tabs, Typography } from 'antd';
 import { makeClient, ok } from '../api/client';
-import { ApiFailure, errorText } from '../lib/errors';
+import { ApiFailure, errorText, ssoError } from '../lib/errors';
 import { login, SignInFailure, SSO_START, ssoEnabled, type Auth } from '../lib/session';
 
 function PasswordForm({ onSignedIn }: { onSignedIn: (auth: Auth) => void }) {
@@ -78,6 +78,12 @@ function ApiKeyForm({ onSignedIn }: { onSignedIn: (auth: Auth) => void }) {
 
 export function SignIn({ onSignedIn }: { onSignedIn: (auth: Auth) => void }) {
   const [sso, setSso] = useState(false);
+  // A failed single sign-on comes back as ?sso_error=<code>: say it in words, once (the
+  // address is cleaned so that a reload does not repeat it).
+  const [ssoFailure] = useState(() => ssoError(window.location.search));
+  useEffect(() => {
+    if (ssoFailure) window.history.replaceState(null, '', `${window.location.pathname}${window.location.hash || '#/'}`);
+  }, [ssoFailure]);
   useEffect(() => {
     let live = true;
     void ssoEnabled().then((on) => live && setSso(on));
@@ -91,6 +97,17 @@ export function SignIn({ onSignedIn }: { onSignedIn: (auth: Auth) => void }) {
       <Typography.Title level={1} style={{ fontSize: 24 }}>
         Sign in
       </Typography.Title>
+      {ssoFailure && (
+        <Alert
+          type="error"
+          showIcon
+          role="alert"
+          data-testid="sso-error"
+          title="Single sign-on failed"
+          description={errorText(ssoFailure)}
+          style={{ marginBottom: 16 }}
+        />
+      )}
       {sso && (
         <>
           <Button type="primary" block href={SSO_START}>

@@ -23,7 +23,24 @@ const WORDS: Record<string, string> = {
   csrf_failed: 'Your session could not be verified. Sign out and sign in again.',
   job_not_found: 'This job does not exist, or it belongs to another account.',
   network: 'The server could not be reached. Check your connection.',
+  cross_origin_session:
+    'This console must be opened from the covidct server itself; sessions from another web address are refused.',
+  // Single sign-on that failed (the gateway sends the browser back with ?sso_error=<code>).
+  sso_unavailable: 'Single sign-on is unavailable: the identity provider did not answer. Try again later, or sign in with your password.',
+  sso_not_configured: 'Single sign-on is not set up on this server. Sign in with your password.',
+  sso_state_mismatch: 'The single sign-on took too long or was started elsewhere. Start it again from this page.',
+  sso_denied: 'Single sign-on was cancelled or refused at your organisation. Start it again, or sign in with your password.',
+  sso_code_refused: 'Your organisation refused the sign-in. Start it again; if it persists, contact the administrator.',
+  sso_invalid_token: 'The sign-in from your organisation could not be verified. Start it again; if it persists, contact the administrator.',
+  sso_user_unknown: 'You signed in at your organisation, but you have no account here yet. Ask an administrator to add you.',
 };
+
+/** The code of a failed single sign-on that the gateway put in the address
+ * (``/?sso_error=<code>#/``), or null. */
+export function ssoError(search: string): string | null {
+  const code = new URLSearchParams(search).get('sso_error');
+  return code && /^[a-z_]{1,64}$/.test(code) ? code : null;
+}
 
 export function errorText(code: string | null | undefined, message?: string | null): string {
   const words = code ? WORDS[code] : undefined;
