@@ -3,9 +3,11 @@
 What a reader of the printout needs without the console: the verdict and its category, the
 measurements behind it, key images with their overlays, the study and series identifiers it
 was computed on, the model versions, and the research-use statement. Key images are the three
-slices with the largest share of lung in the ground-glass HU range (HU studies), else the
-three kept slices the slice CNN scored highest; each is the native slice in the lung window
-with the lung outlined and the HU range the pattern counted as ground glass tinted.
+slices with the largest lesion share of the lung (where the lesion segmenter ran), else with
+the largest share in the ground-glass HU range (HU studies), else the three kept slices the
+slice CNN scored highest; each is the native slice in the lung window
+with the lung outlined and the verdict's lesion masks tinted (ground glass, consolidation), or
+without them the HU range the pattern counted as ground glass.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from services.common.jobs import job_view
 from services.common.native_slices import (
     WINDOWS,
     apply_window,
+    decode_label_map,
     decode_mask,
     decode_native,
     native_blob_key,
@@ -46,6 +49,8 @@ RESEARCH_USE = (
 KEY_IMAGES = 3
 GGO_HU_DEFAULT = (-700, -300)  # services.preprocess.lung_features: -700 <= HU < -300
 GGO_RGB = (255, 140, 0)
+CONSOLIDATION_RGB = (220, 38, 38)
+GGO_LABEL, CONSOLIDATION_LABEL = 1, 2  # lesion label maps (services.common.native_slices)
 LUNG_EDGE_RGB = (0, 200, 255)
 # Core PDF fonts are Latin-1: the few other characters our texts use, spelt out.
 _PLAIN = str.maketrans({"−": "-", "–": "-", "—": "-", "…": "...", "≥": ">=", "≤": "<=",
@@ -106,7 +111,9 @@ def _ggo_range(features: dict[str, Any] | None) -> tuple[int, int]:
 def _key_images(
     job_id: str, infos: dict[int, dict[str, Any]], scores: dict[int, float], ggo: tuple[int, int]
 ) -> list[tuple[dict[str, Any], Image.Image]]:
-    """Up to three (caption facts, RGB image) of the kept slices, the most telling first."""
+    """Up to three (caption facts, RGB image) of the kept slices, the most telling first:
+    by the verdict's lesion share of the lung where the lesion segmenter ran, else by the
+    ground-glass HU share (HU series), else by the slice CNN's P(COVID)."""
     natives = {i: info["native"] for i, info in infos.items() if (info.get("native") or {})}
     if not natives:
         return []
@@ -115,36 +122,55 @@ def _key_images(
         blob = storage.get_bytes(native_blob_key(job_id))  # one read for the whole report
     except FileNotFoundError:
         return []
-    decoded: dict[int, tuple[Any, NDArray[np.bool_] | None]] = {}
+    decoded: dict[int, tuple[Any, NDArray[np.bool_] | None, NDArray[np.uint8] | None]] = {}
     for index, native in natives.items():
         start, length = native["image"]
         pixels = decode_native(blob[start : start + length], native["kind"])
-        mask = None
+        mask = labels = None
         if native.get("mask"):
             m_start, m_length = native["mask"]
             mask = decode_mask(blob[m_start : m_start + m_length])
-        decoded[index] = (pixels, mask)
-    shares = {
+        if native.get("lesions"):
+            l_start, l_length = native["lesions"]
+            labels = decode_label_map(blob[l_start : l_start + l_length])
+        decoded[index] = (pixels, mask, labels)
+    lesion_shares = {
+        i: _lesion_share(labels, mask)
+        for i, (_pixels, mask, labels) in decoded.items()
+        if labels is not None and mask is not None
+    }
+    ggo_shares = {
         i: _ggo_share(pixels.pixels, mask, ggo)
-        for i, (pixels, mask) in decoded.items()
+        for i, (pixels, mask, _labels) in decoded.items()
         if pixels.kind == "hu" and mask is not None
     }
+    shares = lesion_shares or ggo_shares
     if shares:
         ranked = sorted(shares, key=lambda i: (-shares[i], i))
     else:
         ranked = sorted(decoded, key=lambda i: (-scores.get(i, 0.0), i))
     out = []
     for index in ranked[:KEY_IMAGES]:
-        pixels, mask = decoded[index]
+        pixels, mask, labels = decoded[index]
         facts = {
             "index": index,
             "instance_number": infos[index].get("instance_number"),
             "slice_location": infos[index].get("slice_location"),
-            "ggo_share": shares.get(index),
+            "lesion_share": lesion_shares.get(index),
+            "ggo_share": None if lesion_shares else ggo_shares.get(index),
             "p_covid": scores.get(index),
         }
-        out.append((facts, _overlay(pixels, mask, ggo)))
+        image = _overlay(pixels, mask, ggo, labels if lesion_shares else None)
+        out.append((facts, image))
     return out
+
+
+def _lesion_share(labels: NDArray[np.uint8], mask: NDArray[np.bool_]) -> float:
+    lung = int(mask.sum())
+    if lung == 0 or labels.shape != mask.shape:
+        return 0.0
+    lesion = np.isin(labels, (GGO_LABEL, CONSOLIDATION_LABEL)) & mask
+    return float(lesion.sum()) / lung
 
 
 def _ggo_share(hu: NDArray[Any], mask: NDArray[np.bool_], ggo: tuple[int, int]) -> float:
@@ -155,17 +181,29 @@ def _ggo_share(hu: NDArray[Any], mask: NDArray[np.bool_], ggo: tuple[int, int]) 
     return float(in_range.sum()) / lung
 
 
-def _overlay(native: Any, mask: NDArray[np.bool_] | None, ggo: tuple[int, int]) -> Image.Image:
-    """Lung window (HU) or the image as sent, the lung outlined, ground-glass HU tinted."""
+def _tint(rgb: NDArray[np.float32], where: NDArray[np.bool_], colour: tuple[int, ...]) -> None:
+    rgb[where] = 0.55 * rgb[where] + 0.45 * np.asarray(colour, np.float32)
+
+
+def _overlay(
+    native: Any,
+    mask: NDArray[np.bool_] | None,
+    ggo: tuple[int, int],
+    labels: NDArray[np.uint8] | None = None,
+) -> Image.Image:
+    """Lung window (HU) or the image as sent, the lung outlined; the verdict's lesion masks
+    tinted (ground glass orange, consolidation red) or, without them, the ground-glass HU."""
     if native.kind == "hu":
         grey = apply_window(native.pixels, *WINDOWS["lung"])
     else:
         grey = np.asarray(native.pixels, dtype=np.uint8)
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+    if labels is not None and labels.shape == grey.shape:
+        _tint(rgb, labels == GGO_LABEL, GGO_RGB)
+        _tint(rgb, labels == CONSOLIDATION_LABEL, CONSOLIDATION_RGB)
+    elif mask is not None and native.kind == "hu":
+        _tint(rgb, (native.pixels >= ggo[0]) & (native.pixels < ggo[1]) & mask, GGO_RGB)
     if mask is not None:
-        if native.kind == "hu":
-            tint = (native.pixels >= ggo[0]) & (native.pixels < ggo[1]) & mask
-            rgb[tint] = 0.55 * rgb[tint] + 0.45 * np.asarray(GGO_RGB, np.float32)
         edges = mask.astype(np.uint8) - cv2.erode(mask.astype(np.uint8), np.ones((3, 3), np.uint8))
         rgb[edges > 0] = LUNG_EDGE_RGB
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
@@ -295,12 +333,18 @@ def render_report(
 
     if images:
         heading("Key images")
+        if any(facts.get("lesion_share") is not None for facts, _image in images):
+            legend = ("Native slices, lung window (W1500 L-600); lung outlined in cyan, the "
+                      "verdict's lesion masks tinted: ground glass orange, consolidation red. "
+                      "Chosen by lesion share of the lung.")  # fmt: skip
+        else:
+            legend = (f"Native slices, lung window (W1500 L-600); lung outlined in cyan, pixels "
+                      f"in the ground-glass range ({ggo[0]}..{ggo[1]} HU) that the pattern "
+                      "counted tinted orange. Chosen by ground-glass share of the lung (HU "
+                      "studies) or by the slice CNN's P(COVID).")  # fmt: skip
         pdf.multi_cell(
             0, 4.5,
-            _plain(f"Native slices, lung window (W1500 L-600); lung outlined in cyan, pixels in "
-                   f"the ground-glass range ({ggo[0]}..{ggo[1]} HU) that the pattern counted "
-                   "tinted orange. Chosen by ground-glass share of the lung (HU studies) or by "
-                   "the slice CNN's P(COVID)."),
+            _plain(legend),
             new_x="LMARGIN", new_y="NEXT",
         )  # fmt: skip
         width = (pdf.epw - 8) / KEY_IMAGES
@@ -314,7 +358,9 @@ def render_report(
             pdf.set_xy(x, top + height + 1)
             caption = (f"slice {facts['index']}, instance {_fmt(facts['instance_number'])}, "
                        f"location {_fmt(facts['slice_location'])}")  # fmt: skip
-            if facts.get("ggo_share") is not None:
+            if facts.get("lesion_share") is not None:
+                caption += f"; lesions {facts['lesion_share']:.0%} of lung"
+            elif facts.get("ggo_share") is not None:
                 caption += f"; ground glass {facts['ggo_share']:.0%} of lung"
             elif facts.get("p_covid") is not None:
                 caption += f"; slice P(COVID) {facts['p_covid']:.2f}"

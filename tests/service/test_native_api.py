@@ -169,6 +169,29 @@ def test_report_pdf_of_a_job(client: TestClient) -> None:
     assert sum(len(page.images) for page in pdf.pages) == 3
 
 
+def test_report_key_images_follow_the_lesion_masks(client: TestClient) -> None:
+    """Issue 20.7: where the lesion segmenter ran, the key images are the slices with the
+    largest lesion share and show the masks (not the ground-glass HU range)."""
+    tenant = make_tenant("alice")
+    job_id = _job(tenant)
+    slices, masks = _volume()
+    labels = [np.zeros((SIZE, SIZE), np.uint8) for _ in slices]
+    labels[1][40:48, 40:50] = 2  # consolidation: slice 1 has the most lesion
+    labels[1][8:16, 6:28] = 1
+    labels[2][8:12, 6:28] = 1  # then slice 2; slice 4 (most ground-glass HU) has none
+    blob, entries = pack_native(slices, masks, labels)
+    make_storage(get_settings()).put_bytes(native_blob_key(job_id), blob)
+    with session_scope() as session:
+        for row in session.query(SliceRecord).filter_by(job_id=job_id):
+            row.info = {**row.info, "native": entries[row.index]}
+    response = client.get(f"/v1/jobs/{job_id}/report.pdf", headers=auth(tenant))
+    text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(response.content)).pages)
+    assert "lesion masks tinted" in text
+    assert text.index("slice 1, instance 11") < text.index("slice 2, instance 12")
+    lung = int(masks[1].sum())
+    assert f"lesions {(80 + 176) / lung:.0%} of lung" in " ".join(text.split())
+
+
 def test_report_waits_for_the_verdict(client: TestClient, tmp_path: Path) -> None:
     tenant = make_tenant("alice")
     job_id = _job(tenant, succeeded=False)

@@ -200,6 +200,9 @@ def test_series_read_is_reported_with_why_the_others_were_not(
     assert "localizer" in text
     images = [image for page in pdf.pages for image in page.images]
     assert len(images) == 3  # the key images
+    # Key images show the verdict's lesion masks where the segmenter ran (24 slices: maybe not).
+    has_lesions = any(s.get("lesion_overlay_url") for s in slices)
+    assert ("lesion masks tinted" in text) == has_lesions
     assert client.get(f"/v1/jobs/{job_id}/report.pdf", headers=auth(bob)).status_code == 404
 
 
