@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from services.common.destinations import deliveries_view
 from services.common.errors import ErrorCode
 from services.common.orm import (
     TERMINAL_STATUSES,
@@ -208,7 +209,11 @@ def create_webhook_delivery(session: Session, job_id: str) -> str | None:
         job_id=job_id,
         event_type=event_type,
         url=job.callback_url,
-        payload={"type": event_type, "data": job_view(job)},
+        # The body of GET /v1/jobs/{id} at this moment (result deliveries still pending).
+        payload={
+            "type": event_type,
+            "data": {**job_view(job), "deliveries": deliveries_view(session, job_id)},
+        },
         next_attempt_at=utcnow(),  # due: sent after the commit, or by the sweeper
     )
     session.add(delivery)

@@ -74,8 +74,9 @@ def _ensemble_job(job_id: str) -> str:
             session.rollback()
             return "skipped"
         session.flush()
+        # The SR and SEG for the tenant's PACS first: the callback lists those deliveries.
+        create_destination_deliveries(session, job_id)
         create_webhook_delivery(session, job_id)
-        create_destination_deliveries(session, job_id)  # the SR and SEG for the tenant's PACS
     send_pending_webhooks(job_id)
     send_pending_destinations(job_id)
     return "done"
