@@ -50,6 +50,7 @@ from harness.stacks import wait_for
 from services.cli.client import ApiClient, UploadState, submit, zip_directory
 from services.common.config import REPO_ROOT, get_settings
 from services.webhooks.delivery import verify
+from tests.support.pacs import pacs_series
 from tests.support.service import callback_receiver
 
 pytestmark = pytest.mark.data
@@ -64,8 +65,12 @@ IMAGES = (
     "covidct-ci-s3:moto5",
     "covidct-ci-caddy:2",
     "covidct-ci-base:bookworm",
+    "covidct-orthanc:0.1.0",
 )
 JOB_TIMEOUT_S = 900
+# Profile pacs: the tenant Orthanc's AE title names, and Orthanc's web user's password.
+PACS_TENANT = "hospital-pacs"
+ORTHANC_PASSWORD = secrets.token_hex(16)
 ARTIFACTS = REPO_ROOT / "var" / "compose-test"
 
 
@@ -92,7 +97,16 @@ def _env_file(path: Path) -> Path:
                 "COVIDCT_GATEWAY_BIND=127.0.0.1",
                 f"COVIDCT_GATEWAY_PORT={_free_port()}",
                 "COVIDCT_WEBHOOK_ALLOW_HTTP=true",
-                'COVIDCT_WEBHOOK_ALLOWED_NETWORKS=["host.docker.internal"]',
+                # The PACS (profile pacs) is on the compose network: a private address.
+                'COVIDCT_WEBHOOK_ALLOWED_NETWORKS=["host.docker.internal","orthanc"]',
+                f"ORTHANC_PASSWORD={ORTHANC_PASSWORD}",
+                "COVIDCT_ORTHANC_BIND=127.0.0.1",
+                f"COVIDCT_ORTHANC_HTTP_PORT={_free_port()}",
+                f"COVIDCT_ORTHANC_DICOM_PORT={_free_port()}",
+                "COVIDCT_DICOM_BIND=127.0.0.1",
+                f"COVIDCT_DICOM_PORT={_free_port()}",
+                f'COVIDCT_DICOM_AE_TITLES={{"ORTHANC":"{PACS_TENANT}"}}',
+                "COVIDCT_DICOM_STABLE_AGE_S=5",
             ]
         )
         + "\n"
@@ -156,7 +170,8 @@ def _interrupt(_signum: int, _frame: object) -> None:
 def _stack(daemon: Daemon, env_file: Path, started: float) -> Iterator[Compose]:
     # Only the --env-file configures the stack, never this process's COVIDCT_* variables.
     env = {k: v for k, v in daemon.env.items() if not k.startswith(("COVIDCT_", "POSTGRES_"))}
-    env["COMPOSE_PROFILES"] = "tls"  # the Caddy proxy too, for every command (down included)
+    # The Caddy proxy and the PACS profile too, for every command (build and down included).
+    env["COMPOSE_PROFILES"] = "tls,pacs"
     compose = Compose(env=env, files=FILES, env_file=env_file)
     try:
         compose.down()  # a project left by an interrupted run
@@ -174,7 +189,11 @@ def _stack(daemon: Daemon, env_file: Path, started: float) -> Iterator[Compose]:
         sizes = image_sizes(env, IMAGES)
         log("image sizes: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in sizes.items()))
         with compose.phase("up --wait"):
-            compose.run("up", "--detach", "--wait", "--wait-timeout", "600")
+            # All but dicom-listen: it refuses to start before its AE title's tenant exists
+            # (test_pacs_profile_... starts it once it made the tenant).
+            services = compose.output("config", "--services").split()
+            services.remove("dicom-listen")
+            compose.run("up", "--detach", "--wait", "--wait-timeout", "600", *services)
         yield compose
     finally:
         (ARTIFACTS / "ps.txt").write_text(compose.output("ps", "--all") if _ok(compose) else "")
@@ -189,6 +208,78 @@ def _stack(daemon: Daemon, env_file: Path, started: float) -> Iterator[Compose]:
 
 def _ok(compose: Compose) -> bool:
     return compose.run("ps", capture_output=True, check=False).returncode == 0
+
+
+def test_pacs_profile_orthanc_to_sr_and_seg(
+    stack: Compose, floor: dict[str, Any], covid_series: Path
+) -> None:
+    """README "Try it with Orthanc": P002 (a copy with valid UIDs) stored in Orthanc and sent
+    by Orthanc's C-STORE to dicom-listen becomes the tenant's job, and its SR and SEG come back
+    into Orthanc's study through a DICOM node destination on the compose network. Runs before
+    the end-to-end test below, which ends with down -v and a restore."""
+    url = f"http://127.0.0.1:{stack.published_port('gateway', 8000)}"
+    orthanc_url = f"http://127.0.0.1:{stack.published_port('orthanc', 8042)}"
+    orthanc = httpx.Client(base_url=orthanc_url, auth=("admin", ORTHANC_PASSWORD), timeout=60)
+    with stack.phase("pacs: tenant, destination, dicom-listen up, Orthanc answers"):
+        out = stack.exec("gateway", "covidct", "tenants", "create", PACS_TENANT, "--json")
+        tenant = json.loads(out.strip().splitlines()[-1])
+        stack.exec("gateway", "covidct", "tenants", "add-destination", PACS_TENANT, "orthanc",
+                   "--host", "orthanc", "--port", "4242", "--ae-title", "ORTHANC")  # fmt: skip
+        stack.run("up", "--detach", "--no-deps", "dicom-listen")
+        wait_for(lambda: _answers(orthanc, "/system"), 120, interval_s=0.5)
+        # Orthanc -> dicom-listen by C-ECHO: the listener is up with its AE titles.
+        wait_for(lambda: _answers(orthanc, "/modalities/covidct/echo", {}), 180, interval_s=1)
+    with stack.phase("pacs: P002 stored in Orthanc"):
+        for _name, data in pacs_series(covid_series):
+            assert orthanc.post("/instances", content=data).status_code == 200
+        (study_id,) = orthanc.get("/studies").json()
+        (series_id,) = orthanc.get(f"/studies/{study_id}").json()["Series"]
+    with stack.phase("pacs: Orthanc C-STORE to dicom-listen"):
+        sent = orthanc.post(
+            "/modalities/covidct/store",
+            json={"Resources": [series_id], "Synchronous": True},
+            timeout=300,
+        )
+        assert sent.status_code == 200, sent.text
+        assert sent.json()["FailedInstancesCount"] == 0, sent.json()
+    client = ApiClient(url, tenant["api_key"])
+    with stack.phase("pacs: series to job to verdict"):
+        jobs = wait_for(lambda: client.http.get("/v1/jobs").json()["items"], 240, interval_s=1)
+        assert len(jobs) == 1, jobs
+        final = client.wait(jobs[0]["id"], timeout_s=JOB_TIMEOUT_S)
+    assert final["status"] == "succeeded", final
+    assert final["result"]["label"] == floor["label"]
+
+    def delivered() -> dict[str, Any] | None:
+        job = dict(client.get_job(final["id"]))
+        states = {d["destination"]: d["status"] for d in job["deliveries"]}
+        return job if states == {"orthanc": "delivered"} else None
+
+    with stack.phase("pacs: SR and SEG delivered to Orthanc"):
+        job = wait_for(delivered, 180, interval_s=1)
+    series = orthanc.get(f"/studies/{study_id}/series").json()
+    by_modality = {s["MainDicomTags"]["Modality"]: s for s in series}
+    assert set(by_modality) == {"CT", "SR", "SEG"}, by_modality
+    uids = {}
+    for modality in ("SR", "SEG"):
+        (instance,) = by_modality[modality]["Instances"]
+        tags = orthanc.get(f"/instances/{instance}/simplified-tags").json()
+        uids[modality.lower()] = tags["SOPInstanceUID"]
+        assert tags["StudyInstanceUID"] == job["study"]["study_instance_uid"]
+    assert uids == {k: job["deliveries"][0]["sent"][k] for k in ("sr", "seg")}
+    orthanc.close()
+    p_covid = final["result"]["probabilities"]["COVID"]
+    log(f"pacs job {final['id']}: {final['result']['label']} P(COVID) {p_covid:.4f}; SR and SEG "
+        f"in Orthanc's study {study_id}")  # fmt: skip
+
+
+def _answers(http: httpx.Client, path: str, post: dict[str, Any] | None = None) -> bool:
+    """GET path (POST the JSON ``post`` when given) answers 200; not yet listening: False."""
+    try:
+        response = http.get(path) if post is None else http.post(path, json=post)
+        return response.status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def test_compose_stack_end_to_end(

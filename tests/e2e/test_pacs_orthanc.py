@@ -34,8 +34,8 @@ from harness.stacks import create_tenant, running_stack, wait_for
 from services.cli.client import ApiClient
 from services.cli.runtime import Stack, free_port
 from services.common.config import Settings
-from tests.service.test_dicom_results import pacs_series
 from tests.service.test_result_destinations import StoreScp
+from tests.support.pacs import pacs_series
 
 pytestmark = [pytest.mark.data, pytest.mark.filterwarnings("ignore:Invalid value for VR UI")]
 

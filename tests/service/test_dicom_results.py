@@ -10,7 +10,6 @@ import io
 import os
 import shutil
 import subprocess
-import uuid
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,6 @@ import pytest
 from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.bundle import Bundle
-from pydicom.uid import generate_uid
 
 from services.asgi import create_app
 from services.celery import TASK_MODULES
@@ -35,6 +33,7 @@ from services.common.orm import Job
 from services.common.queue import celery_app
 from services.common.results.dicom_source import derived_uid
 from services.common.results.dicom_sr import SCHEME
+from tests.support.pacs import pacs_series
 from tests.support.service import auth, make_tenant, new_job, serving, upload_study
 
 for _module in TASK_MODULES:
@@ -67,28 +66,6 @@ def dciodvfy_errors(data: bytes, tmp_path: Path) -> list[str]:
     run = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=120)
     lines = (run.stdout + run.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]
-
-
-def _uid(value: str) -> str:
-    """A DICOM UID for an anonymiser's UUID (2.25.<its integer>, PS3.5 B.2)."""
-    return f"2.25.{uuid.UUID(value).int}"
-
-
-def pacs_series(series: Path) -> list[tuple[str, bytes]]:
-    """P002 as a PACS sends it: the published set's anonymiser removed SOPInstanceUID and
-    wrote UUIDs as Study/Series UIDs (not DICOM UIDs); a PACS's copy has valid ones. Pixel data
-    is copied as it is (JPEG Lossless)."""
-    out = []
-    for f in sorted(series.iterdir()):
-        ds = pydicom.dcmread(f)
-        ds.StudyInstanceUID = _uid(ds.StudyInstanceUID)
-        ds.SeriesInstanceUID = _uid(ds.SeriesInstanceUID)
-        ds.SOPInstanceUID = generate_uid(entropy_srcs=["P002", f.name])
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        out.append((f.name, buffer.getvalue()))
-    return out
 
 
 def _zip_series(files: list[tuple[str, bytes]]) -> bytes:

@@ -44,7 +44,8 @@ from services.common.orm import (
 from services.common.queue import celery_app
 from services.common.tenants import tenant_by_name
 from services.webhooks.destinations import deliver_results
-from tests.service.test_dicom_results import _zip_series, pacs_series
+from tests.service.test_dicom_results import _zip_series
+from tests.support.pacs import pacs_series
 from tests.support.service import auth, make_tenant, upload_study
 
 for _module in TASK_MODULES:
