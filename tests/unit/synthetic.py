@@ -33,7 +33,7 @@ def chest_phantom(
         lungs = right_lung | left_lung
         img[lungs] = -850
         for _ in range(12):  # vessels: small round dense dots
-            y, x = rng.integers(70 * s, 185 * s), rng.integers(50 * s, 206 * s)
+            y, x = rng.integers(int(70 * s), int(185 * s)), rng.integers(int(50 * s), int(206 * s))
             if lungs[y, x]:
                 cv2.circle(img, (int(x), int(y)), max(1, int(2 * s)), 30, -1)
         img[_ellipse((size, size), 200 * s, 128 * s, 14 * s, 14 * s)] = 700  # spine
@@ -82,6 +82,6 @@ def chest_radiograph(size: int = 512) -> NDArray[np.uint8]:
                         360 if sign > 0 else 180, 140, max(2, int(12 * s)))  # fmt: skip
     cv2.line(img, (int(60 * s), int(70 * s)), (int(250 * s), int(100 * s)), 200, int(14 * s))
     cv2.line(img, (int(452 * s), int(70 * s)), (int(262 * s), int(100 * s)), 200, int(14 * s))
-    img = cv2.GaussianBlur(img, (0, 0), 3 * s)
+    img = np.asarray(cv2.GaussianBlur(img, (0, 0), 3 * s), np.float64)
     img += np.random.default_rng(0).normal(0, 3, img.shape)
     return np.clip(img, 0, 255).astype(np.uint8)
