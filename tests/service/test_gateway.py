@@ -93,7 +93,8 @@ def test_create_and_get_job(client: TestClient, alice: dict[str, str]) -> None:
     got = client.get(f"/v1/jobs/{created['id']}", headers=auth(alice))
     assert got.status_code == 200
     body = got.json()
-    assert set(body) == JOB_KEYS
+    assert set(body) == JOB_KEYS | {"deliveries"}  # to result destinations
+    assert body["deliveries"] == []  # the tenant has none
     assert body["external_id"] == "acc-1"
     assert body["error"] is None and body["result"] is None
 
