@@ -109,6 +109,7 @@ def _env_file(path: Path) -> Path:
     path.write_text(
         f"POSTGRES_PASSWORD={secrets.token_hex(16)}\nREDIS_PASSWORD={secrets.token_hex(16)}\n"
         f'COVIDCT_SECRET_KEYS=["{key}"]\nCOVIDCT_IMAGE_TAG={TAG}\n'
+        f"S3_SECRET_KEY={secrets.token_hex(16)}\n"
     )
     return path
 
