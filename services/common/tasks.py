@@ -347,84 +347,62 @@ def publish_due_destination(delivery_id: str) -> bool:
     return _publish_due(DestinationDelivery, delivery_id, send_destination_delivery)
 
 
-def send_pending_destinations(job_id: str) -> None:
-    """After the commit that recorded a job's result deliveries: send them (or leave them
-    to the sweep)."""
+def _send_pending(model: Outbox, job_id: str, publish: Callable[[str], bool]) -> None:
+    """After the commit that recorded a job's deliveries: send them (or leave them to the
+    sweep)."""
     with session_scope() as session:
         deliveries = list(
             session.scalars(
-                select(DestinationDelivery.id).where(
-                    DestinationDelivery.job_id == job_id, DestinationDelivery.status == "pending"
-                )
+                select(model.id).where(model.job_id == job_id, model.status == "pending")
             )
         )
     for delivery_id in deliveries:
         with contextlib.suppress(Exception):  # logged; it stays due
-            publish_due_destination(delivery_id)
+            publish(delivery_id)
 
 
-def dispatch_due_destinations(limit: int = SWEEP_BATCH) -> list[str]:
-    """Send every pending result delivery whose (next) attempt is due (as callbacks)."""
+def _dispatch_due(model: Outbox, publish: Callable[[str], bool], limit: int) -> list[str]:
+    """Send every pending delivery whose (next) attempt is due, oldest first; stop at the
+    first publish that fails (the broker is down: the next sweep tries again)."""
     with session_scope() as session:
         due = list(
             session.scalars(
-                select(DestinationDelivery.id)
-                .where(
-                    DestinationDelivery.status == "pending",
-                    DestinationDelivery.next_attempt_at <= utcnow(),
-                )
-                .order_by(DestinationDelivery.next_attempt_at)
+                select(model.id)
+                .where(model.status == "pending", model.next_attempt_at <= utcnow())
+                .order_by(model.next_attempt_at)
                 .limit(limit)
             )
         )
     sent = []
     for delivery_id in due:
         try:
-            if publish_due_destination(delivery_id):
+            if publish(delivery_id):
                 sent.append(delivery_id)
         except Exception:
             break
     return sent
 
 
+def send_pending_destinations(job_id: str) -> None:
+    """After the commit that recorded a job's result deliveries: send them."""
+    _send_pending(DestinationDelivery, job_id, publish_due_destination)
+
+
+def dispatch_due_destinations(limit: int = SWEEP_BATCH) -> list[str]:
+    """Send every pending result delivery whose (next) attempt is due (as callbacks)."""
+    return _dispatch_due(DestinationDelivery, publish_due_destination, limit)
+
+
 def send_pending_webhooks(job_id: str) -> None:
     """After the commit that recorded a job's callback: send it (or leave it to the sweep)."""
-    with session_scope() as session:
-        deliveries = list(
-            session.scalars(
-                select(WebhookDelivery.id).where(
-                    WebhookDelivery.job_id == job_id, WebhookDelivery.status == "pending"
-                )
-            )
-        )
-    for delivery_id in deliveries:
-        with contextlib.suppress(Exception):  # logged; it stays due
-            publish_due_webhook(delivery_id)
+    _send_pending(WebhookDelivery, job_id, publish_due_webhook)
 
 
 def dispatch_due_webhooks(limit: int = SWEEP_BATCH) -> list[str]:
     """Send every pending callback whose (next) attempt is due: first attempts whose
     publish failed, and retries, which wait here and not in the broker, so a retry is not
     held until the visibility timeout when the worker that scheduled it dies."""
-    with session_scope() as session:
-        due = list(
-            session.scalars(
-                select(WebhookDelivery.id)
-                .where(
-                    WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= utcnow()
-                )
-                .order_by(WebhookDelivery.next_attempt_at)
-                .limit(limit)
-            )
-        )
-    sent = []
-    for delivery_id in due:
-        try:
-            if publish_due_webhook(delivery_id):
-                sent.append(delivery_id)
-        except Exception:
-            break
-    return sent
+    return _dispatch_due(WebhookDelivery, publish_due_webhook, limit)
 
 
 def sweep() -> dict[str, list[str]]:
