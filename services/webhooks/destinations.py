@@ -105,34 +105,29 @@ def stow_body(objects: list[bytes]) -> tuple[bytes, str]:
 
 
 def stow(url: str, objects: list[bytes], settings: Settings) -> Outcome:
-    studies = f"{url.rstrip('/')}/studies"
-    deadline = time.monotonic() + settings.destination_timeout_s
-    try:
-        target, addresses = vet_callback_url(studies, settings, resolve_host)
-    except CallbackRefused as exc:
-        return Outcome(f"refused: {exc.reason}", final=True)
-    except OSError as exc:
-        return Outcome(f"DNS: {exc}")
     body, content_type = stow_body(objects)
     headers = {"content-type": content_type, "accept": "application/dicom+json"}
-    try:
-        with httpx.Client(
-            transport=PinnedTransport(target, addresses, deadline),
-            follow_redirects=False,
-            trust_env=False,
-            timeout=settings.destination_timeout_s,
-        ) as client:
-            response = client.post(studies, content=body, headers=headers)
-    except httpx.HTTPError as exc:
-        return Outcome(f"{type(exc).__name__}: {exc}")
-    if response.status_code != 200:  # 202: some instances failed; 409: all did
-        return Outcome(f"STOW-RS HTTP {response.status_code}: {response.text[:300]}")
-    return Outcome(None)
+    # 202: some instances failed; 409: all did.
+    return _post(f"{url.rstrip('/')}/studies", body, headers, settings, "STOW-RS", (200,))
 
 
 def post_fhir(url: str, bundle: dict[str, Any], settings: Settings) -> Outcome:
     """The transaction Bundle POSTed to the FHIR server's base (resources PUT at fixed ids:
     a second delivery updates them)."""
+    headers = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
+    return _post(url, json.dumps(bundle).encode(), headers, settings, "FHIR", (200, 201))
+
+
+def _post(
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    settings: Settings,
+    what: str,
+    accepted: tuple[int, ...],
+) -> Outcome:
+    """One POST to the vetted addresses of ``url`` (as callbacks: no redirects, no proxy);
+    a refused URL is final, anything else is retried."""
     deadline = time.monotonic() + settings.destination_timeout_s
     try:
         target, addresses = vet_callback_url(url, settings, resolve_host)
@@ -140,7 +135,6 @@ def post_fhir(url: str, bundle: dict[str, Any], settings: Settings) -> Outcome:
         return Outcome(f"refused: {exc.reason}", final=True)
     except OSError as exc:
         return Outcome(f"DNS: {exc}")
-    headers = {"content-type": "application/fhir+json", "accept": "application/fhir+json"}
     try:
         with httpx.Client(
             transport=PinnedTransport(target, addresses, deadline),
@@ -148,11 +142,11 @@ def post_fhir(url: str, bundle: dict[str, Any], settings: Settings) -> Outcome:
             trust_env=False,
             timeout=settings.destination_timeout_s,
         ) as client:
-            response = client.post(url, content=json.dumps(bundle).encode(), headers=headers)
+            response = client.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         return Outcome(f"{type(exc).__name__}: {exc}")
-    if response.status_code not in (200, 201):
-        return Outcome(f"FHIR HTTP {response.status_code}: {response.text[:300]}")
+    if response.status_code not in accepted:
+        return Outcome(f"{what} HTTP {response.status_code}: {response.text[:300]}")
     return Outcome(None)
 
 
