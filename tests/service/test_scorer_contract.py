@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import ast
 import io
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from services.cli.runtime import free_port
 from services.common.config import Settings
 from services.inference.handler import encode_slices
 from services.inference.probe import scorer_reachable
 from services.inference.scorer import ScorerUnavailable, make_scorer
 from services.inference.stage import score_slices
+from tests.support.service import serving
 
 SERVICES = Path(__file__).resolve().parents[2] / "services"
 MODEL = "slice-cnn"
@@ -77,29 +75,11 @@ class PlainScorer:
         return app
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def plain() -> Iterator[tuple[PlainScorer, str]]:
     scorer = PlainScorer()
-    port = _free_port()
-    config = uvicorn.Config(scorer.app(), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "the plain scorer did not start"
-        time.sleep(0.05)
-    try:
-        yield scorer, f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(scorer.app()) as url:
+        yield scorer, url
 
 
 def _settings(tmp_path: Path, url: str) -> Settings:
@@ -147,7 +127,7 @@ def test_contract_errors_map_to_the_worker_s_two_failures(
     server.drop_a_row, server.failure = False, 503
     with pytest.raises(ScorerUnavailable, match="503"):
         scorer.score(np.zeros((1, SIZE, SIZE), np.uint8))
-    gone = make_scorer(_settings(tmp_path, f"http://127.0.0.1:{_free_port()}"))
+    gone = make_scorer(_settings(tmp_path, f"http://127.0.0.1:{free_port()}"))
     assert not gone.ready()
     with pytest.raises(ScorerUnavailable):
         gone.score(np.zeros((1, SIZE, SIZE), np.uint8))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 import time
 import uuid
 import zipfile
@@ -16,19 +15,17 @@ from typing import Any
 import httpx
 import pydicom
 import pytest
-import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from fastapi.testclient import TestClient
 from pydicom.uid import generate_uid
 
 from services.asgi import create_app
-from services.cli.runtime import free_port
 from services.common.config import Settings
 from services.common.db import session_scope
 from services.common.orm import Job
 from services.common.storage import make_storage
 from tests.support.dicom_instances import ct_instance, ct_series, mr_instance, part10
-from tests.support.service import auth, creation_record, make_tenant
+from tests.support.service import auth, creation_record, make_tenant, serving
 
 MAX_BYTES = 2_000_000
 BOUNDARY = "stow-test-boundary"
@@ -49,21 +46,8 @@ def client(settings: Settings, started: list[str]) -> Iterator[TestClient]:
 @pytest.fixture
 def served(settings: Settings, started: list[str]) -> Iterator[str]:
     """The app on a real socket (127.0.0.1), for a client library that speaks HTTP."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=20)
+    with serving(create_app()) as url:
+        yield url
 
 
 def multipart(*parts: bytes, media: str = "application/dicom") -> bytes:
