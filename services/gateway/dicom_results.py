@@ -84,6 +84,15 @@ def seg_object(key: Any, job_id: str) -> Dataset:
         raise ApiError(409, error.code, str(error)) from None
 
 
+def result_objects(key: Any, job_id: str) -> tuple[Dataset, Dataset | None]:
+    """The job's SR and, when it has one, its SEG, from one load (the masks read once);
+    ApiError 404 / 409 as ``sr_object``."""
+    material = _load(key, job_id)
+    masks, _why = seg_masks(job_id, material)
+    seg = None if masks is None else seg_dataset(job_id, material, masks)
+    return sr_dataset(job_id, material, masks), seg
+
+
 @router.get("/{job_id}/dicom/sr", response_class=Response, responses=DICOM)
 def get_dicom_sr(job_id: JobId, key: ApiKeyDep) -> Response:
     """The verdict as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report) in the

@@ -38,6 +38,7 @@ from services.gateway.dicom_results import (
     NO_STORE,
     objects_available,
     part10,
+    result_objects,
     seg_object,
     sr_object,
 )
@@ -242,13 +243,20 @@ def retrieve_result_study(study: Uid, request: Request, key: ApiKeyDep) -> Respo
     candidates = _result_series(key, study)  # authenticates first: 401 before 406
     _refuse_unacceptable(request)
     objects = []
+    made: dict[str, tuple[Any, Any] | None] = {}  # job id -> (SR, SEG or None), one load each
     for found in candidates:
         key.job_id = found.job_id  # each job's objects: a view of it in the audit trail
-        try:
-            objects.append((sr_object if found.modality == "SR" else seg_object)(key, found.job_id))
-        except ApiError as error:
-            if error.status_code != 409:
-                raise  # 409: not made for this job (not DICOM, no masks)
+        if found.job_id not in made:
+            try:
+                made[found.job_id] = result_objects(key, found.job_id)
+            except ApiError as error:
+                if error.status_code != 409:
+                    raise
+                made[found.job_id] = None  # 409: not made for this job (not DICOM)
+        pair = made[found.job_id]
+        data = None if pair is None else pair[0] if found.modality == "SR" else pair[1]
+        if data is not None:  # no SEG without masks
+            objects.append(data)
     if not objects:
         raise ApiError(404, "study_not_found", f"no results of ours in study {study}")
     return _multipart(*objects)
