@@ -11,7 +11,9 @@ in −700…+100, the ``lung_features`` ranges, with no structure removal).
   measured vs inserted volume (measured = segmented voxels within 4 voxels of that lesion),
   false-positive volume away from the lesions (% of lung); plus the untouched normal001.
 * ``real``: COVID-CT-MD: per-slice lesion share (lesion / lung voxels); AUC of P002's
-  infected slices vs every slice of cap002 and normal001, overall and per band, bootstrap CIs
+  infected slices vs every slice of normal001 (lesion detection: ``infected_vs_normal``) and
+  vs every slice of cap002 and normal001 (COVID specificity, as the slice CNN is scored; cap002's
+  pneumonia counts against), overall and per band, bootstrap CIs
   (:func:`services.training.realct_eval.ctmd_report`); per-series opacity %.
 * ``masks2d``: lesion-masks-2d (8-bit): grey → pseudo-HU (air −1000, tissue +40, as
   ``slice_lesion``), pixel size from the body width, the segmenter on a thin volume
@@ -37,6 +39,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
+from sklearn.metrics import roc_auc_score
 
 from services.common.config import get_settings
 from services.preprocess.lesions import LesionConfig, LesionMasks, default_config, segment_lesions
@@ -233,9 +236,31 @@ def run_real(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
         print(name, series[name], flush=True)
     return {
         "per_series": series,
+        # Lesion detection: P002's infected slices against a patient without lung disease.
+        "infected_vs_normal_slice_auc": {
+            k: ctmd_report({n: v[n] for n in v if v[n][0] != "CAP"}, 0.01)
+            for k, v in scores.items()
+        },
+        # COVID specificity as the slice CNN is scored: cap002's slices (its pneumonia
+        # included, labelled or not) are negatives too.
         "infected_slice_auc": {k: ctmd_report(v, 0.01) for k, v in scores.items()},
+        "within_p002_auc": {k: _within_covid_auc(v) for k, v in scores.items()},
         "fitting": "nothing fitted on these series (constants set on phantoms)",
     }
+
+
+def _within_covid_auc(scores: dict[str, list[Any]]) -> float | None:
+    """AUC of the COVID series' labelled infected slices against its own unlabelled ones.
+
+    Not a target: the labels are incomplete (P002's unlabelled slice 55, between the labelled
+    runs 24-47 and 66-109, shows ground glass in the left lower lobe), so this ranks lesions
+    against lesions; reported for completeness.
+    """
+    for diagnosis, share, _rank, infected in scores.values():
+        flags = np.asarray(infected, bool)
+        if diagnosis == "COVID" and flags.any() and (~flags).any():
+            return round(float(roc_auc_score(flags.astype(int), np.asarray(share))), 4)
+    return None
 
 
 TISSUE_HU = 40  # soft tissue: the ring that closes a cropped slice and its dark padding

@@ -151,3 +151,33 @@ def test_in_plane_vessel_of_thick_slices_is_not_a_lesion() -> None:
     hu = np.where(vessel, (hu.astype(np.float32) * 2 + 40) / 3, hu).astype(np.int16)
     cfg = default_config()
     assert (segment_lesions(hu, thick, config=cfg).lesion & vessel).sum() <= 0.1 * vessel.sum()
+
+
+def test_partial_volume_cap_of_the_diaphragm_dome_is_not_a_lesion() -> None:
+    hu, truth = _chest(7)
+    thick = (5.0, SPACING[1], SPACING[2])
+    k = 12
+    lung_cols = np.nonzero(truth[k])[1]
+    rows, cols = np.nonzero(truth[k] & (np.arange(hu.shape[2]) < np.median(lung_cols))[None, :])
+    centre = (int(rows.mean()), int(cols.mean()))
+    yy, xx = np.mgrid[: hu.shape[1], : hu.shape[2]]
+    disc = ((yy - centre[0]) * thick[1]) ** 2 + ((xx - centre[1]) * thick[2]) ** 2 <= 20.0**2
+    dome = np.zeros(hu.shape, bool)
+    dome[:k] = disc & truth[:k]  # liver under the dome: tissue from the base up to slice k - 1
+    cap = np.zeros(hu.shape, bool)
+    # Slice k cuts the dome's top: a third of it tissue, the rest lung (ground-glass density,
+    # still below the lung threshold).
+    cap[k] = disc & truth[k]
+    domed = np.where(dome, 40, hu)
+    domed = np.where(cap, (2 * hu.astype(np.float32) + 40) / 3, domed).astype(np.int16)
+    cfg = default_config()
+    assert (segment_lesions(domed, thick, config=cfg).lesion & cap).sum() <= 0.1 * cap.sum()
+    # Without the rule the cap is read as a ground-glass opacity.
+    off = LesionConfig.from_mapping({**cfg.to_mapping(), "cap_support": 1.01})
+    assert (segment_lesions(domed, thick, config=off).lesion & cap).sum() >= 0.5 * cap.sum()
+    # An opacity two slices thick on the dome has lung above half of it: kept.
+    two = cap.copy()
+    two[k + 1] = disc & truth[k + 1]
+    lesion = np.where(two, (2 * hu.astype(np.float32) + 40) / 3, np.where(dome, 40, hu))
+    masks = segment_lesions(lesion.astype(np.int16), thick, config=cfg)
+    assert (masks.lesion & two).sum() >= 0.5 * two.sum()
