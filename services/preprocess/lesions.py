@@ -27,9 +27,9 @@ fissures and the partial-volume rims of all three fall in the −700…+100 HU r
    dense (≥ ``tube_min_hu``) is a tube; the tube grown by ``rim_mm`` within candidate density
    is its partial-volume rim. Both are removed.
 5. **Thin structures** (fissures, small vessels, airway walls, the partial-volume shell along
-   the pleura and the mediastinum): morphological opening of what is left with a ball of
-   radius ``open_mm`` (exact, via distance transforms, with the voxel spacing): anything
-   thinner than 2 × ``open_mm`` in every direction cannot hold the ball and vanishes.
+   the pleura and the mediastinum): morphological opening of what is left with an ellipsoid
+   of radius ``open_mm`` in-plane and ``open_z_mm`` along z (with the voxel spacing): anything
+   thinner than 2 × ``open_mm`` in-plane cannot hold it and vanishes.
    On slices ``line_min_slice_mm`` or thicker, vessels running in the slice plane are thin
    bright lines too short along z for the 3-D test: an in-plane (2-D) ridge test removes them.
 6. **Components** smaller than ``min_lesion_ml`` are dropped (noise, residual vessel stubs).
@@ -37,12 +37,15 @@ fissures and the partial-volume rims of all three fall in the −700…+100 HU r
    lungs are the mediastinum (with the hilar vessels outside the lung mask). Lung within
    ``shell_mm`` of it (its partial-volume shell) seeds no lesion; in the hilar levels a seed
    within ``hilum_mm`` of it is kept only if its component extends peripherally (holds at
-   least ``min_lesion_ml`` beyond ``hilum_mm``): the hilar vessels fan out there, thick and
-   branching, with no clean tube for the Hessian.
+   least ``hilum_extension_ml`` beyond ``hilum_mm``, summed over its pieces): the hilar
+   vessels fan out there, thick and branching, with no clean tube for the Hessian.
+   **Caps**: a seed no thicker than ``cap_mm`` (or one slice) with non-lung tissue directly
+   below or above most of it is the partial volume of a curved surface cut by the slice (the
+   diaphragm's dome, the heart, a hilar vessel), not an opacity.
 7. **Holes put back**: vessels and septa running *through* an opacity belong to it (a
-   radiologist's mask includes them): voxels removed in steps 4–5 that a closing of radius
-   ``grow_mm`` of a lesion seed (down to ``pv_margin_hu`` below the GGO range: the partial-volume
-   border) are lesion again, with the class of the nearest seed.
+   radiologist's mask includes them): voxels removed in steps 4–5 within ``grow_mm`` of a
+   lesion seed, in the opacity ranges down to ``pv_margin_hu`` below the GGO range (the
+   partial-volume border), are lesion again, with the class of the nearest seed.
 
 Class: GGO where the smoothed HU is below ``consolidation_hu[0]``, consolidation otherwise.
 The masks are brought back to the input grid by repeating the working voxels.

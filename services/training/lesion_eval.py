@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 import time
 from pathlib import Path
@@ -364,6 +365,17 @@ def run_masks2d(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
     }
 
 
+def with_overrides(config: LesionConfig, assignments: list[str]) -> LesionConfig:
+    """``config`` with ``KEY=JSON`` assignments applied (unknown keys are an error)."""
+    values = config.to_mapping()
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep:
+            raise SystemExit(f"--set wants KEY=VALUE, got {assignment!r}")
+        values[key] = json.loads(raw)
+    return LesionConfig.from_mapping(values)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("phantoms", "real", "masks2d"))
@@ -371,8 +383,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("cache/lesion_phantoms"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="override a lesion config value for an ablation, e.g. --set cap_support=1.01",
+    )
     args = parser.parse_args(argv)
-    config = default_config()
+    config = with_overrides(default_config(), args.set)
     started = time.perf_counter()
     if args.what == "phantoms":
         report = run_phantoms(args.data_dir, args.work_dir, config, args.seed)

@@ -7,7 +7,12 @@ import pytest
 from numpy.typing import NDArray
 
 from services.preprocess.lesions import default_config, segment_lesions
-from services.training.lesion_eval import TISSUE_HU, masks2d_config, slice_volume
+from services.training.lesion_eval import (
+    TISSUE_HU,
+    masks2d_config,
+    slice_volume,
+    with_overrides,
+)
 from tests.unit.synthetic import chest_phantom
 
 PX = 1.25
@@ -57,3 +62,19 @@ def test_cropped_lungs_are_found_only_in_the_thin_volume() -> None:
     found = masks.lesion[mid][crop]
     dice = 2.0 * float((found & ggo).sum()) / float(found.sum() + ggo.sum())
     assert dice >= 0.7
+
+
+def test_ablation_overrides_change_only_the_named_values() -> None:
+    base = default_config()
+    changed = with_overrides(base, ["cap_support=1.01", "tube_sigmas_mm=[1.5, 3.0]"])
+    assert changed.cap_support == 1.01 and changed.tube_sigmas_mm == (1.5, 3.0)
+    assert (
+        changed.to_mapping()
+        | {"cap_support": base.cap_support}
+        | {"tube_sigmas_mm": list(base.tube_sigmas_mm)}
+        == base.to_mapping()
+    )
+    with pytest.raises(ValueError, match="unknown"):
+        with_overrides(base, ["no_such_key=1"])
+    with pytest.raises(SystemExit):
+        with_overrides(base, ["cap_support"])
