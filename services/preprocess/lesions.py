@@ -152,8 +152,8 @@ class LesionConfig:
     # Hilum: the hilar vessels and bronchi fan out of the mediastinum over the first 1-2 cm,
     # thick and branching (no clean tube for the Hessian). An opacity whose seed lies within
     # hilum_mm of the mediastinum, in the hilar levels, is a lesion only if it extends
-    # peripherally: its part beyond hilum_mm holds at least min_lesion_ml (not re-opened: the
-    # outer part of a hilar GGO is thin, and with the opening the 1 mm soft phantom lost it).
+    # peripherally: its part beyond hilum_mm holds at least hilum_extension_ml (not re-opened:
+    # the outer part of a hilar GGO is thin, and with the opening the 1 mm soft phantom lost it).
     hilum_mm: float = 10.0
     # ... "extends peripherally": its voxels beyond hilum_mm hold at least this much in all
     # (summed over the pieces the cut-off makes; v1.2 asked it of one piece and lost the 1 mm
@@ -330,7 +330,9 @@ def _ball(
     radii = (radius_mm if z_radius_mm is None else z_radius_mm, radius_mm, radius_mm)
     r = [max(0, int(np.floor(a / s))) for a, s in zip(radii, spacing, strict=True)]
     grids = np.ogrid[-r[0] : r[0] + 1, -r[1] : r[1] + 1, -r[2] : r[2] + 1]
-    dist2 = sum((g * s / a) ** 2 for g, s, a in zip(grids, spacing, radii, strict=True))
+    # An axis of radius 0 is one voxel thick (a disc): it adds nothing to the distance.
+    axes = zip(grids, spacing, radii, strict=True)
+    dist2 = sum((g * s / a) ** 2 if a > 0 else 0.0 * g for g, s, a in axes)
     return np.asarray(dist2 <= 1.0 + 1e-6)
 
 
