@@ -1,0 +1,1 @@
+"""Experiments of the training room (not shipped; results go into model cards)."""
