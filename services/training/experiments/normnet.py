@@ -707,7 +707,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("what", choices=("train", "phantoms", "real"))
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--weights", type=Path, default=CACHE / "normnet.pt")
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="train: written (default cache/normnet/normnet.pt); phantoms/real: read "
+        "(default: the committed services/training/experiments/normnet_weights.pt)",
+    )
     parser.add_argument("--minutes", type=float, default=14.0)
     parser.add_argument("--thicknesses", type=float, nargs="+", default=[2.5, 5.0])
     parser.add_argument("--seed", type=int, default=0)
@@ -716,6 +722,8 @@ def main(argv: list[str] | None = None) -> None:
     from services.training.metrics import print_and_save
 
     started = time.perf_counter()
+    if args.weights is None:
+        args.weights = CACHE / "normnet.pt" if args.what == "train" else WEIGHTS
     if args.what == "train":
         report = train(args.data_dir, args.minutes, args.weights, args.seed)
     elif args.what == "phantoms":
