@@ -68,3 +68,15 @@ def test_min_component_and_normal_slices() -> None:
     rank = np.array([3, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10])
     ok = normal_slices(rank, {5}, margin=3)
     assert ok.tolist() == [False, True, True, False, False, False, False, False, False, True, True]
+
+
+def test_committed_weights_load_and_predict_a_volume() -> None:
+    from services.training.experiments.normnet import WEIGHTS, load_model, predict_volume
+
+    assert WEIGHTS.stat().st_size < 2_000_000
+    model = load_model(WEIGHTS)
+    hu, lung, _ = _lung_volume()
+    prob = predict_volume(model, hu, lung)
+    assert prob.shape == hu.shape
+    assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+    assert not prob[~lung].any()
