@@ -684,6 +684,10 @@ def run_real(data_dir: Path, weights: Path) -> dict[str, Any]:
         "excluding_training_slices": {},
     }
     for key in keys:
+        # lesion detection (as lesion_eval real): P002's infected slices vs normal001 only
+        out.setdefault("infected_vs_normal_slice_auc", {})[key] = ctmd_report(
+            {n: v[:4] for n, v in scores[key].items() if v[0] != "CAP"}, 0.01
+        )
         out["infected_slice_auc"][key] = ctmd_report(
             {n: v[:4] for n, v in scores[key].items()}, 0.01
         )
