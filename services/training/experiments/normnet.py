@@ -125,13 +125,10 @@ def load_series(data_dir: Path, name: str) -> dict[str, Any]:
 
 
 def infected_ranks(data_dir: Path) -> dict[str, set[int]]:
-    with (data_dir / "covid-ct-md" / "infected_slices.csv").open(newline="") as handle:
-        return {
-            row["study"]: {
-                int(i) for i in row["infected_slice_indices_sorted_by_slice_location"].split()
-            }
-            for row in csv.DictReader(handle)
-        }
+    """COVID-CT-MD's infected slice ranks per series (the project's reader of the CSV)."""
+    from services.training.realct_eval import _infected
+
+    return _infected(data_dir / "covid-ct-md")
 
 
 def normal_slices(
