@@ -118,11 +118,14 @@ def test_up_restarts_a_killed_worker_and_redis_and_the_job_still_succeeds(
 ) -> None:
     """Supervision: SIGKILL of the Celery main process mid-job and of Redis; `covidct up`
     starts each again, and the job left running is sent again by the recovery sweeper
-    once its stage's lease goes stale (`JOB_LEASE_S`)."""
+    once its stage's lease goes stale (`JOB_LEASE_S`). The kill may also land between the
+    stage boundary and the next stage's claim (the step's message sent, not yet claimed,
+    and lost with Redis or held unacked by the dead worker): then the step is sent again
+    after `STEP_REDISPATCH_S`, shortened here from 300 s so either path fits the wait."""
     from services.cli.client import ApiClient, UploadState, submit
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("COVIDCT_")}
-    env.update(COVIDCT_VAR_DIR=str(tmp_path / "var"))
+    env.update(COVIDCT_VAR_DIR=str(tmp_path / "var"), COVIDCT_STEP_REDISPATCH_S="60")
     port = free_port()
     server = f"http://127.0.0.1:{port}"
     up = subprocess.Popen(
