@@ -45,7 +45,10 @@ fissures and the partial-volume rims of all three fall in the −700…+100 HU r
 7. **Holes put back**: vessels and septa running *through* an opacity belong to it (a
    radiologist's mask includes them): voxels removed in steps 4–5 within ``grow_mm`` of a
    lesion seed, in the opacity ranges down to ``pv_margin_hu`` below the GGO range (the
-   partial-volume border), are lesion again, with the class of the nearest seed.
+   partial-volume border), are lesion again, with the class of the nearest seed. A
+   ground-glass seed grows only down to its half-maximum surface: half-way between its
+   median HU and the aerated lung around it (``half_max_growth``; a denser GGO's border
+   lies higher than a faint one's).
 
 Class: GGO where the smoothed HU is below ``consolidation_hu[0]``, consolidation otherwise.
 The masks are brought back to the input grid by repeating the working voxels.
@@ -187,7 +190,7 @@ class LesionConfig:
     # lung below the GGO range, farther than half_max_gap_mm from any seed: the opacity's own
     # blurred border would pull it up), never below ggo_hu[0] - pv_margin_hu. The fixed floor
     # over-measured dense GGO (hilar, fissure: +10..+22 % on phantom seeds 1-2). Phantom seeds
-    # 0-4: Dice +0.008..+0.015 on each of the 30 acquisitions, 100 -> 103 of 150 lesions within
+    # 0-4: Dice +0.005..+0.015 on each of the 30 acquisitions, 100 -> 103 of 150 lesions within
     # 15 %; crazy paving, whose septa raise its median, is measured 4-8 points lower.
     half_max_growth: bool = True
     half_max_bg_mm: float = 10.0
