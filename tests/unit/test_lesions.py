@@ -234,9 +234,7 @@ def test_half_max_floor_per_component() -> None:
     assert np.allclose(floors, base)
 
 
-def _distance(
-    mask: NDArray[np.bool_], spacing: tuple[float, float, float]
-) -> NDArray[np.float64]:
+def _distance(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> NDArray[np.float64]:
     from scipy import ndimage
 
     return np.asarray(ndimage.distance_transform_edt(~mask, sampling=spacing))
