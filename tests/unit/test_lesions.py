@@ -230,7 +230,8 @@ def test_half_max_floor_per_component() -> None:
     assert floors[ggo_label] == pytest.approx(-690.0, abs=5.0)
     assert floors[cons_label] == pytest.approx(base)
     # No aerated lung around (all dense): no estimate, the base floor.
-    _labels, floors = _half_max_floors(seeds, distance, smooth, ~seeds & False, spacing, cfg)
+    nowhere = np.zeros(shape, bool)
+    _labels, floors = _half_max_floors(seeds, distance, smooth, nowhere, spacing, cfg)
     assert np.allclose(floors, base)
 
 
