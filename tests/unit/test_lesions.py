@@ -202,10 +202,11 @@ def test_dense_ground_glass_grows_only_to_its_half_maximum_surface() -> None:
 
     fixed = measured(LesionConfig(half_max_growth=False))
     half_max = measured(LesionConfig(half_max_growth=True))
-    # Measured: fixed +43 % of the core, half-maximum +24 % (the 1 mm smoothing lifts the
-    # rim's inner part above the floor); core + rim would be +82 %.
-    assert fixed > 1.3 * core.sum()  # the rim taken
-    assert core.sum() <= half_max <= 1.3 * core.sum()
+    # Measured (v1.5): fixed +50 % of the core, half-maximum +30 % (the 1 mm smoothing lifts
+    # the rim's inner part above the floor, and into the hazy region that seeds whole:
+    # +24 % in v1.4); core + rim would be +82 %.
+    assert fixed > 1.4 * core.sum()  # the rim taken
+    assert core.sum() <= half_max <= 1.35 * core.sum()
     assert half_max <= 0.9 * fixed
 
 
@@ -239,3 +240,43 @@ def _distance(mask: NDArray[np.bool_], spacing: tuple[float, float, float]) -> N
     from scipy import ndimage
 
     return np.asarray(ndimage.distance_transform_edt(~mask, sampling=spacing))
+
+
+def test_crazy_paving_is_measured_whole() -> None:
+    """Ground glass (~-600 HU) crossed by a net of thickened septa (~-300 HU, 1.5 mm walls,
+    6 mm cells): the septa's crossings curve like vessels. Without the hazy-region rule
+    (opaque_mm 0) they and their rims were removed with the ground glass between them."""
+    hu, _ = _chest(8)
+    blob = _ball(hu.shape, (18, 125, 78), 14.0)
+    z, y, x = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    septa = np.zeros(hu.shape, bool)
+    for coord, step in ((z * SPACING[0], 6.0), (y * SPACING[1], 6.0), (x * SPACING[2], 6.0)):
+        phase = coord / step
+        septa = septa | (np.abs(phase - np.round(phase)) < 0.125)
+    rng = np.random.default_rng(5)
+    lesion_hu = np.where(septa, -300.0, -600.0) + rng.normal(0, 15, hu.shape)
+    hu = np.rint(np.where(blob, lesion_hu, hu)).astype(np.int16)
+    found = segment_lesions(hu, SPACING).lesion
+    off = segment_lesions(hu, SPACING, config=LesionConfig(opaque_mm=0.0)).lesion
+    assert _dice(found, blob) >= 0.85
+    assert (found & blob).sum() >= (off & blob).sum() + 0.15 * blob.sum()
+
+
+def test_ground_glass_against_the_mediastinum_stays_in_the_lung() -> None:
+    """Dense ground glass (-450 HU, above the -500 air threshold) against the mediastinal
+    surface is neither enclosed by lung nor facing the chest wall: only the 3-D hazy-border
+    rule (hazy_border_mm) keeps it in the lung mask. Below the hilar levels (slice 8 of 40)."""
+    hu, truth = _chest(9)
+    # The image-left lung's medial surface is near column 118 at slice 8.
+    blob = _ball(hu.shape, (8, 125, 112), 11.0) & truth
+    rng = np.random.default_rng(6)
+    hu = np.rint(np.where(blob, -450.0 + rng.normal(0, 15, hu.shape), hu)).astype(np.int16)
+    masks = segment_lesions(hu, SPACING)
+    without = segment_lesions(hu, SPACING, config=LesionConfig(hazy_border_mm=0.0))
+    assert (masks.lungs[blob] > 0).mean() >= 0.9
+    assert (without.lungs[blob] > 0).mean() <= 0.7
+    assert (masks.lesion & blob).sum() >= 0.8 * blob.sum()
+    # The rest of the lungs unchanged: nothing of the mediastinum taken.
+    assert ((masks.lungs > 0) & ~truth).sum() <= (
+        (without.lungs > 0) & ~truth
+    ).sum() + 0.1 * blob.sum()
