@@ -280,3 +280,22 @@ def test_ground_glass_against_the_mediastinum_stays_in_the_lung() -> None:
     assert ((masks.lungs > 0) & ~truth).sum() <= (
         (without.lungs > 0) & ~truth
     ).sum() + 0.1 * blob.sum()
+
+
+def test_thin_consolidation_on_the_chest_wall_counts_the_wall_for_thickness() -> None:
+    """A consolidation (+30 HU) flattened against the convex lateral chest wall: the lung
+    mask keeps only ~70 % of it (the rest bulges beyond the slice's hull), and that part is
+    thinner than 2 x thick_mm. Measured together with the wall it is thick enough to be kept
+    whole (72 % found, all of its part in the mask); alone, its curved edges passed the tube
+    test (41 %)."""
+    hu, truth = _chest(10)
+    z, y, x = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    # The image-left lung's lateral wall is at column 44 at slice 10, row 125.
+    d2 = ((z - 10) * SPACING[0] / 14.0) ** 2 + ((y - 125) * SPACING[1] / 16.0) ** 2
+    blob = (d2 + ((x - 42) * SPACING[2] / 8.0) ** 2 <= 1.0) & truth
+    rng = np.random.default_rng(7)
+    hu = np.rint(np.where(blob, 30.0 + rng.normal(0, 15, hu.shape), hu)).astype(np.int16)
+    found = segment_lesions(hu, SPACING).lesion
+    alone = segment_lesions(hu, SPACING, config=LesionConfig(thick_counts_chest_wall=False)).lesion
+    assert (found & blob).sum() >= 0.65 * blob.sum()
+    assert (found & blob).sum() >= (alone & blob).sum() + 0.2 * blob.sum()
