@@ -222,8 +222,8 @@ class LesionConfig:
     # that bulges beyond its slice's hull, the part left inside can be thinner than
     # 2 x thick_mm, and its curved edges then passed the tube test (phantom seed 3, 1 mm: a
     # 3.9 mL consolidation lost whole). Without the hilar exclusion the hilar vessels were
-    # kept too (Dice -0.006 on 5 of 6 seeds, FP up to +0.04 % of lung). Phantom seeds 0-6:
-    # MODEL_CARD v1.6.
+    # kept too (Dice -0.001..-0.007 on 6 of 7 seeds, FP up to +0.04 % of lung, normal001
+    # 0.105 -> 0.131 %). Phantom seeds 0-6: MODEL_CARD v1.6.
     thick_counts_chest_wall: bool = True
 
     @classmethod
@@ -621,12 +621,12 @@ def _lesions(
     # air bronchograms and their edges against the chest wall curve like vessels do. The
     # thickness counts the dense tissue outside the lung mask (thick_counts_chest_wall), but
     # not the mediastinum at the hilum, whose vessels would then count as thick.
-    dense = inside & (smooth >= cfg.consolidation_hu[0]) & (smooth <= hi)
+    solid = (smooth >= cfg.consolidation_hu[0]) & (smooth <= hi)
+    dense = inside & solid
     central = _central_distance(lungs[box], spacing, cfg)
     if cfg.thick_counts_chest_wall:
-        solid = (smooth >= cfg.consolidation_hu[0]) & (smooth <= hi)
-        solid &= inside | (central >= cfg.hilum_mm)
-        thick = _open(solid, cfg.thick_mm, spacing) & dense
+        wall = inside | (central >= cfg.hilum_mm)
+        thick = _open(solid & wall, cfg.thick_mm, spacing) & dense
     else:
         thick = _open(dense, cfg.thick_mm, spacing)
     # ... nor ground glass thicker than 2 x opaque_mm: what runs through it belongs to it.
