@@ -18,7 +18,9 @@ fissures and the partial-volume rims of all three fall in the −700…+100 HU r
    enclosed lesions are put back by filling holes per slice and a small 3-D closing; dense
    lesions against the chest wall (which the air threshold leaves out) are put back per slice
    from the pockets between each lung and its convex hull that have lesion density and open
-   onto the chest wall (:func:`services.preprocess.lung_features.include_pleural_lesions`);
+   onto the chest wall (:func:`services.preprocess.lung_features.include_pleural_lesions`;
+   in the lower ``dome_pocket_levels`` of the lungs also without the tissue standing on the
+   diaphragm, so a consolidation lying on the liver's dome is a pocket of its own);
    ground glass against the mediastinum or the diaphragm is put back in 3-D: regions of GGO
    density thicker than 2 x ``hazy_border_mm`` that touch a lung.
 3. **Candidates.** Voxels of the lungs whose smoothed HU lies in the GGO
@@ -225,6 +227,13 @@ class LesionConfig:
     # kept too (Dice -0.001..-0.007 on 6 of 7 seeds, FP up to +0.04 % of lung, normal001
     # 0.105 -> 0.131 %). Phantom seeds 0-6: MODEL_CARD v1.6.
     thick_counts_chest_wall: bool = True
+    # In the lower dome_pocket_levels of the lungs' height (where the liver's dome can stand
+    # inside a lung's hull; 0 = off), a pleural pocket is also looked for without the tissue
+    # standing on the diaphragm (grounded_mm): a consolidation lying on the dome otherwise
+    # joins the dome's pocket and is left out of the lung mask with it. Higher up the
+    # mediastinum stands on the heart: without it, pieces beside the trachea became pockets
+    # (cap002, P002 apex).
+    dome_pocket_levels: float = 0.5
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> LesionConfig:
@@ -434,12 +443,23 @@ def _lungs(
         target = out[box]
         target[closed & (target == 0)] = value
     # Dense lesions against the chest wall, per slice (pockets of the convex hull).
+    lung_z = np.flatnonzero(out.any(axis=(1, 2)))
+    dome_top = -1.0
+    if lung_z.size and cfg.dome_pocket_levels > 0:
+        dome_top = lung_z[0] + cfg.dome_pocket_levels * (lung_z[-1] - lung_z[0])
+        on_diaphragm = _grounded(work, cfg.air_hu, spacing[0], cfg.grounded_mm)
     for k in range(work.shape[0]):
         sl = out[k]
         if not sl.any():
             continue
         side = _side_by_columns(sl)
         refined = include_pleural_lesions(work[k], sl > 0, side)
+        if k < dome_top and on_diaphragm[k].any():
+            # The liver's dome inside a lung's hull makes one pocket with a consolidation
+            # lying on it, too large and not facing the chest wall; without the tissue that
+            # stands on the diaphragm the consolidation is a pocket of its own.
+            lifted = np.where(on_diaphragm[k], np.float32(1000.0), work[k])
+            refined |= include_pleural_lesions(lifted, sl > 0, side)
         added = refined & (sl == 0)
         if added.any():
             sl[added] = np.where(side[added] == 1, 2, 1).astype(np.uint8)

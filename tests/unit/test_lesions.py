@@ -299,3 +299,30 @@ def test_thin_consolidation_on_the_chest_wall_counts_the_wall_for_thickness() ->
     alone = segment_lesions(hu, SPACING, config=LesionConfig(thick_counts_chest_wall=False)).lesion
     assert (found & blob).sum() >= 0.65 * blob.sum()
     assert (found & blob).sum() >= (alone & blob).sum() + 0.2 * blob.sum()
+
+
+def test_consolidation_on_the_liver_dome_stays_in_the_lung() -> None:
+    """The liver's dome rises into the image-left lung from below and touches its lateral
+    wall; a consolidation (+30 HU) lies on the dome's posterior slope against the chest wall.
+    In its lower slices dome and consolidation make one pocket of the lung's hull, too large
+    and not facing the chest wall, so both were left out; without the tissue standing on the
+    diaphragm the consolidation is a pocket of its own (dome_pocket_levels). The dome stays
+    out of the lung."""
+    hu, truth = _chest(11)
+    z, y, x = np.ogrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]]
+    dome = ((z + 12) * SPACING[0]) ** 2 + ((y - 105) * SPACING[1]) ** 2
+    dome = (dome + ((x - 70) * SPACING[2]) ** 2 <= 48.0**2) & truth
+    d2 = ((z - 7) * SPACING[0] / 12.0) ** 2 + ((y - 125) * SPACING[1] / 10.0) ** 2
+    blob = (d2 + ((x - 48) * SPACING[2] / 10.0) ** 2 <= 1.0) & truth & ~dome
+    rng = np.random.default_rng(12)
+    hu = np.where(dome, 40, hu)
+    hu = np.rint(np.where(blob, 30.0 + rng.normal(0, 15, hu.shape), hu)).astype(np.int16)
+    on = segment_lesions(hu, SPACING)
+    off = segment_lesions(hu, SPACING, config=LesionConfig(dome_pocket_levels=0.0))
+    assert (on.lungs[blob] > 0).mean() >= 0.6
+    assert (off.lungs[blob] > 0).mean() <= 0.55
+    assert (on.lesion & blob).sum() >= (off.lesion & blob).sum() + 0.1 * blob.sum()
+    assert (on.lungs[dome] > 0).mean() <= 0.01
+    # Nothing else is added: no lung and no lesion beyond the consolidation.
+    assert ((on.lungs > 0) & ~blob).sum() <= ((off.lungs > 0) & ~blob).sum() + 0.05 * blob.sum()
+    assert (on.lesion & ~blob).sum() <= (off.lesion & ~blob).sum() + 0.1 * blob.sum()
