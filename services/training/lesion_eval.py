@@ -46,7 +46,12 @@ from services.common.config import get_settings
 from services.preprocess.lesions import LesionConfig, LesionMasks, default_config, segment_lesions
 from services.preprocess.lung_features import patient_left_on_image_right
 from services.preprocess.readers import read_study
-from services.training.lesion_phantoms import acquire, insert_lesions, write_dicom_series
+from services.training.lesion_phantoms import (
+    acquire,
+    insert_lesions,
+    reference_lungs,
+    write_dicom_series,
+)
 from services.training.metrics import print_and_save
 from services.training.realct_eval import _infected, ctmd_report
 
@@ -121,6 +126,7 @@ def run_phantoms(
     report: dict[str, Any] = {
         "source": "COVID-CT-MD normal001 (CC BY 4.0), 2 mm slices",
         "seed": seed,
+        "placement": "lesion_phantoms.reference_lungs (independent of the segmenter)",
         "normal001_untouched": {
             "lung_ml": round(lung_n * float(np.prod(spacing)) / 1000.0, 1),
             "segmenter_opacity_percent": round(100.0 * float(clean.lesion.sum()) / lung_n, 3),
@@ -134,7 +140,8 @@ def run_phantoms(
         },
         "phantoms": {},
     }
-    phantom = insert_lesions(source.hu, clean.lungs, spacing, seed=seed)
+    # Placed in the harness's own lung mask: the truth must not move with the segmenter's.
+    phantom = insert_lesions(source.hu, reference_lungs(source.hu, spacing), spacing, seed=seed)
     for thickness in THICKNESSES:
         for kernel in KERNELS:
             name = f"{thickness:g}mm_{kernel}"

@@ -113,6 +113,70 @@ def _blob(
     return soft.astype(np.float32), (box[0], box[1], box[2])
 
 
+# The placement's own lung mask (:func:`reference_lungs`), frozen here so that the ground truth
+# does not move when the segmenter under test changes its lung mask.
+REFERENCE_AIR_HU = -500.0  # aerated lung < -700, soft tissue > -100: the usual midway threshold
+REFERENCE_MIN_LUNG_ML = 100.0  # a lung holds > 300 mL; bowel gas and a lone trachea less
+REFERENCE_MIN_PIECE_CM2 = 6.0  # per slice: trachea ~2-3 cm2, a main bronchus ~1-2 cm2 ...
+REFERENCE_AIRWAY_BAND = 0.12  # ... within 12 % of the body's width of its midline
+REFERENCE_HOLE_MAX_CM2 = 3.0  # per slice: a vessel (<= ~2 cm across) is filled, a dome is not
+
+
+def reference_lungs(
+    hu: NDArray[np.int16], spacing: tuple[float, float, float]
+) -> NDArray[np.uint8]:
+    """Where lesions may be placed (1): the lungs of a normal series, without the segmenter.
+
+    Air below :data:`REFERENCE_AIR_HU` inside the body (per slice not connected to the image
+    border), the 3-D components of at least :data:`REFERENCE_MIN_LUNG_ML`; per slice, pieces
+    under :data:`REFERENCE_MIN_PIECE_CM2` near the body's midline left out (the trachea and
+    main bronchi, whose air joins the lungs' through the bronchi), and holes up to
+    :data:`REFERENCE_HOLE_MAX_CM2` filled (vessels; a slice through the diaphragm's dome or
+    the heart leaves larger holes, which are not lung). The lesion phantoms' truth is
+    clipped to it. Independent of the segmenter on purpose: placed with the segmenter's own
+    lung mask, the truth moved whenever the segmenter's lung mask did.
+    """
+    air = hu < REFERENCE_AIR_HU
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    labels, count = ndimage.label(air, structure=in_plane)
+    if count:
+        edges = [labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]]
+        border = np.unique(np.concatenate([e.ravel() for e in edges]))
+        air &= ~np.isin(labels, border[border > 0])
+    labels, count = ndimage.label(air)
+    out = np.zeros(hu.shape, np.uint8)
+    if count == 0:
+        return out
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    sizes = np.bincount(labels.ravel())[1:] * voxel_ml
+    keep = np.flatnonzero(sizes >= REFERENCE_MIN_LUNG_ML) + 1
+    lung = np.isin(labels, keep)
+    pixel_cm2 = spacing[1] * spacing[2] / 100.0
+    grid_cols = np.broadcast_to(np.arange(hu.shape[2], dtype=np.float64), hu.shape)
+    for k in range(hu.shape[0]):
+        if not lung[k].any():
+            continue
+        pieces, n = ndimage.label(lung[k])
+        area = np.bincount(pieces.ravel(), minlength=n + 1) * pixel_cm2
+        # Central: the piece's mean column within REFERENCE_AIRWAY_BAND of the body's width
+        # from the body's middle (the apices' and bases' small tips lie lateral to it).
+        cols = np.flatnonzero((hu[k] > REFERENCE_AIR_HU).any(axis=0))
+        middle, width = (cols[0] + cols[-1]) / 2.0, float(cols[-1] - cols[0] + 1)
+        col_sum = np.bincount(pieces.ravel(), weights=grid_cols[k].ravel(), minlength=n + 1)
+        mean_col = col_sum / np.maximum(area / pixel_cm2, 1.0)
+        central = np.abs(mean_col - middle) <= REFERENCE_AIRWAY_BAND * width
+        airway = (area < REFERENCE_MIN_PIECE_CM2) & central
+        airway[0] = True
+        sl = ~airway[pieces]
+        holes, m = ndimage.label(ndimage.binary_fill_holes(sl) & ~sl)
+        hole_area = np.bincount(holes.ravel(), minlength=m + 1) * pixel_cm2
+        small = hole_area <= REFERENCE_HOLE_MAX_CM2
+        small[0] = False
+        out[k] = sl | small[holes]
+    return out
+
+
 def _lung_distance(
     lungs: NDArray[np.bool_], spacing: tuple[float, float, float]
 ) -> NDArray[np.float32]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from services.common.config import get_settings
 from services.preprocess.readers import read_study
 from services.training.lesion_phantoms import (
     acquire,
     insert_lesions,
+    reference_lungs,
     resample_slices,
     write_dicom_series,
 )
@@ -72,3 +74,21 @@ def test_dicom_round_trip_through_the_reader(tmp_path: Path) -> None:
     assert study.hu is not None and study.spacing_mm is not None
     assert np.array_equal(study.hu, seen.hu)
     assert np.allclose(study.spacing_mm, seen.spacing_mm)
+
+
+def test_reference_lungs_leave_out_the_trachea_and_fill_vessels() -> None:
+    """The placement's lung mask: lungs with their vessels, not the trachea joined to them."""
+    hu, truth = chest_phantom(slices=40, size=256, seed=1)
+    rows, cols = np.ogrid[:256, :256]
+    trachea = (rows - 100) ** 2 + (cols - 128) ** 2 <= 7**2  # 1.5 cm2 at 1.25 mm pixels
+    hu[25:, trachea] = -1000
+    hu[25, 97:104, 80:177] = -1000  # main bronchi: the trachea's air joins both lungs'
+    ref = reference_lungs(hu, SPACING) > 0
+    assert not ref[27:, trachea].any()
+    for z in (5, 20, 35):  # the lungs, their vessels (dense dots) included
+        dice = 2 * (ref[z] & truth[z]).sum() / (ref[z].sum() + truth[z].sum())
+        assert dice > 0.98, (z, dice)
+        vessels = ndimage.binary_erosion(truth[z], iterations=6) & (hu[z] > -500)  # enclosed
+        assert vessels.any() and ref[z][vessels].all()
+    phantom = insert_lesions(hu, ref.astype(np.uint8), SPACING, kinds=("hilar_ggo",))
+    assert not (phantom.labels[:, trachea] > 0)[27:].any()
