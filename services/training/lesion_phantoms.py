@@ -19,7 +19,8 @@ source series:
   posterior-lateral third of a lung, where the oblique fissure runs; the exact fissure is not
   detected).
 
-Ground truth: the lesion's voxels (``alpha`` ≥ half its peak) inside the source lungs, with one
+Ground truth: the lesion's voxels (``alpha`` ≥ half its peak) inside the source lungs
+(:func:`reference_lungs`, the harness's own lung mask, not the segmenter's), with one
 label per lesion and a class (1 GGO, 2 consolidation). The volume is then resampled along z to
 the target slice thickness with a partial-volume (slab) average of HU and of the label masks
 (a voxel is lesion when ≥ half of it is), and a kernel is imitated: ``sharp`` adds
