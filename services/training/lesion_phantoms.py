@@ -154,18 +154,19 @@ def reference_lungs(
     keep = np.flatnonzero(sizes >= REFERENCE_MIN_LUNG_ML) + 1
     lung = np.isin(labels, keep)
     pixel_cm2 = spacing[1] * spacing[2] / 100.0
-    grid_cols = np.broadcast_to(np.arange(hu.shape[2], dtype=np.float64), hu.shape)
+    column = np.broadcast_to(np.arange(hu.shape[2], dtype=np.float64), hu.shape[1:]).ravel()
     for k in range(hu.shape[0]):
         if not lung[k].any():
             continue
         pieces, n = ndimage.label(lung[k])
-        area = np.bincount(pieces.ravel(), minlength=n + 1) * pixel_cm2
+        pixels = np.bincount(pieces.ravel(), minlength=n + 1)
+        area = pixels * pixel_cm2
         # Central: the piece's mean column within REFERENCE_AIRWAY_BAND of the body's width
         # from the body's middle (the apices' and bases' small tips lie lateral to it).
         cols = np.flatnonzero((hu[k] > REFERENCE_AIR_HU).any(axis=0))
         middle, width = (cols[0] + cols[-1]) / 2.0, float(cols[-1] - cols[0] + 1)
-        col_sum = np.bincount(pieces.ravel(), weights=grid_cols[k].ravel(), minlength=n + 1)
-        mean_col = col_sum / np.maximum(area / pixel_cm2, 1.0)
+        col_sum = np.bincount(pieces.ravel(), weights=column, minlength=n + 1)
+        mean_col = col_sum / np.maximum(pixels, 1)
         central = np.abs(mean_col - middle) <= REFERENCE_AIRWAY_BAND * width
         airway = (area < REFERENCE_MIN_PIECE_CM2) & central
         airway[0] = True
