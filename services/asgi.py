@@ -53,10 +53,16 @@ from services.upload.tus import (
 log = logging.getLogger(__name__)
 
 
-async def _sweep_forever(settings: Settings) -> None:
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds`` or until ``stop`` is set, whichever comes first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def _sweep_until(stop: asyncio.Event, settings: Settings) -> None:
     """Expired tus uploads, STOW-RS leftovers and the retention policy, on every gateway
-    (all idempotent)."""
-    while True:
+    (all idempotent), until ``stop`` is set."""
+    while not stop.is_set():
         try:
             removed = await run_in_threadpool(sweep_expired_uploads, settings.upload_dir)
             if removed:
@@ -71,21 +77,21 @@ async def _sweep_forever(settings: Settings) -> None:
             await run_in_threadpool(sweep_retention, settings)
         except Exception:
             log.exception("retention sweep failed")
-        await asyncio.sleep(settings.retention_sweep_interval_s)
+        await _pause(stop, settings.retention_sweep_interval_s)
 
 
-async def _recover_uploads_forever(settings: Settings) -> None:
+async def _recover_uploads_until(stop: asyncio.Event, settings: Settings) -> None:
     """Uploads whose every byte arrived but whose job a crash left waiting are completed (at
     start, then every recovery_interval_s): this process's upload directory is the only
     place that knows them."""
-    while True:
+    while not stop.is_set():
         try:
             recovered = await run_in_threadpool(finish_completed_uploads, settings.upload_dir)
             if recovered:
                 log.info("finished or freed %d uploads a crash left undone", recovered)
         except Exception:
             log.exception("upload recovery failed")
-        await asyncio.sleep(settings.recovery_interval_s)
+        await _pause(stop, settings.recovery_interval_s)
 
 
 def check_pool(settings: Settings) -> None:
@@ -122,13 +128,16 @@ def create_app() -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # The threadpool that runs sync routes and dependencies, sized to match the pool.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.gateway_threads
-        sweeper = asyncio.create_task(_sweep_forever(settings))
-        recovery = asyncio.create_task(_recover_uploads_forever(settings))
+        stop = asyncio.Event()
+        sweeper = asyncio.create_task(_sweep_until(stop, settings))
+        recovery = asyncio.create_task(_recover_uploads_until(stop, settings))
         try:
             yield
         finally:
-            sweeper.cancel()
-            recovery.cancel()
+            # Not cancelled: a sweep already in a worker thread would run on after the app
+            # (a thread cannot be cancelled). Each loop ends after the step in progress.
+            stop.set()
+            await asyncio.gather(sweeper, recovery)
 
     app = FastAPI(
         title="covidct",

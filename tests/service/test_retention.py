@@ -156,3 +156,28 @@ def test_deidentified_uploads_keep_no_identifying_header(
         assert body["error"]["code"] == "corrupt_file"
         assert "de-identified" in body["error"]["message"]
         assert _blobs(settings, broken) == []
+
+
+def test_shutdown_waits_for_a_sweep_in_progress(
+    isolated_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retention sweep running in a worker thread when the gateway stops finishes before
+    the shutdown returns: no database work outlives the app (a leftover thread once read the
+    next test's settings half-changed and broke it)."""
+    import threading
+    import time
+
+    import services.asgi
+
+    started, finished = threading.Event(), threading.Event()
+
+    def slow_sweep(_settings: Settings) -> None:
+        started.set()
+        time.sleep(0.5)
+        finished.set()
+
+    monkeypatch.setattr(services.asgi, "sweep_retention", slow_sweep)
+    isolated_settings(broker_url="memory://")
+    with TestClient(create_app()):
+        assert started.wait(10)
+    assert finished.is_set()
