@@ -6,7 +6,9 @@ in −700…+100, the ``lung_features`` ranges, with no structure removal).
 
 * ``phantoms``: lesions of known volume inserted into normal001
   (:mod:`services.training.lesion_phantoms`), written as DICOM under ``--work-dir``, read back
-  through ``read_study`` (the real path), at 1 / 2.5 / 5 mm and a sharp / soft kernel. Per
+  through ``read_study`` (the real path), at 1 / 2.5 / 5 mm and a sharp / soft kernel, and
+  sparse (every third 2 mm slice, 6 mm apart: :data:`ACQUISITIONS`; ``--acquisition`` picks
+  some). Per
   phantom: Dice, class agreement (GGO vs consolidation on the true-positive voxels), per lesion
   measured vs inserted volume (measured = segmented voxels within 4 voxels of that lesion),
   false-positive volume away from the lesions (% of lung); plus the untouched normal001.
@@ -58,6 +60,17 @@ from services.training.realct_eval import _infected, ctmd_report
 BASELINE_HU = (-700, 100)
 THICKNESSES = (1.0, 2.5, 5.0)
 KERNELS = ("sharp", "soft")
+# (slice mm, keep one slice in every, kernel): contiguous slices at each thickness and kernel,
+# and a sparse protocol (every third 2 mm slice, 6 mm apart; what the demo study is).
+SPARSE = (2.0, 3)
+ACQUISITIONS = tuple((t, 1, k) for t in THICKNESSES for k in KERNELS) + tuple(
+    (SPARSE[0], SPARSE[1], k) for k in KERNELS
+)
+
+
+def acquisition_name(slice_mm: float, every: int, kernel: str) -> str:
+    gap = f"_every{every}" if every > 1 else ""
+    return f"{slice_mm:g}mm{gap}_{kernel}"
 
 
 def baseline_masks(hu: NDArray[np.int16], masks: LesionMasks) -> NDArray[np.bool_]:
@@ -113,8 +126,18 @@ def score_phantom(
 
 
 def run_phantoms(
-    data_dir: Path, work_dir: Path, config: LesionConfig, seed: int = 0
+    data_dir: Path,
+    work_dir: Path,
+    config: LesionConfig,
+    seed: int = 0,
+    only: set[str] | None = None,
 ) -> dict[str, Any]:
+    """Phantoms of one seed at every acquisition of :data:`ACQUISITIONS` (or those named in
+    ``only``, e.g. ``{"2mm_every3_sharp"}``)."""
+    acquisitions = [a for a in ACQUISITIONS if only is None or acquisition_name(*a) in only]
+    if only is not None and len(acquisitions) != len(only):
+        known = ", ".join(acquisition_name(*a) for a in ACQUISITIONS)
+        raise ValueError(f"unknown acquisition in {sorted(only)}; known: {known}")
     settings = get_settings()
     source = read_study(data_dir / "covid-ct-md" / "normal001", settings)
     assert source.hu is not None and source.spacing_mm is not None
@@ -142,40 +165,39 @@ def run_phantoms(
     }
     # Placed in the harness's own lung mask: the truth must not move with the segmenter's.
     phantom = insert_lesions(source.hu, reference_lungs(source.hu, spacing), spacing, seed=seed)
-    for thickness in THICKNESSES:
-        for kernel in KERNELS:
-            name = f"{thickness:g}mm_{kernel}"
-            seen = acquire(phantom, thickness, kernel, seed=seed)
-            folder = work_dir / name
-            if folder.exists():
-                shutil.rmtree(folder)
-            write_dicom_series(seen, folder, description=f"lesion phantom {name}")
-            study = read_study(folder, settings)
-            assert study.hu is not None and study.spacing_mm is not None
-            if study.hu.shape != seen.hu.shape:
-                raise RuntimeError(f"{name}: read back {study.hu.shape}, wrote {seen.hu.shape}")
-            t0 = time.perf_counter()
-            masks = segment_lesions(
-                study.hu, study.spacing_mm,
-                patient_left_on_image_right=patient_left_on_image_right(study), config=config,
-            )  # fmt: skip
-            seconds = time.perf_counter() - t0
-            entry = score_phantom(
-                masks.lesion, masks.ggo, seen.labels, seen.classes, seen.kinds, masks.lungs,
-                study.spacing_mm,
-            )  # fmt: skip
-            entry["seconds"] = round(seconds, 2)
-            entry["baseline"] = score_phantom(
-                baseline_masks(study.hu, masks), None, seen.labels, seen.classes, seen.kinds,
-                masks.lungs, study.spacing_mm,
-            )  # fmt: skip
-            report["phantoms"][name] = entry
-            print(
-                f"{name}: dice {entry['dice']} fp {entry['false_positive_percent_of_lung']} % "
-                f"class {entry.get('class_agreement')} | baseline dice {entry['baseline']['dice']} "
-                f"fp {entry['baseline']['false_positive_percent_of_lung']} %",
-                flush=True,
-            )
+    for thickness, every, kernel in acquisitions:
+        name = acquisition_name(thickness, every, kernel)
+        seen = acquire(phantom, thickness, kernel, seed=seed, every=every)
+        folder = work_dir / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        write_dicom_series(seen, folder, description=f"lesion phantom {name}")
+        study = read_study(folder, settings)
+        assert study.hu is not None and study.spacing_mm is not None
+        if study.hu.shape != seen.hu.shape:
+            raise RuntimeError(f"{name}: read back {study.hu.shape}, wrote {seen.hu.shape}")
+        t0 = time.perf_counter()
+        masks = segment_lesions(
+            study.hu, study.spacing_mm,
+            patient_left_on_image_right=patient_left_on_image_right(study), config=config,
+        )  # fmt: skip
+        seconds = time.perf_counter() - t0
+        entry = score_phantom(
+            masks.lesion, masks.ggo, seen.labels, seen.classes, seen.kinds, masks.lungs,
+            study.spacing_mm,
+        )  # fmt: skip
+        entry["seconds"] = round(seconds, 2)
+        entry["baseline"] = score_phantom(
+            baseline_masks(study.hu, masks), None, seen.labels, seen.classes, seen.kinds,
+            masks.lungs, study.spacing_mm,
+        )  # fmt: skip
+        report["phantoms"][name] = entry
+        print(
+            f"{name}: dice {entry['dice']} fp {entry['false_positive_percent_of_lung']} % "
+            f"class {entry.get('class_agreement')} | baseline dice {entry['baseline']['dice']} "
+            f"fp {entry['baseline']['false_positive_percent_of_lung']} %",
+            flush=True,
+        )
     errors = [
         abs(v["error_percent"])
         for p in report["phantoms"].values()
@@ -391,6 +413,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--acquisition",
+        action="append",
+        default=None,
+        help="phantoms: only this acquisition (repeatable), e.g. 2mm_every3_sharp",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -401,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     config = with_overrides(default_config(), args.set)
     started = time.perf_counter()
     if args.what == "phantoms":
-        report = run_phantoms(args.data_dir, args.work_dir, config, args.seed)
+        only = set(args.acquisition) if args.acquisition else None
+        report = run_phantoms(args.data_dir, args.work_dir, config, args.seed, only)
     elif args.what == "real":
         report = run_real(args.data_dir, config)
     else:

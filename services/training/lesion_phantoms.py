@@ -24,7 +24,8 @@ Ground truth: the lesion's voxels (``alpha`` ≥ half its peak) inside the sourc
 label per lesion and a class (1 GGO, 2 consolidation). The volume is then resampled along z to
 the target slice thickness with a partial-volume (slab) average of HU and of the label masks
 (a voxel is lesion when ≥ half of it is), and a kernel is imitated: ``sharp`` adds
-high-frequency noise (SD :data:`SHARP_NOISE_HU`), ``soft`` smooths in-plane.
+high-frequency noise (SD :data:`SHARP_NOISE_HU`), ``soft`` smooths in-plane. A sparse
+protocol keeps one slice in ``every`` (thin slices with gaps: :func:`acquire`).
 
 Write: :func:`write_dicom_series` (CT Image Storage, int16, one file per slice) with the truth
 as ``truth.npz`` beside the series folder. Generated data goes under ``cache/`` or ``/tmp``,
@@ -76,6 +77,7 @@ class Phantom:
     labels: NDArray[np.uint8]  # 0 none, i+1 lesion i
     classes: NDArray[np.uint8]  # 0 none, 1 GGO, 2 consolidation
     kinds: list[str]  # kind of lesion i
+    thickness_mm: float | None = None  # slice thickness where it differs from the spacing
 
 
 def _smooth_noise(
@@ -369,8 +371,17 @@ def apply_kernel(
     raise ValueError(f"unknown kernel {kernel!r}")
 
 
-def acquire(phantom: Phantom, slice_mm: float, kernel: str, seed: int = 0) -> Phantom:
-    """The phantom seen at ``slice_mm`` slices through ``kernel`` (truth resampled the same way)."""
+def acquire(
+    phantom: Phantom, slice_mm: float, kernel: str, seed: int = 0, every: int = 1
+) -> Phantom:
+    """The phantom seen at ``slice_mm`` slices through ``kernel`` (truth resampled the same way).
+
+    ``every`` > 1 keeps one slice in ``every``: a sparse protocol (thin slices with gaps, as a
+    series thinned for transfer or the demo's every third 2 mm slice), slices ``slice_mm``
+    thick and ``every * slice_mm`` apart; the truth is the same slices' labels.
+    """
+    if every < 1:
+        raise ValueError(f"every must be >= 1, got {every}")
     src = phantom.spacing_mm[0]
     hu = resample_slices(phantom.hu, src, slice_mm)
     spacing = (float(slice_mm), phantom.spacing_mm[1], phantom.spacing_mm[2])
@@ -386,11 +397,12 @@ def acquire(phantom: Phantom, slice_mm: float, kernel: str, seed: int = 0) -> Ph
     for i, kind in enumerate(phantom.kinds, start=1):
         cls[labels == i] = 2 if kind == "subpleural_consolidation" else 1
     return Phantom(
-        hu=np.clip(np.rint(hu), -1024, 3071).astype(np.int16),
-        spacing_mm=spacing,
-        labels=labels,
-        classes=cls,
+        hu=np.clip(np.rint(hu[::every]), -1024, 3071).astype(np.int16),
+        spacing_mm=(spacing[0] * every, spacing[1], spacing[2]),
+        labels=np.ascontiguousarray(labels[::every]),
+        classes=np.ascontiguousarray(cls[::every]),
         kinds=phantom.kinds,
+        thickness_mm=float(slice_mm),
     )
 
 
@@ -433,7 +445,7 @@ def write_dicom_series(phantom: Phantom, folder: Path, description: str = "lesio
         ds.ImagePositionPatient = [-cols * dx / 2.0, -rows * dy / 2.0, z]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
         ds.SliceLocation = z
-        ds.SliceThickness = dz
+        ds.SliceThickness = phantom.thickness_mm or dz
         ds.PixelSpacing = [dy, dx]
         ds.Rows, ds.Columns = rows, cols
         ds.SamplesPerPixel = 1

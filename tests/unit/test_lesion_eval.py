@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 
 from services.preprocess.lesions import default_config, segment_lesions
 from services.training.lesion_eval import (
+    ACQUISITIONS,
     TISSUE_HU,
+    acquisition_name,
     masks2d_config,
+    run_phantoms,
     slice_volume,
     with_overrides,
 )
@@ -78,3 +83,12 @@ def test_ablation_overrides_change_only_the_named_values() -> None:
         with_overrides(base, ["no_such_key=1"])
     with pytest.raises(SystemExit):
         with_overrides(base, ["cap_support"])
+
+
+def test_acquisitions_include_the_sparse_protocol_and_unknown_names_are_refused(
+    tmp_path: Path,
+) -> None:
+    names = [acquisition_name(*a) for a in ACQUISITIONS]
+    assert "2mm_every3_sharp" in names and "5mm_soft" in names and len(set(names)) == 8
+    with pytest.raises(ValueError, match="unknown acquisition"):
+        run_phantoms(tmp_path, tmp_path, default_config(), only={"6mm_sharp"})

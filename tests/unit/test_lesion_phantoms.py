@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from scipy import ndimage
 
 from services.common.config import get_settings
@@ -92,3 +93,20 @@ def test_reference_lungs_leave_out_the_trachea_and_fill_vessels() -> None:
         assert vessels.any() and ref[z][vessels].all()
     phantom = insert_lesions(hu, ref.astype(np.uint8), SPACING, kinds=("hilar_ggo",))
     assert not (phantom.labels[:, trachea] > 0)[27:].any()
+
+
+def test_sparse_acquisition_keeps_thin_slices_with_gaps(tmp_path: Path) -> None:
+    """Every third 2 mm slice: 6 mm apart, 2 mm thick (in DICOM too), the truth those slices'."""
+    _, ph = _phantom()
+    full = acquire(ph, 2.0, "none")
+    sparse = acquire(ph, 2.0, "none", every=3)
+    assert sparse.spacing_mm[0] == 6.0 and sparse.thickness_mm == 2.0
+    assert np.array_equal(sparse.hu, full.hu[::3])
+    assert np.array_equal(sparse.labels, full.labels[::3])
+    v0 = (full.labels > 0).sum() * np.prod(full.spacing_mm)
+    v = (sparse.labels > 0).sum() * np.prod(sparse.spacing_mm)
+    assert abs(v - v0) / v0 < 0.15  # the sampled slices still estimate the volume
+    folder = write_dicom_series(sparse, tmp_path / "sparse")
+    study = read_study(folder, get_settings(), check_plausibility=False)
+    assert study.spacing_mm is not None and np.isclose(study.spacing_mm[0], 6.0)
+    assert pydicom.dcmread(next(folder.glob("*.dcm"))).SliceThickness == 2.0
