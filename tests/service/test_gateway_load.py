@@ -273,7 +273,10 @@ async def _load(url: str, headers: dict[str, str], job_id: str) -> dict[str, Any
     missing_retry_after = 0
     health: list[float] = []
     done = threading.Event()
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    # No keep-alive: a connection idle past uvicorn's keep-alive timeout (5 s; a slow machine
+    # takes that long over a wave) is closed by the server as the next wave reuses it, a
+    # ReadError of the client's pool, not of the gateway under load (seen once in CI).
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
 
     async def one(http: httpx.AsyncClient, path: str) -> None:
         nonlocal missing_retry_after
