@@ -48,6 +48,7 @@ from services.common.config import get_settings
 from services.preprocess.lesions import LesionConfig, LesionMasks, default_config, segment_lesions
 from services.preprocess.lung_features import patient_left_on_image_right
 from services.preprocess.readers import read_study
+from services.preprocess.types import Study
 from services.training.lesion_phantoms import (
     acquire,
     insert_lesions,
@@ -62,15 +63,25 @@ THICKNESSES = (1.0, 2.5, 5.0)
 KERNELS = ("sharp", "soft")
 # (slice mm, keep one slice in every, kernel): contiguous slices at each thickness and kernel,
 # and a sparse protocol (every third 2 mm slice, 6 mm apart; what the demo study is).
-SPARSE = (2.0, 3)
 ACQUISITIONS = tuple((t, 1, k) for t in THICKNESSES for k in KERNELS) + tuple(
-    (SPARSE[0], SPARSE[1], k) for k in KERNELS
+    (2.0, 3, k) for k in KERNELS
 )
 
 
 def acquisition_name(slice_mm: float, every: int, kernel: str) -> str:
     gap = f"_every{every}" if every > 1 else ""
     return f"{slice_mm:g}mm{gap}_{kernel}"
+
+
+def segment_study(study: Study, config: LesionConfig) -> tuple[LesionMasks, float]:
+    """The segmenter on a study read by ``read_study``, and the seconds it took."""
+    assert study.hu is not None and study.spacing_mm is not None
+    t0 = time.perf_counter()
+    masks = segment_lesions(
+        study.hu, study.spacing_mm,
+        patient_left_on_image_right=patient_left_on_image_right(study), config=config,
+    )  # fmt: skip
+    return masks, time.perf_counter() - t0
 
 
 def baseline_masks(hu: NDArray[np.int16], masks: LesionMasks) -> NDArray[np.bool_]:
@@ -142,9 +153,7 @@ def run_phantoms(
     source = read_study(data_dir / "covid-ct-md" / "normal001", settings)
     assert source.hu is not None and source.spacing_mm is not None
     spacing = source.spacing_mm
-    left = patient_left_on_image_right(source)
-    started = time.perf_counter()
-    clean = segment_lesions(source.hu, spacing, patient_left_on_image_right=left, config=config)
+    clean, clean_seconds = segment_study(source, config)
     lung_n = max(1, int((clean.lungs > 0).sum()))
     report: dict[str, Any] = {
         "source": "COVID-CT-MD normal001 (CC BY 4.0), 2 mm slices",
@@ -159,7 +168,7 @@ def run_phantoms(
             "baseline_opacity_percent": round(
                 100.0 * float(baseline_masks(source.hu, clean).sum()) / lung_n, 3
             ),
-            "seconds": round(time.perf_counter() - started, 2),
+            "seconds": round(clean_seconds, 2),
         },
         "phantoms": {},
     }
@@ -176,12 +185,7 @@ def run_phantoms(
         assert study.hu is not None and study.spacing_mm is not None
         if study.hu.shape != seen.hu.shape:
             raise RuntimeError(f"{name}: read back {study.hu.shape}, wrote {seen.hu.shape}")
-        t0 = time.perf_counter()
-        masks = segment_lesions(
-            study.hu, study.spacing_mm,
-            patient_left_on_image_right=patient_left_on_image_right(study), config=config,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t0
+        masks, seconds = segment_study(study, config)
         entry = score_phantom(
             masks.lesion, masks.ggo, seen.labels, seen.classes, seen.kinds, masks.lungs,
             study.spacing_mm,
@@ -237,12 +241,7 @@ def run_real(data_dir: Path, config: LesionConfig) -> dict[str, Any]:
     for name, diagnosis in studies:
         study = read_study(root / name, settings)
         assert study.hu is not None and study.spacing_mm is not None
-        t0 = time.perf_counter()
-        masks = segment_lesions(
-            study.hu, study.spacing_mm,
-            patient_left_on_image_right=patient_left_on_image_right(study), config=config,
-        )  # fmt: skip
-        seconds = time.perf_counter() - t0
+        masks, seconds = segment_study(study, config)
         lung = masks.lungs > 0
         lung_n = max(1, int(lung.sum()))
         base = baseline_masks(study.hu, masks)
